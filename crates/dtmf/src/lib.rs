@@ -1,0 +1,1 @@
+//! DTMF receiver and generator.

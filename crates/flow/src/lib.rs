@@ -1,0 +1,5 @@
+//! The verification call as a sans-IO state machine.
+
+pub mod outcome;
+
+pub use outcome::{CallResult, Mode};

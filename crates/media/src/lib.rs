@@ -1,0 +1,24 @@
+//! The media path of a call as a sans-IO core: RTP, G.711, RFC 4733 telephone-events,
+//! reorder buffer, DTMF receive path, paced prompt sending.
+
+/// How a digit reached us.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DtmfMethod {
+    /// Tones in the audio, found by the Goertzel receiver.
+    Inband,
+    /// RFC 4733 telephone-event packets.
+    Rfc4733,
+    /// SIP INFO (`application/dtmf-relay` or `application/dtmf`).
+    SipInfo,
+}
+
+impl DtmfMethod {
+    /// The name used in JSON output and the API (`inband`, `rfc4733`, `sip_info`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DtmfMethod::Inband => "inband",
+            DtmfMethod::Rfc4733 => "rfc4733",
+            DtmfMethod::SipInfo => "sip_info",
+        }
+    }
+}

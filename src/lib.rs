@@ -1,0 +1,5 @@
+//! callverify: the service crate. Everything with sockets, threads, files and the clock lives
+//! here; the protocol and signal cores in `crates/` stay sans-IO.
+
+pub mod audio;
+pub mod cli;
