@@ -1,1 +1,6 @@
-//! SIP user agent core.
+//! SIP user agent core, sans-IO.
+pub mod auth;
+pub mod framer;
+pub mod message;
+pub mod redact;
+mod rng;
