@@ -6,3 +6,5 @@ pub mod message;
 pub mod redact;
 mod rng;
 pub mod sdp;
+pub mod timer;
+mod transaction;
