@@ -121,10 +121,6 @@ impl TimerTable {
         self.deadlines = [None; 12];
     }
 
-    pub(crate) fn is_set(&self, timer: Timer) -> bool {
-        self.deadlines[Self::index(timer)].is_some()
-    }
-
     /// Earliest deadline.
     pub(crate) fn next(&self) -> Option<Instant> {
         self.deadlines.iter().flatten().min().copied()
