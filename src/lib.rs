@@ -3,3 +3,9 @@
 
 pub mod audio;
 pub mod cli;
+pub mod config;
+pub mod store;
+pub mod api;
+pub mod dialer;
+pub mod metrics;
+pub mod webhook;

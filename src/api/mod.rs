@@ -1,0 +1,453 @@
+//! HTTP API v1 (DESIGN.md "HTTP API"). [`app`] is a plain function of the state, so tests drive
+//! it with `oneshot` and no socket.
+//!
+//! One call at a time per number: with `limits.duplicate = "join"` (the default), a request
+//! from the same client for the same destination with the same parameters as an open
+//! verification returns that verification (200); every other request for a number being called
+//! is queued behind it (the dialer never runs two calls to one destination).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::OpenApi;
+
+mod auth;
+mod error;
+mod ratelimit;
+pub mod validate;
+mod view;
+
+pub use auth::{Caller, Client, Clients};
+pub use error::{AppError, ErrorBody, ErrorDetail};
+pub use ratelimit::{Limit, Limited, RateLimiter};
+pub use view::{VerificationView, rfc3339};
+
+use crate::config::{Config, ConfigError, DuplicatePolicy};
+use crate::dialer::DialerHandle;
+use crate::metrics::Metrics;
+use crate::store::{
+    Completions, Created, Dequeued, IdempotencyKey, Status, Store, Verification, VerificationId,
+    now_ms,
+};
+use crate::webhook::OutboxWake;
+
+/// Longest `Idempotency-Key` accepted, in bytes.
+const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
+/// Window of the per-client limit.
+const CLIENT_WINDOW: Duration = Duration::from_secs(60);
+/// Window of the per-number limit.
+const NUMBER_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub dialer: DialerHandle,
+    pub completions: Completions,
+    pub metrics: Arc<Metrics>,
+    pub outbox: OutboxWake,
+    clients: Arc<Clients>,
+    limiter: Arc<RateLimiter>,
+}
+
+impl AppState {
+    /// State for `config` over `store`, with fresh dialer, completion and outbox handles.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<AppState, ConfigError> {
+        Ok(AppState {
+            clients: Arc::new(Clients::from_config(&config)?),
+            config: Arc::new(config),
+            store,
+            dialer: DialerHandle::new(),
+            completions: Completions::new(),
+            metrics: Arc::new(Metrics::new()),
+            outbox: OutboxWake::new(),
+            limiter: Arc::new(RateLimiter::new()),
+        })
+    }
+}
+
+/// The HTTP API.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.api.body_max_bytes;
+    Router::new()
+        .route("/v1/verifications", post(create_verification))
+        .route(
+            "/v1/verifications/{id}",
+            get(get_verification).delete(cancel_verification),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// The OpenAPI 3.1 document, generated from the handler annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "callverify", description = "Voice-call verification for multi-factor sign-in."),
+    paths(create_verification, get_verification, cancel_verification, healthz, metrics, openapi),
+    components(schemas(validate::CreateRequest, VerificationView, ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Serializes a JSON value with object keys sorted, for the idempotency fingerprint.
+fn canonical_json(value: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let ordered: BTreeMap<&String, serde_json::Value> =
+                    map.iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::to_value(ordered).unwrap_or(serde_json::Value::Null)
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(sorted).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    sorted(value).to_string()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().filter(|k| {
+        !k.is_empty()
+            && k.len() <= IDEMPOTENCY_KEY_MAX_LEN
+            && k.bytes().all(|b| b.is_ascii_graphic())
+    });
+    key.map(|k| Some(k.to_owned())).ok_or_else(|| {
+        AppError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key: 1 to {IDEMPOTENCY_KEY_MAX_LEN} visible ASCII characters"),
+        )
+    })
+}
+
+fn view_response(status: StatusCode, v: &Verification, with_challenge: bool) -> Response {
+    let mut response = (
+        status,
+        Json(VerificationView::from_record(v, with_challenge)),
+    )
+        .into_response();
+    if status == StatusCode::CREATED
+        && let Ok(location) = format!("/v1/verifications/{}", v.id).parse()
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Create a verification: validate, rate-limit, store as `queued`, wake the dialer.
+#[utoipa::path(
+    post,
+    path = "/v1/verifications",
+    tag = "verifications",
+    request_body = validate::CreateRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Same key and body: the same verification (200); other body: 409.")),
+    responses(
+        (status = 201, description = "Queued (challenge mode: `challenge` holds the digits to show)", body = VerificationView),
+        (status = 200, description = "Idempotent replay, or joined an identical open verification", body = VerificationView),
+        (status = 400, description = "Not JSON, missing or unknown field, wrong type, unknown mode, invalid number", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as application/json", body = ErrorBody),
+        (status = 422, description = "Refused by policy: country, number type, SIP URI, language, callback host, metadata size", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_verification(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge(state.config.api.body_max_bytes)
+        } else {
+            AppError::bad_request("invalid_body", format!("cannot read the body: {e}"))
+        }
+    })?;
+    let json_content = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !json_content {
+        return Err(AppError::UnsupportedMediaType);
+    }
+    let idempotency = idempotency_key(&headers)?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        AppError::bad_request("invalid_json", format!("the request body is not JSON: {e}"))
+    })?;
+    let fingerprint = hex::encode(Sha256::digest(canonical_json(&value).as_bytes()));
+    let request = validate::request(value)?;
+    let new = validate::verification(request, &client, &state.config)?;
+
+    let limits = [
+        Limit {
+            key: format!("client:{}", client.name),
+            max: client.rate_per_minute,
+            window: CLIENT_WINDOW,
+            what: "this client's verifications per minute",
+        },
+        Limit {
+            key: format!("number:{}", new.destination.expose()),
+            max: state.config.limits.per_number_per_hour,
+            window: NUMBER_WINDOW,
+            what: "verifications of this phone number per hour",
+        },
+    ];
+    let reservation = state
+        .limiter
+        .acquire(&limits, Instant::now())
+        .map_err(|limited| {
+            tracing::info!(client = %client.name, destination = %new.destination, limit = limited.what, "rate limited");
+            AppError::RateLimited {
+                message: format!(
+                    "too many requests: limit of {} reached; retry in {} s",
+                    limited.what,
+                    limited.retry_after.as_secs().max(1)
+                ),
+                retry_after: limited.retry_after,
+            }
+        })?;
+    let key = idempotency.map(|key| IdempotencyKey { key, fingerprint });
+    let join = state.config.limits.duplicate == DuplicatePolicy::Join;
+    let destination = new.destination.clone();
+    let created = match state.store.create(new, key, join).await {
+        Ok(created) => created,
+        Err(e) => {
+            state.limiter.release(reservation);
+            return Err(e.into());
+        }
+    };
+    match created {
+        Created::New(v) => {
+            tracing::info!(id = %v.id, client = %client.name, %destination, mode = ?v.mode, "verification queued");
+            state.dialer.wake();
+            Ok(view_response(StatusCode::CREATED, &v, true))
+        }
+        Created::Replayed(v) => {
+            state.limiter.release(reservation);
+            Ok(view_response(StatusCode::OK, &v, true))
+        }
+        Created::Joined(v) => {
+            state.limiter.release(reservation);
+            tracing::info!(id = %v.id, client = %client.name, %destination, "request joined an open verification");
+            Ok(view_response(StatusCode::OK, &v, true))
+        }
+        Created::IdempotencyConflict => {
+            state.limiter.release(reservation);
+            Err(AppError::Conflict {
+                code: "idempotency_key_reused",
+                message: "Idempotency-Key was already used with a different request body"
+                    .to_owned(),
+            })
+        }
+    }
+}
+
+fn parse_id(raw: &str) -> Result<VerificationId, AppError> {
+    VerificationId::parse(raw).ok_or_else(|| AppError::NotFound(format!("no verification `{raw}`")))
+}
+
+async fn load_owned(
+    state: &AppState,
+    id: &VerificationId,
+    client: &Client,
+) -> Result<Verification, AppError> {
+    state
+        .store
+        .get(id)
+        .await?
+        .filter(|v| v.client == client.name)
+        .ok_or_else(|| AppError::NotFound(format!("no verification `{id}`")))
+}
+
+fn parse_wait(query: Option<&str>, max: u64) -> Result<u64, AppError> {
+    let mut wait = 0;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == "wait" {
+            wait = v.parse::<u64>().ok().filter(|w| *w <= max).ok_or_else(|| {
+                AppError::bad_request(
+                    "invalid_wait",
+                    format!("wait: whole seconds from 0 to {max}, got `{v}`"),
+                )
+            })?;
+        }
+    }
+    Ok(wait)
+}
+
+/// A verification; `?wait=N` long-polls up to N seconds for its completion.
+#[utoipa::path(
+    get,
+    path = "/v1/verifications/{id}",
+    tag = "verifications",
+    params(
+        ("id" = String, Path, description = "Verification id (`vrf_…`)"),
+        ("wait" = Option<u64>, Query, description = "Seconds to wait for completion (0 to api.max_wait_secs)"),
+    ),
+    responses(
+        (status = 200, description = "The verification (completed, or still open when the wait ended)", body = VerificationView),
+        (status = 400, description = "Invalid wait", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such verification for this client", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_verification(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    Path(raw_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    let wait = parse_wait(query.as_deref(), state.config.api.max_wait_secs)?;
+    let id = parse_id(&raw_id)?;
+    // Subscribe before reading, so a completion in between is not missed.
+    let mut completions = state.completions.subscribe();
+    let v = load_owned(&state, &id, &client).await?;
+    if wait == 0 || v.status == Status::Completed {
+        return Ok(view_response(StatusCode::OK, &v, false));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        match tokio::time::timeout_at(deadline, completions.recv()).await {
+            Err(_) => break,
+            Ok(Ok(done)) if done == id => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(RecvError::Lagged(_))) => {
+                let v = load_owned(&state, &id, &client).await?;
+                if v.status == Status::Completed {
+                    return Ok(view_response(StatusCode::OK, &v, false));
+                }
+            }
+            Ok(Err(RecvError::Closed)) => break,
+        }
+    }
+    let v = load_owned(&state, &id, &client).await?;
+    Ok(view_response(StatusCode::OK, &v, false))
+}
+
+/// Cancel: a queued verification is dequeued (completed as `cancelled`, 200); a live call is
+/// hung up (202; it completes as `cancelled` shortly).
+#[utoipa::path(
+    delete,
+    path = "/v1/verifications/{id}",
+    tag = "verifications",
+    params(("id" = String, Path, description = "Verification id (`vrf_…`)")),
+    responses(
+        (status = 200, description = "Was queued: now completed as cancelled", body = VerificationView),
+        (status = 202, description = "Call in progress: hang-up requested", body = VerificationView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "No such verification for this client", body = ErrorBody),
+        (status = 409, description = "Already completed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn cancel_verification(
+    State(state): State<AppState>,
+    Caller(client): Caller,
+    Path(raw_id): Path<String>,
+) -> Result<Response, AppError> {
+    let id = parse_id(&raw_id)?;
+    match state.store.dequeue(&id, &client.name, now_ms()).await? {
+        Dequeued::NotFound => Err(AppError::NotFound(format!("no verification `{id}`"))),
+        Dequeued::Cancelled(v) => {
+            tracing::info!(%id, "queued verification cancelled");
+            state.metrics.completed(flow::CallResult::Cancelled, None);
+            state.completions.announce(&id);
+            state.outbox.wake();
+            Ok(view_response(StatusCode::OK, &v, false))
+        }
+        Dequeued::NotQueued(v) if v.status == Status::Completed => Err(AppError::Conflict {
+            code: "already_completed",
+            message: format!(
+                "verification `{id}` is already completed ({})",
+                v.result.map_or("no result", |r| r.as_str())
+            ),
+        }),
+        Dequeued::NotQueued(v) => {
+            tracing::info!(%id, "hang-up requested");
+            state.dialer.hang_up(&id);
+            Ok(view_response(StatusCode::ACCEPTED, &v, false))
+        }
+    }
+}
+
+/// Liveness: 200 when the store answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up"), (status = 503, description = "Store unavailable", body = ErrorBody)))]
+async fn healthz(State(state): State<AppState>) -> Result<Response, AppError> {
+    state.store.ping().await.map_err(AppError::Unavailable)?;
+    Ok(Json(serde_json::json!({"status": "ok"})).into_response())
+}
+
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
+    let depth = state.store.queue_depth().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(depth),
+    )
+        .into_response())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such route".to_owned())
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}

@@ -1,0 +1,859 @@
+//! Configuration (DESIGN.md "Configuration"): one TOML file, then the environment.
+//!
+//! Every key can be overridden as `CALLVERIFY_<SECTION>__<KEY>` (e.g. `CALLVERIFY_SIP__PASSWORD`);
+//! deeper paths use more `__` separators and array indices (`CALLVERIFY_API__CLIENTS__0__KEY`).
+//! An override takes the type of the key it replaces (a string stays a string even when it looks
+//! like a number, so `CALLVERIFY_SIP__PASSWORD=1234` works); lists may be given as TOML
+//! (`["US","CA"]`) or comma-separated (`US,CA`).
+//!
+//! Loading is "parse, don't validate": [`Config::load`] returns a configuration whose every
+//! value has been checked, with errors that name the key at fault. Secrets live in
+//! [`Secret`], whose `Debug` and `Display` never print the value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "CALLVERIFY_";
+/// Separator between path segments in an environment override.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// A value that must never be printed: passwords, API keys, webhook secrets, PINs.
+///
+/// `Debug` and `Display` print `[redacted]`; serializing writes `[redacted]` too, so a config
+/// dump never leaks. Read the value with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself: call only where it is used (hashing, signing, the SIP digest).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// The whole configuration, validated.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub call: CallConfig,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+    pub webhook: WebhookConfig,
+}
+
+/// `[api]`: the HTTP API and its clients.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Longest `?wait=` a client may ask for, in seconds.
+    pub max_wait_secs: u64,
+    /// Largest `metadata` object accepted, in bytes of compact JSON.
+    pub metadata_max_bytes: usize,
+    /// Largest request body accepted, in bytes.
+    pub body_max_bytes: usize,
+    /// On SIGTERM/SIGINT, how long calls in flight may run before they are hung up, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// The API clients (auth servers).
+    pub clients: Vec<ClientConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_wait_secs: 60,
+            metadata_max_bytes: 4096,
+            body_max_bytes: 64 * 1024,
+            shutdown_grace_secs: 30,
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// `[[api.clients]]`: one auth server.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Name used in logs and stored with each verification.
+    pub name: String,
+    /// The API key in clear (hashed at load, then dropped). Give `key` or `key_sha256`.
+    pub key: Option<Secret>,
+    /// SHA-256 of the API key, lowercase hex.
+    pub key_sha256: Option<String>,
+    /// Standard Webhooks secret, `whsec_<base64>`; required to use `callback_url`.
+    pub webhook_secret: Option<Secret>,
+    /// Hosts `callback_url` may point to (`host` or `host:port`).
+    pub callback_hosts: Vec<String>,
+    /// Verifications this client may create per minute (0: no limit).
+    pub rate_per_minute: u32,
+}
+
+/// `[sip]`: the trunk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub listen: SocketAddr,
+    /// Where every call is sent (`sip:host[:port][;transport=udp|tcp|tls]`).
+    pub trunk: String,
+    pub username: String,
+    pub password: Secret,
+    /// Caller id presented to the callee (E.164).
+    pub caller_id: String,
+    /// Concurrent calls the trunk allows.
+    pub channels: u32,
+    /// Destinations may be `sip:`/`sips:` URIs (operators' softphones, tests).
+    pub allow_sip_uris: bool,
+    /// Accept SIP INFO DTMF.
+    pub sip_info_dtmf: bool,
+    /// RFC 3261 T1 (round-trip estimate), in milliseconds.
+    pub t1_ms: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            trunk: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            caller_id: String::new(),
+            channels: 10,
+            allow_sip_uris: false,
+            sip_info_dtmf: false,
+            t1_ms: 500,
+        }
+    }
+}
+
+/// `[media]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// RTP port range, `"LOW-HIGH"`.
+    pub rtp_ports: String,
+    /// Folder of prompt recordings, one sub-folder per language.
+    pub prompts: PathBuf,
+    /// Languages callers may ask for; the first is the default.
+    pub languages: Vec<String>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            rtp_ports: "20000-29999".to_owned(),
+            prompts: PathBuf::from("audio"),
+            languages: vec!["en".to_owned()],
+        }
+    }
+}
+
+/// `[call]`: timeouts and the digits of a verification call (DESIGN.md "The call", step 5).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallConfig {
+    pub ring_timeout_secs: u64,
+    /// Wait for a key after the prompt, in seconds (then one replay).
+    pub response_timeout_secs: u64,
+    pub prompt_replays: u32,
+    pub inter_digit_timeout_secs: u64,
+    /// The whole call, from INVITE to outcome.
+    pub challenge_timeout_secs: u64,
+    /// Digits (then `#`) that report fraud.
+    pub fraud_code: String,
+    /// How many digits the service picks in `challenge` mode.
+    pub challenge_digits: usize,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            ring_timeout_secs: 30,
+            response_timeout_secs: 10,
+            prompt_replays: 1,
+            inter_digit_timeout_secs: 3,
+            challenge_timeout_secs: 180,
+            fraud_code: "0#".to_owned(),
+            challenge_digits: 6,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH`, `sqlite::memory:`; `postgres://…` is reserved for later.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://callverify.db".to_owned(),
+        }
+    }
+}
+
+/// What a second request for a number that is already being verified does.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicatePolicy {
+    /// The same client asking again with the same parameters gets the verification already
+    /// queued or in progress (200); anything else is queued behind it.
+    #[default]
+    Join,
+    /// Every request is a new verification, queued behind the call in progress.
+    Queue,
+}
+
+/// `[limits]`: deny-by-default destination policy and rate limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// ISO 3166 alpha-2 codes of the countries that may be called.
+    pub countries: Vec<String>,
+    /// Verifications per destination per hour (0: no limit).
+    pub per_number_per_hour: u32,
+    /// Default verifications per client per minute (a client's `rate_per_minute` overrides).
+    pub per_client_per_minute: u32,
+    /// One call at a time per number: join or queue duplicates.
+    pub duplicate: DuplicatePolicy,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            countries: Vec::new(),
+            per_number_per_hour: 5,
+            per_client_per_minute: 120,
+            duplicate: DuplicatePolicy::Join,
+        }
+    }
+}
+
+/// `[webhook]`: delivery from the outbox (DESIGN.md "Webhooks").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// One delivery attempt, in seconds.
+    pub timeout_secs: u64,
+    /// Retries stop this long after the webhook was queued, in hours.
+    pub retry_for_hours: u64,
+    /// First retry delay, in seconds (doubled each attempt, jittered ±20 %).
+    pub initial_backoff_secs: u64,
+    /// Longest delay between two attempts, in seconds.
+    pub max_backoff_secs: u64,
+    /// Allow `http://` callback URLs (default: `https://` only).
+    pub allow_http: bool,
+    /// Allow callback targets on loopback, private and link-local addresses (SSRF guard off).
+    pub allow_private_networks: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            timeout_secs: 15,
+            retry_for_hours: 24,
+            initial_backoff_secs: 5,
+            max_backoff_secs: 2 * 60 * 60,
+            allow_http: false,
+            allow_private_networks: false,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. Every variant names the key or variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {source}")]
+    Syntax {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("configuration key `{key}`: {reason}")]
+    Type { key: String, reason: String },
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads `path` (or starts from the defaults when `None`), applies the `CALLVERIFY_…`
+    /// variables of the process environment, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let file = path.unwrap_or(Path::new("<defaults>"));
+        Config::from_toml(&text, file, std::env::vars())
+    }
+
+    /// Parses TOML text, applies the given environment (only `CALLVERIFY_` variables are
+    /// looked at), validates. `file` is only used in error messages.
+    pub fn from_toml(
+        text: &str,
+        file: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: file.to_owned(),
+            source: Box::new(e),
+        })?;
+        let template = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Type {
+            key: String::new(),
+            reason: e.to_string(),
+        })?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        overrides.sort();
+        for (var, value) in overrides {
+            apply_override(&mut table, &template, &var, &value)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Type {
+                    key: e.path().to_string(),
+                    reason: e.inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for (i, client) in self.api.clients.iter().enumerate() {
+            let at = |k: &str| format!("api.clients[{i}].{k}");
+            if client.name.trim().is_empty() {
+                return Err(invalid(at("name"), "must not be empty"));
+            }
+            if !names.insert(client.name.as_str()) {
+                return Err(invalid(at("name"), "two clients have this name"));
+            }
+            let hash = client
+                .key_hash()
+                .map_err(|reason| invalid(at("key"), reason))?;
+            if !hashes.insert(hash) {
+                return Err(invalid(at("key"), "two clients have the same API key"));
+            }
+            if let Some(secret) = &client.webhook_secret {
+                WebhookKey::parse(secret)
+                    .map_err(|reason| invalid(at("webhook_secret"), reason))?;
+            }
+            for (j, host) in client.callback_hosts.iter().enumerate() {
+                if host.is_empty() || host.contains('/') || host.contains('@') {
+                    return Err(invalid(
+                        format!("api.clients[{i}].callback_hosts[{j}]"),
+                        "must be a host name or host:port, without scheme or path",
+                    ));
+                }
+            }
+        }
+        if self.api.max_wait_secs > 600 {
+            return Err(invalid("api.max_wait_secs", "at most 600"));
+        }
+        if self.sip.channels == 0 {
+            return Err(invalid("sip.channels", "must be at least 1"));
+        }
+        if self.sip.t1_ms == 0 {
+            return Err(invalid("sip.t1_ms", "must be at least 1"));
+        }
+        if !self.sip.trunk.is_empty()
+            && !self.sip.trunk.starts_with("sip:")
+            && !self.sip.trunk.starts_with("sips:")
+        {
+            return Err(invalid("sip.trunk", "must be a sip: or sips: URI"));
+        }
+        self.media
+            .rtp_port_range()
+            .map_err(|reason| invalid("media.rtp_ports", reason))?;
+        if self.media.languages.is_empty() {
+            return Err(invalid(
+                "media.languages",
+                "must list at least one language",
+            ));
+        }
+        for (i, lang) in self.media.languages.iter().enumerate() {
+            if !is_language_tag(lang) {
+                return Err(invalid(
+                    format!("media.languages[{i}]"),
+                    "must look like `en` or `en-US`",
+                ));
+            }
+        }
+        if self.call.challenge_digits < 4 || self.call.challenge_digits > 10 {
+            return Err(invalid("call.challenge_digits", "must be between 4 and 10"));
+        }
+        let fraud = &self.call.fraud_code;
+        if fraud.len() < 2
+            || !fraud.ends_with('#')
+            || !fraud[..fraud.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'*')
+        {
+            return Err(invalid(
+                "call.fraud_code",
+                "must be digits or `*`, then `#` (e.g. `0#`)",
+            ));
+        }
+        for (key, value) in [
+            ("call.ring_timeout_secs", self.call.ring_timeout_secs),
+            (
+                "call.response_timeout_secs",
+                self.call.response_timeout_secs,
+            ),
+            (
+                "call.inter_digit_timeout_secs",
+                self.call.inter_digit_timeout_secs,
+            ),
+            (
+                "call.challenge_timeout_secs",
+                self.call.challenge_timeout_secs,
+            ),
+            ("webhook.timeout_secs", self.webhook.timeout_secs),
+            (
+                "webhook.initial_backoff_secs",
+                self.webhook.initial_backoff_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.webhook.max_backoff_secs < self.webhook.initial_backoff_secs {
+            return Err(invalid(
+                "webhook.max_backoff_secs",
+                "must not be less than webhook.initial_backoff_secs",
+            ));
+        }
+        for (i, country) in self.limits.countries.iter().enumerate() {
+            if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(invalid(
+                    format!("limits.countries[{i}]"),
+                    "must be an ISO 3166 alpha-2 code in capitals, like `US`",
+                ));
+            }
+            if country.parse::<phonenumber::country::Id>().is_err() {
+                return Err(invalid(
+                    format!("limits.countries[{i}]"),
+                    format!("`{country}` is not a country with a telephone numbering plan"),
+                ));
+            }
+        }
+        self.store
+            .backend()
+            .map_err(|reason| invalid("store.url", reason))?;
+        Ok(())
+    }
+}
+
+impl ClientConfig {
+    /// SHA-256 of the client's API key, from `key` or `key_sha256` (exactly one must be given).
+    pub fn key_hash(&self) -> Result<[u8; 32], &'static str> {
+        match (&self.key, &self.key_sha256) {
+            (Some(_), Some(_)) => Err("give `key` or `key_sha256`, not both"),
+            (None, None) => Err("missing: give `key` or `key_sha256`"),
+            (Some(key), None) => {
+                if key.expose().len() < 16 {
+                    return Err("an API key must be at least 16 characters");
+                }
+                Ok(Sha256::digest(key.expose().as_bytes()).into())
+            }
+            (None, Some(hex_hash)) => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(hex_hash, &mut out)
+                    .map_err(|_| "`key_sha256` must be 64 hex digits")?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The RTP port range, inclusive.
+    pub fn rtp_port_range(&self) -> Result<(u16, u16), &'static str> {
+        let (low, high) = self
+            .rtp_ports
+            .split_once('-')
+            .ok_or("must be `LOW-HIGH`, like `20000-29999`")?;
+        let low: u16 = low.trim().parse().map_err(|_| "LOW is not a port number")?;
+        let high: u16 = high
+            .trim()
+            .parse()
+            .map_err(|_| "HIGH is not a port number")?;
+        if low == 0 || low > high || low % 2 != 0 {
+            return Err("LOW must be even, non-zero and not above HIGH");
+        }
+        Ok((low, high))
+    }
+}
+
+/// Which store implementation a `store.url` selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// A SQLite file.
+    SqliteFile(PathBuf),
+    /// A private in-memory SQLite database (tests, demo): nothing survives the process.
+    SqliteMemory,
+}
+
+impl StoreConfig {
+    /// Parses `url` into a backend.
+    pub fn backend(&self) -> Result<StoreBackend, String> {
+        let url = self.url.as_str();
+        if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+            return Ok(StoreBackend::SqliteMemory);
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("`sqlite://` needs a file path".to_owned());
+            }
+            return Ok(StoreBackend::SqliteFile(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err("PostgreSQL is not implemented yet; use sqlite://PATH".to_owned());
+        }
+        Err("must start with `sqlite://` (or be `sqlite::memory:`)".to_owned())
+    }
+}
+
+/// The key of a Standard Webhooks secret (`whsec_` + base64 of the key bytes).
+#[derive(Clone)]
+pub struct WebhookKey(Vec<u8>);
+
+impl WebhookKey {
+    /// Prefix of a Standard Webhooks secret.
+    pub const PREFIX: &'static str = "whsec_";
+
+    /// Decodes `whsec_<base64>`.
+    pub fn parse(secret: &Secret) -> Result<WebhookKey, &'static str> {
+        let b64 = secret
+            .expose()
+            .strip_prefix(Self::PREFIX)
+            .ok_or("must start with `whsec_`")?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| "the part after `whsec_` must be base64")?;
+        if bytes.len() < 16 || bytes.len() > 64 {
+            return Err("the key must be between 16 and 64 bytes (24 to 88 base64 characters)");
+        }
+        Ok(WebhookKey(bytes))
+    }
+
+    /// The HMAC key bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookKey([redacted])")
+    }
+}
+
+impl CallConfig {
+    pub fn ring_timeout(&self) -> Duration {
+        Duration::from_secs(self.ring_timeout_secs)
+    }
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_secs(self.response_timeout_secs)
+    }
+    pub fn inter_digit_timeout(&self) -> Duration {
+        Duration::from_secs(self.inter_digit_timeout_secs)
+    }
+    pub fn challenge_timeout(&self) -> Duration {
+        Duration::from_secs(self.challenge_timeout_secs)
+    }
+}
+
+/// `en` or `en-US`.
+pub fn is_language_tag(s: &str) -> bool {
+    let b = s.as_bytes();
+    match b.len() {
+        2 => b.iter().all(u8::is_ascii_lowercase),
+        5 => {
+            b[..2].iter().all(u8::is_ascii_lowercase)
+                && b[2] == b'-'
+                && b[3..].iter().all(u8::is_ascii_uppercase)
+        }
+        _ => false,
+    }
+}
+
+/// Applies one `CALLVERIFY_A__B__C=value` to the table.
+fn apply_override(
+    table: &mut toml::Table,
+    template: &toml::Table,
+    var: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let env_err = |reason: String| ConfigError::Env {
+        var: var.to_owned(),
+        reason,
+    };
+    let rest = &var[ENV_PREFIX.len()..];
+    let path: Vec<String> = rest
+        .split(ENV_SEPARATOR)
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.len() < 2 || path.iter().any(String::is_empty) {
+        return Err(env_err(format!(
+            "must be {ENV_PREFIX}<SECTION>{ENV_SEPARATOR}<KEY> (e.g. CALLVERIFY_SIP__PASSWORD)"
+        )));
+    }
+    if !template.contains_key(&path[0]) {
+        let sections: Vec<&str> = template.keys().map(String::as_str).collect();
+        return Err(env_err(format!(
+            "unknown section `{}` (sections: {})",
+            path[0],
+            sections.join(", ")
+        )));
+    }
+    // The type the key has in the file, else in the defaults, decides how the value is read.
+    let existing = lookup(&toml::Value::Table(table.clone()), &path)
+        .or_else(|| lookup(&toml::Value::Table(template.clone()), &path));
+    let parsed = typed_value(existing.as_ref(), value).map_err(env_err)?;
+    let mut node = &mut *table;
+    let (last, parents) = path
+        .split_last()
+        .expect("path has at least two segments (checked)");
+    let mut i = 0;
+    while i < parents.len() {
+        let seg = &parents[i];
+        // An array segment followed by an index: `clients__0__key`.
+        if let Some(index) = parents.get(i + 1).and_then(|s| s.parse::<usize>().ok()) {
+            let array = node
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            let toml::Value::Array(array) = array else {
+                return Err(env_err(format!("`{seg}` is not a list")));
+            };
+            if index > array.len() {
+                return Err(env_err(format!(
+                    "index {index} skips entries: `{seg}` has {} entries",
+                    array.len()
+                )));
+            }
+            if index == array.len() {
+                array.push(toml::Value::Table(toml::Table::new()));
+            }
+            let toml::Value::Table(t) = &mut array[index] else {
+                return Err(env_err(format!("`{seg}[{index}]` is not a table")));
+            };
+            node = t;
+            i += 2;
+            continue;
+        }
+        let child = node
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(t) = child else {
+            return Err(env_err(format!("`{seg}` is not a table")));
+        };
+        node = t;
+        i += 1;
+    }
+    node.insert(last.clone(), parsed);
+    Ok(())
+}
+
+fn lookup(root: &toml::Value, path: &[String]) -> Option<toml::Value> {
+    let mut node = root;
+    for seg in path {
+        node = match node {
+            toml::Value::Table(t) => t.get(seg)?,
+            toml::Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(node.clone())
+}
+
+fn typed_value(existing: Option<&toml::Value>, raw: &str) -> Result<toml::Value, String> {
+    let parse_list = |raw: &str| -> Result<toml::Value, String> {
+        if raw.trim_start().starts_with('[') {
+            let doc: BTreeMap<String, toml::Value> = toml::from_str(&format!("v = {raw}"))
+                .map_err(|e| format!("not a TOML list: {e}"))?;
+            doc.get("v")
+                .cloned()
+                .ok_or_else(|| "not a TOML list".to_owned())
+        } else {
+            Ok(toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ))
+        }
+    };
+    match existing {
+        Some(toml::Value::Integer(_)) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("`{raw}` is not an integer")),
+        Some(toml::Value::Boolean(_)) => match raw.trim() {
+            "true" | "1" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("`{raw}` is not true or false")),
+        },
+        Some(toml::Value::Float(_)) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("`{raw}` is not a number")),
+        Some(toml::Value::Array(_)) => parse_list(raw),
+        Some(_) => Ok(toml::Value::String(raw.to_owned())),
+        None if raw.trim_start().starts_with('[') => parse_list(raw),
+        None => Ok(toml::Value::String(raw.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            Path::new("test.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    const CLIENT: &str = r#"
+[[api.clients]]
+name = "auth"
+key = "cv_test_0123456789abcdef"
+webhook_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+callback_hosts = ["auth.example.com"]
+"#;
+
+    #[test]
+    fn the_example_config_loads() {
+        let text = include_str!("../config/callverify.example.toml");
+        let config = load(text, &[]).expect("example config is valid");
+        assert_eq!(config.api.clients.len(), 1);
+        assert_eq!(config.limits.countries, vec!["US".to_owned()]);
+    }
+
+    #[test]
+    fn env_overrides_keep_the_type_of_the_key() {
+        let config = load(
+            CLIENT,
+            &[
+                ("CALLVERIFY_SIP__PASSWORD", "1234"),
+                ("CALLVERIFY_SIP__CHANNELS", "7"),
+                ("CALLVERIFY_SIP__ALLOW_SIP_URIS", "true"),
+                ("CALLVERIFY_LIMITS__COUNTRIES", "US,CA"),
+                ("CALLVERIFY_API__CLIENTS__0__KEY", "cv_from_env_0123456789"),
+                ("OTHER_VAR", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.sip.password.expose(), "1234");
+        assert_eq!(config.sip.channels, 7);
+        assert!(config.sip.allow_sip_uris);
+        assert_eq!(config.limits.countries, vec!["US", "CA"]);
+        assert_eq!(
+            config.api.clients[0].key.as_ref().unwrap().expose(),
+            "cv_from_env_0123456789"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load("[sip]\nchannels = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("sip.channels"), "{e}");
+        let e = load("[sip]\nchannels = \"many\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("sip.channels"), "{e}");
+        let e = load("[sip]\nchanels = 3\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("chanels"), "{e}");
+        let e = load("", &[("CALLVERIFY_SIP__CHANNELS", "lots")]).unwrap_err();
+        assert!(e.to_string().contains("CALLVERIFY_SIP__CHANNELS"), "{e}");
+        let e = load("", &[("CALLVERIFY_NOPE__X", "1")]).unwrap_err();
+        assert!(e.to_string().contains("unknown section `nope`"), "{e}");
+        let e = load("[limits]\ncountries = [\"usa\"]\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("limits.countries[0]"), "{e}");
+        let bad_secret = CLIENT.replace("whsec_MfKQ", "MfKQ");
+        let e = load(&bad_secret, &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("api.clients[0].webhook_secret"),
+            "{e}"
+        );
+        let e = load("[store]\nurl = \"postgres://x\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("store.url"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = load(CLIENT, &[("CALLVERIFY_SIP__PASSWORD", "hunter2-pass")]).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2-pass"));
+        assert!(!debug.contains("cv_test_0123456789abcdef"));
+        assert!(!debug.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+        let dumped = toml::to_string(&config).unwrap();
+        assert!(!dumped.contains("hunter2-pass"));
+        assert_eq!(config.sip.password.to_string(), "[redacted]");
+    }
+}

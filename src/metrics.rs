@@ -1,0 +1,220 @@
+//! Prometheus metrics (text exposition format 0.0.4), kept in atomics: no registry, no locks.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use flow::CallResult;
+use media::DtmfMethod;
+
+/// Upper bounds of the detector latency histogram buckets, in seconds.
+const LATENCY_BUCKETS_SECS: [f64; 10] = [0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0];
+const DTMF_METHODS: [DtmfMethod; 3] =
+    [DtmfMethod::Inband, DtmfMethod::Rfc4733, DtmfMethod::SipInfo];
+
+/// The service's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    calls: [AtomicU64; CallResult::ALL.len()],
+    in_flight: AtomicI64,
+    webhook_deliveries: AtomicU64,
+    webhook_failures: AtomicU64,
+    webhooks_gone: AtomicU64,
+    webhooks_gave_up: AtomicU64,
+    dtmf: [AtomicU64; DTMF_METHODS.len()],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_SECS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// A verification completed with `result`, decided by `method` (if a digit was heard).
+    pub fn completed(&self, result: CallResult, method: Option<DtmfMethod>) {
+        let i = CallResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.calls[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = method {
+            let j = DTMF_METHODS.iter().position(|x| *x == m).unwrap_or(0);
+            self.dtmf[j].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn call_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn call_ended(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn webhook_delivered(&self) {
+        self.webhook_deliveries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One attempt failed (non-2xx, timeout, transport error, refused target).
+    pub fn webhook_failed(&self) {
+        self.webhook_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn webhook_gone(&self) {
+        self.webhooks_gone.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn webhook_gave_up(&self) {
+        self.webhooks_gave_up.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Time from the end of a key press to its detection.
+    pub fn detector_latency(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_SECS) {
+            if secs <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Completed verifications with this result so far.
+    pub fn calls(&self, result: CallResult) -> u64 {
+        let i = CallResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.calls[i].load(Ordering::Relaxed)
+    }
+
+    /// The exposition text; `queue_depth` is read from the store at scrape time.
+    pub fn render(&self, queue_depth: u64) -> String {
+        let mut out = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Writing to a String cannot fail.
+        let _ = (|| -> std::fmt::Result {
+            writeln!(
+                out,
+                "# HELP callverify_calls_total Completed verifications by result."
+            )?;
+            writeln!(out, "# TYPE callverify_calls_total counter")?;
+            for (r, n) in CallResult::ALL.iter().zip(&self.calls) {
+                writeln!(out, "callverify_calls_total{{result=\"{r}\"}} {}", load(n))?;
+            }
+            writeln!(
+                out,
+                "# HELP callverify_calls_in_flight Calls being placed or up."
+            )?;
+            writeln!(out, "# TYPE callverify_calls_in_flight gauge")?;
+            writeln!(
+                out,
+                "callverify_calls_in_flight {}",
+                self.in_flight.load(Ordering::Relaxed)
+            )?;
+            writeln!(
+                out,
+                "# HELP callverify_queue_depth Verifications waiting for a channel."
+            )?;
+            writeln!(out, "# TYPE callverify_queue_depth gauge")?;
+            writeln!(out, "callverify_queue_depth {queue_depth}")?;
+            writeln!(
+                out,
+                "# HELP callverify_webhook_deliveries_total Webhooks delivered (2xx)."
+            )?;
+            writeln!(out, "# TYPE callverify_webhook_deliveries_total counter")?;
+            writeln!(
+                out,
+                "callverify_webhook_deliveries_total {}",
+                load(&self.webhook_deliveries)
+            )?;
+            writeln!(
+                out,
+                "# HELP callverify_webhook_failures_total Failed webhook attempts."
+            )?;
+            writeln!(out, "# TYPE callverify_webhook_failures_total counter")?;
+            writeln!(
+                out,
+                "callverify_webhook_failures_total {}",
+                load(&self.webhook_failures)
+            )?;
+            writeln!(
+                out,
+                "# HELP callverify_webhooks_abandoned_total Webhooks no longer retried."
+            )?;
+            writeln!(out, "# TYPE callverify_webhooks_abandoned_total counter")?;
+            writeln!(
+                out,
+                "callverify_webhooks_abandoned_total{{reason=\"gone\"}} {}",
+                load(&self.webhooks_gone)
+            )?;
+            writeln!(
+                out,
+                "callverify_webhooks_abandoned_total{{reason=\"gave_up\"}} {}",
+                load(&self.webhooks_gave_up)
+            )?;
+            writeln!(
+                out,
+                "# HELP callverify_dtmf_method_total Deciding key presses by DTMF method."
+            )?;
+            writeln!(out, "# TYPE callverify_dtmf_method_total counter")?;
+            for (m, n) in DTMF_METHODS.iter().zip(&self.dtmf) {
+                writeln!(
+                    out,
+                    "callverify_dtmf_method_total{{method=\"{}\"}} {}",
+                    m.as_str(),
+                    load(n)
+                )?;
+            }
+            writeln!(
+                out,
+                "# HELP callverify_dtmf_detector_latency_seconds Key release to detection."
+            )?;
+            writeln!(
+                out,
+                "# TYPE callverify_dtmf_detector_latency_seconds histogram"
+            )?;
+            for (bound, n) in LATENCY_BUCKETS_SECS.iter().zip(&self.latency_buckets) {
+                writeln!(
+                    out,
+                    "callverify_dtmf_detector_latency_seconds_bucket{{le=\"{bound}\"}} {}",
+                    load(n)
+                )?;
+            }
+            let count = load(&self.latency_count);
+            writeln!(
+                out,
+                "callverify_dtmf_detector_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+            )?;
+            let sum = load(&self.latency_sum_us) as f64 / 1e6;
+            writeln!(out, "callverify_dtmf_detector_latency_seconds_sum {sum}")?;
+            writeln!(
+                out,
+                "callverify_dtmf_detector_latency_seconds_count {count}"
+            )?;
+            Ok(())
+        })();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::new();
+        m.detector_latency(Duration::from_millis(30));
+        m.detector_latency(Duration::from_millis(250));
+        let text = m.render(3);
+        assert!(text.contains("callverify_dtmf_detector_latency_seconds_bucket{le=\"0.04\"} 1"));
+        assert!(text.contains("callverify_dtmf_detector_latency_seconds_bucket{le=\"0.3\"} 2"));
+        assert!(text.contains("callverify_dtmf_detector_latency_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("callverify_queue_depth 3"));
+    }
+}
