@@ -9,3 +9,4 @@ pub mod api;
 pub mod dialer;
 pub mod metrics;
 pub mod webhook;
+pub mod service;

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 mod auth;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub completions: Completions,
     pub metrics: Arc<Metrics>,
     pub outbox: OutboxWake,
+    /// Cancelled when the service shuts down: long-polls answer at once.
+    pub shutdown: CancellationToken,
     clients: Arc<Clients>,
     limiter: Arc<RateLimiter>,
 }
@@ -73,6 +76,7 @@ impl AppState {
             completions: Completions::new(),
             metrics: Arc::new(Metrics::new()),
             outbox: OutboxWake::new(),
+            shutdown: CancellationToken::new(),
             limiter: Arc::new(RateLimiter::new()),
         })
     }
@@ -351,7 +355,11 @@ async fn get_verification(
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
-        match tokio::time::timeout_at(deadline, completions.recv()).await {
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            next = tokio::time::timeout_at(deadline, completions.recv()) => next,
+        };
+        match next {
             Err(_) => break,
             Ok(Ok(done)) if done == id => break,
             Ok(Ok(_)) => {}
