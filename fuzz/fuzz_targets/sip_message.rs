@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         let again = Message::parse(&printed, &limits).expect("our own output must parse");
         assert_eq!(again.to_bytes(), printed, "printing is stable");
         if let Message::Request(r) = &msg {
-            let _ = (r.top_via(), r.cseq(), r.from_hdr(), r.to_hdr(), r.contact(), r.call_id());
+            let _ = (r.top_via(), r.cseq(), r.header_from(), r.header_to(), r.contact(), r.call_id());
             let _ = (r.uri.socket_addr(), r.uri.to_string(), format!("{r:?}"));
         }
         for v in msg.headers().list("Proxy-Authenticate") {

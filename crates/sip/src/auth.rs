@@ -97,7 +97,10 @@ impl Algorithm {
     }
 
     fn is_sess(self) -> bool {
-        matches!(self, Self::Md5Sess | Self::Sha256Sess | Self::Sha512_256Sess)
+        matches!(
+            self,
+            Self::Md5Sess | Self::Sha256Sess | Self::Sha512_256Sess
+        )
     }
 
     /// Lower-case hex of the hash of `data`.
@@ -149,14 +152,19 @@ impl Challenge {
     /// Parses one `Digest …` challenge value.
     pub fn parse(value: &str) -> Result<Self, AuthError> {
         let value = value.trim();
-        let (scheme, params) = value.split_once(|c: char| c.is_ascii_whitespace()).unwrap_or((value, ""));
+        let (scheme, params) = value
+            .split_once(|c: char| c.is_ascii_whitespace())
+            .unwrap_or((value, ""));
         if !scheme.eq_ignore_ascii_case("Digest") {
             return Err(AuthError::NotDigest);
         }
-        let (mut realm, mut nonce, mut opaque, mut algorithm, mut qop_raw) = (None, None, None, None, None);
+        let (mut realm, mut nonce, mut opaque, mut algorithm, mut qop_raw) =
+            (None, None, None, None, None);
         let (mut stale, mut userhash) = (false, false);
         for item in split_unquoted(params, ',') {
-            let Some((k, v)) = item.split_once('=') else { continue };
+            let Some((k, v)) = item.split_once('=') else {
+                continue;
+            };
             let v = unquote(v.trim()).to_string();
             match k.trim().to_ascii_lowercase().as_str() {
                 "realm" => realm = Some(v),
@@ -176,7 +184,10 @@ impl Challenge {
         let qop = match qop_raw {
             None => None,
             Some(list) => {
-                let tokens: Vec<String> = list.split(',').map(|t| t.trim().to_ascii_lowercase()).collect();
+                let tokens: Vec<String> = list
+                    .split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .collect();
                 if tokens.iter().any(|t| t == "auth") {
                     Some(Qop::Auth)
                 } else if tokens.iter().any(|t| t == "auth-int") {
@@ -206,7 +217,10 @@ impl Challenge {
             for one in split_challenges(value) {
                 match Self::parse(one) {
                     Ok(c) => {
-                        if best.as_ref().is_none_or(|b| c.algorithm.strength() > b.algorithm.strength()) {
+                        if best
+                            .as_ref()
+                            .is_none_or(|b| c.algorithm.strength() > b.algorithm.strength())
+                        {
                             best = Some(c);
                         }
                     }
@@ -227,7 +241,10 @@ fn split_challenges(value: &str) -> Vec<&str> {
     let mut offset = 0;
     for item in split_unquoted(value, ',') {
         let trimmed = item.trim_start();
-        let first_word = trimmed.split(|c: char| c.is_ascii_whitespace() || c == '=').next().unwrap_or("");
+        let first_word = trimmed
+            .split(|c: char| c.is_ascii_whitespace() || c == '=')
+            .next()
+            .unwrap_or("");
         let is_scheme = !trimmed.is_empty()
             && trimmed.len() > first_word.len()
             && trimmed[first_word.len()..].starts_with(|c: char| c.is_ascii_whitespace());
@@ -275,16 +292,30 @@ pub struct DigestRequest<'a> {
 }
 
 /// Computes the Authorization / Proxy-Authorization header value answering `challenge`.
-pub fn authorization(challenge: &Challenge, credentials: &Credentials, request: &DigestRequest<'_>) -> String {
+pub fn authorization(
+    challenge: &Challenge,
+    credentials: &Credentials,
+    request: &DigestRequest<'_>,
+) -> String {
     let alg = challenge.algorithm;
     let nc = format!("{:08x}", request.nc);
-    let a1 = format!("{}:{}:{}", credentials.username, challenge.realm, credentials.password.expose());
+    let a1 = format!(
+        "{}:{}:{}",
+        credentials.username,
+        challenge.realm,
+        credentials.password.expose()
+    );
     let mut ha1 = alg.hex(a1.as_bytes());
     if alg.is_sess() {
         ha1 = alg.hex(format!("{ha1}:{}:{}", challenge.nonce, request.cnonce).as_bytes());
     }
     let a2 = match challenge.qop {
-        Some(Qop::AuthInt) => format!("{}:{}:{}", request.method, request.uri, alg.hex(request.body)),
+        Some(Qop::AuthInt) => format!(
+            "{}:{}:{}",
+            request.method,
+            request.uri,
+            alg.hex(request.body)
+        ),
         _ => format!("{}:{}", request.method, request.uri),
     };
     let ha2 = alg.hex(a2.as_bytes());
@@ -294,13 +325,22 @@ pub fn authorization(challenge: &Challenge, credentials: &Credentials, request: 
         None => None,
     };
     let response = match qop_token {
-        Some(q) => alg.hex(format!("{ha1}:{}:{nc}:{}:{q}:{ha2}", challenge.nonce, request.cnonce).as_bytes()),
+        Some(q) => alg.hex(
+            format!(
+                "{ha1}:{}:{nc}:{}:{q}:{ha2}",
+                challenge.nonce, request.cnonce
+            )
+            .as_bytes(),
+        ),
         None => alg.hex(format!("{ha1}:{}:{ha2}", challenge.nonce).as_bytes()),
     };
     let username = if challenge.userhash {
         alg.hex(format!("{}:{}", credentials.username, challenge.realm).as_bytes())
     } else {
-        credentials.username.replace('\\', "\\\\").replace('"', "\\\"")
+        credentials
+            .username
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
     };
     // Parameter order follows the examples of RFC 7616 §3.9.
     let mut out = format!(
@@ -308,7 +348,10 @@ pub fn authorization(challenge: &Challenge, credentials: &Credentials, request: 
         challenge.realm, request.uri, alg, challenge.nonce
     );
     if let Some(q) = qop_token {
-        out.push_str(&format!(", nc={nc}, cnonce=\"{}\", qop={q}", request.cnonce));
+        out.push_str(&format!(
+            ", nc={nc}, cnonce=\"{}\", qop={q}",
+            request.cnonce
+        ));
     }
     out.push_str(&format!(", response=\"{response}\""));
     if let Some(o) = &challenge.opaque {
@@ -392,10 +435,22 @@ mod tests {
 
     #[test]
     fn unsupported_and_malformed() {
-        assert_eq!(Challenge::select(["Basic realm=\"x\""]), Err(AuthError::NotDigest));
-        assert_eq!(Challenge::select(["Digest realm=\"x\", nonce=\"y\", algorithm=SHA-1"]), Err(AuthError::UnsupportedAlgorithm));
-        assert_eq!(Challenge::select(["Digest nonce=\"y\""]), Err(AuthError::MissingParam("realm")));
-        assert_eq!(Challenge::select(Vec::<&str>::new()), Err(AuthError::NoChallenge));
+        assert_eq!(
+            Challenge::select(["Basic realm=\"x\""]),
+            Err(AuthError::NotDigest)
+        );
+        assert_eq!(
+            Challenge::select(["Digest realm=\"x\", nonce=\"y\", algorithm=SHA-1"]),
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+        assert_eq!(
+            Challenge::select(["Digest nonce=\"y\""]),
+            Err(AuthError::MissingParam("realm"))
+        );
+        assert_eq!(
+            Challenge::select(Vec::<&str>::new()),
+            Err(AuthError::NoChallenge)
+        );
         let c = Challenge::parse("Digest realm=\"x\", nonce=\"y\", stale=TRUE").unwrap();
         assert!(c.stale);
         assert_eq!(c.algorithm, Algorithm::Md5);
@@ -406,9 +461,18 @@ mod tests {
     #[test]
     fn sess_and_legacy_forms() {
         let creds = mufasa();
-        let req = DigestRequest { method: "INVITE", uri: "sip:a@b", body: b"", cnonce: "c", nc: 2 };
-        let sess = Challenge::parse("Digest realm=\"r\", nonce=\"n\", algorithm=MD5-sess, qop=auth").unwrap();
-        let ha1 = Algorithm::Md5.hex(format!("{}:n:c", Algorithm::Md5.hex(b"Mufasa:r:Circle of Life")).as_bytes());
+        let req = DigestRequest {
+            method: "INVITE",
+            uri: "sip:a@b",
+            body: b"",
+            cnonce: "c",
+            nc: 2,
+        };
+        let sess =
+            Challenge::parse("Digest realm=\"r\", nonce=\"n\", algorithm=MD5-sess, qop=auth")
+                .unwrap();
+        let ha1 = Algorithm::Md5
+            .hex(format!("{}:n:c", Algorithm::Md5.hex(b"Mufasa:r:Circle of Life")).as_bytes());
         let ha2 = Algorithm::Md5.hex(b"INVITE:sip:a@b");
         let expected = Algorithm::Md5.hex(format!("{ha1}:n:00000002:c:auth:{ha2}").as_bytes());
         assert!(authorization(&sess, &creds, &req).contains(&format!("response=\"{expected}\"")));

@@ -41,7 +41,11 @@ pub struct Transmit {
 impl fmt::Debug for Transmit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The payload carries phone numbers: only its first word and size.
-        let first = self.payload.split(|b| *b == b' ').next().unwrap_or_default();
+        let first = self
+            .payload
+            .split(|b| *b == b' ')
+            .next()
+            .unwrap_or_default();
         f.debug_struct("Transmit")
             .field("call", &self.call)
             .field("transport", &self.transport)

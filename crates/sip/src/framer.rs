@@ -63,7 +63,11 @@ impl StreamFramer {
             return None;
         }
         // Keep-alives (RFC 5626 §3.5.1) and stray line breaks between messages.
-        let skip = self.buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+        let skip = self
+            .buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
         self.buf.drain(..skip);
         let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
             if self.buf.len() > self.max {
@@ -101,7 +105,8 @@ fn content_length(head: &[u8]) -> Result<usize, FrameError> {
         };
         let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let value = std::str::from_utf8(line[colon + 1..].trim_ascii()).map_err(|_| FrameError::InvalidContentLength)?;
+            let value = std::str::from_utf8(line[colon + 1..].trim_ascii())
+                .map_err(|_| FrameError::InvalidContentLength)?;
             return value.parse().map_err(|_| FrameError::InvalidContentLength);
         }
     }
@@ -134,13 +139,28 @@ mod tests {
     fn errors_are_sticky() {
         let mut f = StreamFramer::new(&Limits::default());
         f.push(b"SIP/2.0 200 OK\r\n\r\n");
-        assert_eq!(f.next_message(), Some(Err(FrameError::MissingContentLength)));
+        assert_eq!(
+            f.next_message(),
+            Some(Err(FrameError::MissingContentLength))
+        );
         assert_eq!(f.next_message(), None);
-        let mut f = StreamFramer::new(&Limits { max_message_bytes: 64, ..Limits::default() });
+        let mut f = StreamFramer::new(&Limits {
+            max_message_bytes: 64,
+            ..Limits::default()
+        });
         f.push(b"SIP/2.0 200 OK\r\nContent-Length: 999\r\n\r\n");
-        assert_eq!(f.next_message(), Some(Err(FrameError::TooLarge { max: 64 })));
-        let mut f = StreamFramer::new(&Limits { max_message_bytes: 16, ..Limits::default() });
+        assert_eq!(
+            f.next_message(),
+            Some(Err(FrameError::TooLarge { max: 64 }))
+        );
+        let mut f = StreamFramer::new(&Limits {
+            max_message_bytes: 16,
+            ..Limits::default()
+        });
         f.push(&[b'x'; 17]);
-        assert_eq!(f.next_message(), Some(Err(FrameError::TooLarge { max: 16 })));
+        assert_eq!(
+            f.next_message(),
+            Some(Err(FrameError::TooLarge { max: 16 }))
+        );
     }
 }

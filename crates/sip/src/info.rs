@@ -48,12 +48,18 @@ pub enum InfoError {
 /// Whether `content_type` (parameters allowed) is one we parse.
 pub fn is_dtmf_content_type(content_type: &str) -> bool {
     let base = content_type.split(';').next().unwrap_or("").trim();
-    base.eq_ignore_ascii_case("application/dtmf-relay") || base.eq_ignore_ascii_case("application/dtmf")
+    base.eq_ignore_ascii_case("application/dtmf-relay")
+        || base.eq_ignore_ascii_case("application/dtmf")
 }
 
 /// Parses a DTMF INFO body given its Content-Type.
 pub fn parse_dtmf_info(content_type: &str, body: &[u8]) -> Result<DtmfInfo, InfoError> {
-    let base = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if body.len() > MAX_INFO_BODY_BYTES {
         return Err(InfoError::Unreadable);
     }
@@ -62,7 +68,9 @@ pub fn parse_dtmf_info(content_type: &str, body: &[u8]) -> Result<DtmfInfo, Info
         "application/dtmf-relay" => {
             let (mut signal, mut duration) = (None, None);
             for line in text.lines() {
-                let Some((k, v)) = line.split_once('=') else { continue };
+                let Some((k, v)) = line.split_once('=') else {
+                    continue;
+                };
                 match k.trim().to_ascii_lowercase().as_str() {
                     "signal" => signal = Some(v.trim()),
                     "duration" => {
@@ -94,7 +102,10 @@ pub fn parse_dtmf_info(content_type: &str, body: &[u8]) -> Result<DtmfInfo, Info
 
 fn key_from_signal(signal: &str) -> Result<char, InfoError> {
     let mut chars = signal.chars();
-    let (first, rest) = (chars.next().ok_or(InfoError::MissingSignal)?, chars.as_str());
+    let (first, rest) = (
+        chars.next().ok_or(InfoError::MissingSignal)?,
+        chars.as_str(),
+    );
     if rest.is_empty() {
         return match first.to_ascii_uppercase() {
             c @ ('0'..='9' | '*' | '#' | 'A'..='D') => Ok(c),
@@ -124,20 +135,41 @@ mod tests {
     #[test]
     fn linphone_body() {
         let d = parse_dtmf_info("application/dtmf-relay", b"Signal=#\r\nDuration=250\r\n").unwrap();
-        assert_eq!(d, DtmfInfo { key: '#', duration: Some(Duration::from_millis(250)) });
+        assert_eq!(
+            d,
+            DtmfInfo {
+                key: '#',
+                duration: Some(Duration::from_millis(250))
+            }
+        );
     }
 
     #[test]
     fn tolerant_variants() {
         let p = |ct, b: &[u8]| parse_dtmf_info(ct, b).map(|d| d.key);
-        assert_eq!(p("Application/DTMF-Relay; charset=x", b"signal= 1\nduration=100"), Ok('1'));
+        assert_eq!(
+            p(
+                "Application/DTMF-Relay; charset=x",
+                b"signal= 1\nduration=100"
+            ),
+            Ok('1')
+        );
         assert_eq!(p("application/dtmf-relay", b"Signal=11"), Ok('#'));
         assert_eq!(p("application/dtmf-relay", b"Signal=10"), Ok('*'));
         assert_eq!(p("application/dtmf-relay", b"Signal=d"), Ok('D'));
         assert_eq!(p("application/dtmf", b"5\r\n"), Ok('5'));
-        assert_eq!(p("application/dtmf-relay", b"Signal=16"), Err(InfoError::InvalidSignal));
-        assert_eq!(p("application/dtmf-relay", b"Duration=1"), Err(InfoError::MissingSignal));
-        assert_eq!(p("application/dtmf-relay", b"Signal=1\nDuration=x"), Err(InfoError::InvalidDuration));
+        assert_eq!(
+            p("application/dtmf-relay", b"Signal=16"),
+            Err(InfoError::InvalidSignal)
+        );
+        assert_eq!(
+            p("application/dtmf-relay", b"Duration=1"),
+            Err(InfoError::MissingSignal)
+        );
+        assert_eq!(
+            p("application/dtmf-relay", b"Signal=1\nDuration=x"),
+            Err(InfoError::InvalidDuration)
+        );
         assert_eq!(p("text/plain", b"1"), Err(InfoError::NotDtmf));
         assert_eq!(p("application/dtmf", b""), Err(InfoError::MissingSignal));
     }
@@ -146,6 +178,11 @@ mod tests {
     fn body_round_trip() {
         let b = dtmf_relay_body('#', Duration::from_millis(250));
         assert_eq!(b, "Signal=#\r\nDuration=250\r\n");
-        assert_eq!(parse_dtmf_info("application/dtmf-relay", b.as_bytes()).unwrap().key, '#');
+        assert_eq!(
+            parse_dtmf_info("application/dtmf-relay", b.as_bytes())
+                .unwrap()
+                .key,
+            '#'
+        );
     }
 }

@@ -226,11 +226,16 @@ impl Uri {
     /// Parses a URI such as `sip:+14255550123@trunk.example.net:5060;user=phone`.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let text = text.trim();
-        if text.is_empty() || text.len() > MAX_HEADER_LINE_BYTES || text.contains(char::is_whitespace) {
+        if text.is_empty()
+            || text.len() > MAX_HEADER_LINE_BYTES
+            || text.contains(char::is_whitespace)
+        {
             return Err(ParseError::Uri);
         }
         let lower = text.get(..4).map(str::to_ascii_lowercase);
-        if lower.as_deref() != Some("sip:") && text.get(..5).map(str::to_ascii_lowercase).as_deref() != Some("sips:") {
+        if lower.as_deref() != Some("sip:")
+            && text.get(..5).map(str::to_ascii_lowercase).as_deref() != Some("sips:")
+        {
             return Err(ParseError::Uri);
         }
         let parsed = rsip::Uri::try_from(text).map_err(|_| ParseError::Uri)?;
@@ -273,7 +278,9 @@ impl Uri {
 
     /// Whether this is a `sips:` URI.
     pub fn is_sips(&self) -> bool {
-        self.raw.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
+        self.raw
+            .get(..5)
+            .is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
     }
 
     /// A URI parameter (`;name` → `Some(None)`, `;name=value` → `Some(Some(value))`).
@@ -310,8 +317,17 @@ impl Uri {
     /// The socket address if the host is an IP literal: port from the URI or the default
     /// (5060, 5061 for sips/TLS; RFC 3261 §19.1.2). Host names need the runtime's resolver.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
-        let ip: IpAddr = self.host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
-        let default = if self.is_sips() || self.transport() == Some(Transport::Tls) { 5061 } else { 5060 };
+        let ip: IpAddr = self
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?;
+        let default = if self.is_sips() || self.transport() == Some(Transport::Tls) {
+            5061
+        } else {
+            5060
+        };
         Some(SocketAddr::new(ip, self.port.unwrap_or(default)))
     }
 
@@ -410,7 +426,10 @@ impl Headers {
 
     /// Every value of `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |h| h.is(name)).map(|h| h.value.as_str())
+        self.0
+            .iter()
+            .filter(move |h| h.is(name))
+            .map(|h| h.value.as_str())
     }
 
     /// Every comma-separated element of every `name` header (Via, Route, Record-Route…).
@@ -649,25 +668,34 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
     let mut lines: Vec<String> = Vec::new();
     for line in head.split("\r\n") {
         if line.starts_with([' ', '\t']) {
-            let last = lines.last_mut().ok_or(ParseError::Syntax(Part::StartLine))?;
+            let last = lines
+                .last_mut()
+                .ok_or(ParseError::Syntax(Part::StartLine))?;
             last.push(' ');
             last.push_str(line.trim_start());
         } else {
             lines.push(line.to_string());
         }
-        if lines.last().is_some_and(|l| l.len() > limits.max_header_line_bytes) {
+        if lines
+            .last()
+            .is_some_and(|l| l.len() > limits.max_header_line_bytes)
+        {
             return Err(ParseError::HeaderTooLong {
                 max: limits.max_header_line_bytes,
             });
         }
         if lines.len() > limits.max_headers + 1 {
-            return Err(ParseError::TooManyHeaders { max: limits.max_headers });
+            return Err(ParseError::TooManyHeaders {
+                max: limits.max_headers,
+            });
         }
     }
 
     let mut headers = Headers::new();
     for line in lines.iter().skip(1) {
-        let (name, value) = line.split_once(':').ok_or(ParseError::Syntax(Part::Header))?;
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(ParseError::Syntax(Part::Header))?;
         let name = name.trim_end();
         if name.is_empty() || !name.bytes().all(is_token_byte) {
             return Err(ParseError::Syntax(Part::Header));
@@ -678,7 +706,8 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
     // rsip checks the grammar of the start line, the URI and every header line.
     let mut canonical = lines.join("\r\n");
     canonical.push_str("\r\n\r\n");
-    let checked = rsip::SipMessage::try_from(canonical.as_bytes()).map_err(|_| ParseError::Syntax(Part::StartLine))?;
+    let checked = rsip::SipMessage::try_from(canonical.as_bytes())
+        .map_err(|_| ParseError::Syntax(Part::StartLine))?;
     if *checked.version() != rsip::Version::V2 {
         return Err(ParseError::Version);
     }
@@ -700,7 +729,11 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError> {
     // lines[0] exists: `split` always yields at least one item.
     let start = lines.first().map(String::as_str).unwrap_or_default();
     let mut parts = start.splitn(3, ' ');
-    let (a, b, c) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (a, b, c) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
     match checked {
         rsip::SipMessage::Request(_) => {
             if c != "SIP/2.0" || a.is_empty() || !a.bytes().all(is_token_byte) {
@@ -774,7 +807,10 @@ pub fn parse_params(text: &str) -> Vec<(String, Option<String>)> {
             continue;
         }
         match part.split_once('=') {
-            Some((k, v)) => out.push((k.trim().to_ascii_lowercase(), Some(unquote(v.trim()).to_string()))),
+            Some((k, v)) => out.push((
+                k.trim().to_ascii_lowercase(),
+                Some(unquote(v.trim()).to_string()),
+            )),
             None => out.push((part.to_ascii_lowercase(), None)),
         }
     }
@@ -806,7 +842,9 @@ pub(crate) fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
 
 /// Strips one pair of surrounding double quotes.
 pub(crate) fn unquote(v: &str) -> &str {
-    v.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(v)
+    v.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(v)
 }
 
 /// `name-addr` or `addr-spec` with header parameters: From, To, Contact, Route entries.
@@ -890,7 +928,9 @@ impl Via {
     /// Parses `SIP/2.0/UDP host:port;branch=…`.
     pub fn parse(value: &str) -> Result<Self, ParseError> {
         let value = value.trim();
-        let (proto, rest) = value.split_once(|c: char| c.is_ascii_whitespace()).ok_or(ParseError::InvalidHeader("Via"))?;
+        let (proto, rest) = value
+            .split_once(|c: char| c.is_ascii_whitespace())
+            .ok_or(ParseError::InvalidHeader("Via"))?;
         let mut p = proto.split('/');
         let (name, version, transport) = (p.next(), p.next(), p.next());
         if !name.is_some_and(|n| n.trim().eq_ignore_ascii_case("SIP"))
@@ -899,7 +939,10 @@ impl Via {
         {
             return Err(ParseError::InvalidHeader("Via"));
         }
-        let transport = transport.ok_or(ParseError::InvalidHeader("Via"))?.trim().to_ascii_uppercase();
+        let transport = transport
+            .ok_or(ParseError::InvalidHeader("Via"))?
+            .trim()
+            .to_ascii_uppercase();
         let rest = rest.trim();
         let (sent_by, params) = match rest.find(';') {
             Some(i) => (rest[..i].trim(), &rest[i..]),
@@ -960,35 +1003,62 @@ pub trait HeaderAccess {
 
     /// Call-ID.
     fn call_id(&self) -> Result<&str, ParseError> {
-        self.hdrs().get("Call-ID").filter(|v| !v.is_empty()).ok_or(ParseError::MissingHeader("Call-ID"))
+        self.hdrs()
+            .get("Call-ID")
+            .filter(|v| !v.is_empty())
+            .ok_or(ParseError::MissingHeader("Call-ID"))
     }
     /// CSeq.
     fn cseq(&self) -> Result<CSeq, ParseError> {
-        CSeq::parse(self.hdrs().get("CSeq").ok_or(ParseError::MissingHeader("CSeq"))?)
+        CSeq::parse(
+            self.hdrs()
+                .get("CSeq")
+                .ok_or(ParseError::MissingHeader("CSeq"))?,
+        )
     }
     /// From.
-    fn from_hdr(&self) -> Result<NameAddr, ParseError> {
-        NameAddr::parse(self.hdrs().get("From").ok_or(ParseError::MissingHeader("From"))?)
-            .map_err(|_| ParseError::InvalidHeader("From"))
+    fn header_from(&self) -> Result<NameAddr, ParseError> {
+        NameAddr::parse(
+            self.hdrs()
+                .get("From")
+                .ok_or(ParseError::MissingHeader("From"))?,
+        )
+        .map_err(|_| ParseError::InvalidHeader("From"))
     }
     /// To.
-    fn to_hdr(&self) -> Result<NameAddr, ParseError> {
-        NameAddr::parse(self.hdrs().get("To").ok_or(ParseError::MissingHeader("To"))?)
-            .map_err(|_| ParseError::InvalidHeader("To"))
+    fn header_to(&self) -> Result<NameAddr, ParseError> {
+        NameAddr::parse(
+            self.hdrs()
+                .get("To")
+                .ok_or(ParseError::MissingHeader("To"))?,
+        )
+        .map_err(|_| ParseError::InvalidHeader("To"))
     }
     /// The topmost Via entry.
     fn top_via(&self) -> Result<Via, ParseError> {
-        Via::parse(self.hdrs().list("Via").next().ok_or(ParseError::MissingHeader("Via"))?)
+        Via::parse(
+            self.hdrs()
+                .list("Via")
+                .next()
+                .ok_or(ParseError::MissingHeader("Via"))?,
+        )
     }
     /// The first Contact, if any.
     fn contact(&self) -> Option<Result<NameAddr, ParseError>> {
-        self.hdrs().list("Contact").next().map(|c| NameAddr::parse(c).map_err(|_| ParseError::InvalidHeader("Contact")))
+        self.hdrs()
+            .list("Contact")
+            .next()
+            .map(|c| NameAddr::parse(c).map_err(|_| ParseError::InvalidHeader("Contact")))
     }
     /// Content-Type without parameters, lower-cased.
     fn content_type(&self) -> Option<String> {
-        self.hdrs()
-            .get("Content-Type")
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        self.hdrs().get("Content-Type").map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
     }
 }
 
@@ -1029,24 +1099,54 @@ Content-Length: 4\r\n\r\nbody";
         assert_eq!(r.call_id().unwrap(), "abc@host");
         assert_eq!(r.headers.list("Via").count(), 2);
         assert_eq!(r.top_via().unwrap().branch(), Some("z9hG4bKabc"));
-        assert_eq!(r.from_hdr().unwrap().tag(), Some("1234"));
-        assert_eq!(r.from_hdr().unwrap().display.as_deref(), Some("Verifier, Inc"));
+        assert_eq!(r.header_from().unwrap().tag(), Some("1234"));
+        assert_eq!(
+            r.header_from().unwrap().display.as_deref(),
+            Some("Verifier, Inc")
+        );
         assert_eq!(r.headers.get("Subject"), Some("folded line"));
         assert_eq!(r.body, b"body");
-        assert_eq!(r.cseq().unwrap(), CSeq { seq: 1, method: Method::Invite });
+        assert_eq!(
+            r.cseq().unwrap(),
+            CSeq {
+                seq: 1,
+                method: Method::Invite
+            }
+        );
     }
 
     #[test]
     fn limits_and_errors() {
         let l = Limits::default();
         assert_eq!(Message::parse(b"\r\n\r\n", &l), Err(ParseError::Empty));
-        assert_eq!(Message::parse(b"INVITE sip:a@b SIP/2.0\r\n", &l), Err(ParseError::NoHeaderEnd));
-        let small = Limits { max_message_bytes: 10, ..l };
-        assert!(matches!(Message::parse(INVITE, &small), Err(ParseError::TooLarge { .. })));
-        let few = Limits { max_headers: 3, ..l };
-        assert_eq!(Message::parse(INVITE, &few), Err(ParseError::TooManyHeaders { max: 3 }));
+        assert_eq!(
+            Message::parse(b"INVITE sip:a@b SIP/2.0\r\n", &l),
+            Err(ParseError::NoHeaderEnd)
+        );
+        let small = Limits {
+            max_message_bytes: 10,
+            ..l
+        };
+        assert!(matches!(
+            Message::parse(INVITE, &small),
+            Err(ParseError::TooLarge { .. })
+        ));
+        let few = Limits {
+            max_headers: 3,
+            ..l
+        };
+        assert_eq!(
+            Message::parse(INVITE, &few),
+            Err(ParseError::TooManyHeaders { max: 3 })
+        );
         let short = b"SIP/2.0 200 OK\r\nContent-Length: 9\r\n\r\nabc";
-        assert_eq!(Message::parse(short, &l), Err(ParseError::Truncated { declared: 9, got: 3 }));
+        assert_eq!(
+            Message::parse(short, &l),
+            Err(ParseError::Truncated {
+                declared: 9,
+                got: 3
+            })
+        );
         assert!(Message::parse(b"SIP/2.0 99 X\r\n\r\n", &l).is_err());
         assert!(Message::parse(b"garbage\r\n\r\n", &l).is_err());
     }
@@ -1063,6 +1163,9 @@ Content-Length: 4\r\n\r\nbody";
 
     #[test]
     fn list_splitting_respects_quotes_and_angles() {
-        assert_eq!(split_list("<sip:a;x=1,2>, \"b,c\" <sip:b>"), vec!["<sip:a;x=1,2>", "\"b,c\" <sip:b>"]);
+        assert_eq!(
+            split_list("<sip:a;x=1,2>, \"b,c\" <sip:b>"),
+            vec!["<sip:a;x=1,2>", "\"b,c\" <sip:b>"]
+        );
     }
 }

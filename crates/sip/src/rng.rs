@@ -41,7 +41,9 @@ impl Rng {
 
     /// `n` random 64-bit words as lowercase hex.
     pub(crate) fn hex(&mut self, words: usize) -> String {
-        (0..words).map(|_| format!("{:016x}", self.next_u64())).collect()
+        (0..words)
+            .map(|_| format!("{:016x}", self.next_u64()))
+            .collect()
     }
 }
 

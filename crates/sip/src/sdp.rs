@@ -210,7 +210,11 @@ a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\na=ptime:{PTIME_MS}\r\n
 }
 
 /// Builds our answer to `offer` and returns it with what was negotiated.
-pub fn build_answer(offer: &SessionDescription, local: &LocalMedia, version: u64) -> Result<(String, Negotiated), SdpError> {
+pub fn build_answer(
+    offer: &SessionDescription,
+    local: &LocalMedia,
+    version: u64,
+) -> Result<(String, Negotiated), SdpError> {
     let negotiated = offer.negotiate()?;
     let ip = local.rtp.ip();
     let (pt, name) = match negotiated.codec {
@@ -221,7 +225,10 @@ pub fn build_answer(offer: &SessionDescription, local: &LocalMedia, version: u64
     let mut attrs = format!("a=rtpmap:{pt} {name}/8000\r\n");
     if let Some(te) = negotiated.telephone_event_pt {
         let _ = write!(fmts, " {te}");
-        let _ = write!(attrs, "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n");
+        let _ = write!(
+            attrs,
+            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
+        );
     }
     let mut s = String::new();
     let _ = write!(
@@ -283,7 +290,11 @@ impl SessionDescription {
                         return Err(SdpError::Malformed(line_no));
                     }
                     // `port/count` is allowed (RFC 4566 §5.14); we use the first port.
-                    let port = f[1].split('/').next().and_then(|p| p.parse().ok()).ok_or(SdpError::Malformed(line_no))?;
+                    let port = f[1]
+                        .split('/')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .ok_or(SdpError::Malformed(line_no))?;
                     sd.media.push(Media {
                         kind: f[0].to_ascii_lowercase(),
                         port,
@@ -308,7 +319,9 @@ impl SessionDescription {
                         }
                         continue;
                     }
-                    let Some(m) = sd.media.last_mut() else { continue };
+                    let Some(m) = sd.media.last_mut() else {
+                        continue;
+                    };
                     match (name.as_str(), arg) {
                         ("rtpmap", Some(arg)) => {
                             if let Some(map) = parse_rtpmap(arg) {
@@ -344,8 +357,12 @@ impl SessionDescription {
         let mut codec = None;
         for &pt in &audio.formats {
             let found = match audio.rtpmaps.iter().find(|r| r.pt == pt) {
-                Some(r) if r.clock_rate == 8000 && r.encoding.eq_ignore_ascii_case("PCMU") => Some(Codec::Pcmu),
-                Some(r) if r.clock_rate == 8000 && r.encoding.eq_ignore_ascii_case("PCMA") => Some(Codec::Pcma),
+                Some(r) if r.clock_rate == 8000 && r.encoding.eq_ignore_ascii_case("PCMU") => {
+                    Some(Codec::Pcmu)
+                }
+                Some(r) if r.clock_rate == 8000 && r.encoding.eq_ignore_ascii_case("PCMA") => {
+                    Some(Codec::Pcma)
+                }
                 Some(_) => None,
                 None if pt == 0 => Some(Codec::Pcmu),
                 None if pt == 8 => Some(Codec::Pcma),
@@ -360,9 +377,16 @@ impl SessionDescription {
         let telephone_event_pt = audio
             .rtpmaps
             .iter()
-            .find(|r| r.encoding.eq_ignore_ascii_case("telephone-event") && r.clock_rate == 8000 && audio.formats.contains(&r.pt))
+            .find(|r| {
+                r.encoding.eq_ignore_ascii_case("telephone-event")
+                    && r.clock_rate == 8000
+                    && audio.formats.contains(&r.pt)
+            })
             .map(|r| r.pt);
-        let ip = audio.connection.or(self.connection).ok_or(SdpError::NoConnection)?;
+        let ip = audio
+            .connection
+            .or(self.connection)
+            .ok_or(SdpError::NoConnection)?;
         let remote = (!ip.is_unspecified()).then(|| SocketAddr::new(ip, audio.port));
         Ok(Negotiated {
             remote,
@@ -370,7 +394,10 @@ impl SessionDescription {
             codec_pt,
             telephone_event_pt,
             ptime: audio.ptime,
-            direction: audio.direction.or(self.direction).unwrap_or(Direction::SendRecv),
+            direction: audio
+                .direction
+                .or(self.direction)
+                .unwrap_or(Direction::SendRecv),
         })
     }
 }
@@ -417,7 +444,10 @@ mod tests {
 m=audio 27000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
 a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
         );
-        let back = SessionDescription::parse(build_offer(&local(), 1).as_bytes()).unwrap().negotiate().unwrap();
+        let back = SessionDescription::parse(build_offer(&local(), 1).as_bytes())
+            .unwrap()
+            .negotiate()
+            .unwrap();
         assert_eq!(back.codec, Codec::Pcmu);
         assert_eq!(back.telephone_event_pt, Some(101));
     }
@@ -437,14 +467,32 @@ m=audio 4000 RTP/AVP 8 96\nc=IN IP4 10.0.0.2\na=rtpmap:96 Telephone-Event/8000\n
     #[test]
     fn hold_with_zero_address_and_errors() {
         let hold = b"v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\n";
-        assert!(SessionDescription::parse(hold).unwrap().negotiate().unwrap().on_hold());
+        assert!(
+            SessionDescription::parse(hold)
+                .unwrap()
+                .negotiate()
+                .unwrap()
+                .on_hold()
+        );
         let g729 = b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 18\r\n";
-        assert_eq!(SessionDescription::parse(g729).unwrap().negotiate(), Err(SdpError::NoCommonCodec));
+        assert_eq!(
+            SessionDescription::parse(g729).unwrap().negotiate(),
+            Err(SdpError::NoCommonCodec)
+        );
         let rejected = b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 0 RTP/AVP 0\r\n";
-        assert_eq!(SessionDescription::parse(rejected).unwrap().negotiate(), Err(SdpError::NoAudio));
+        assert_eq!(
+            SessionDescription::parse(rejected).unwrap().negotiate(),
+            Err(SdpError::NoAudio)
+        );
         let noc = b"v=0\r\nm=audio 4000 RTP/AVP 0\r\n";
-        assert_eq!(SessionDescription::parse(noc).unwrap().negotiate(), Err(SdpError::NoConnection));
-        assert_eq!(SessionDescription::parse(b"v=0\r\ngarbage\r\n"), Err(SdpError::Malformed(2)));
+        assert_eq!(
+            SessionDescription::parse(noc).unwrap().negotiate(),
+            Err(SdpError::NoConnection)
+        );
+        assert_eq!(
+            SessionDescription::parse(b"v=0\r\ngarbage\r\n"),
+            Err(SdpError::Malformed(2))
+        );
     }
 
     #[test]

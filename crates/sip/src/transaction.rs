@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use crate::message::{HeaderAccess, Method, Request, Response};
-use crate::timer::{Timer, TimerConfig, TimerTable, TIMER_D_UNRELIABLE};
+use crate::timer::{TIMER_D_UNRELIABLE, Timer, TimerConfig, TimerTable};
 
 /// What a transaction asks of the user agent core.
 #[derive(Debug)]
@@ -57,11 +57,20 @@ pub(crate) struct ClientTx {
 
 impl ClientTx {
     /// Starts the transaction; the caller sends the returned bytes.
-    pub(crate) fn start(now: Instant, request: Request, reliable: bool, cfg: TimerConfig) -> (Self, Vec<u8>) {
+    pub(crate) fn start(
+        now: Instant,
+        request: Request,
+        reliable: bool,
+        cfg: TimerConfig,
+    ) -> (Self, Vec<u8>) {
         let bytes = request.to_bytes();
         let mut timers = TimerTable::default();
         let invite = request.method == Method::Invite;
-        let (retransmit, timeout) = if invite { (Timer::A, Timer::B) } else { (Timer::E, Timer::F) };
+        let (retransmit, timeout) = if invite {
+            (Timer::A, Timer::B)
+        } else {
+            (Timer::E, Timer::F)
+        };
         if !reliable {
             timers.set(retransmit, now + cfg.t1);
         }
@@ -92,7 +101,12 @@ impl ClientTx {
     }
 
     /// A response matched this transaction (RFC 3261 §17.1.3).
-    pub(crate) fn on_response(&mut self, now: Instant, response: Response, out: &mut Vec<TxOutput>) {
+    pub(crate) fn on_response(
+        &mut self,
+        now: Instant,
+        response: Response,
+        out: &mut Vec<TxOutput>,
+    ) {
         let status = response.status;
         if self.is_invite() {
             match (self.state, status) {
@@ -116,7 +130,11 @@ impl ClientTx {
                     self.ack = Some(ack);
                     self.state = ClientState::Completed;
                     self.timers.stop_all();
-                    let wait = if self.reliable { Duration::ZERO } else { TIMER_D_UNRELIABLE };
+                    let wait = if self.reliable {
+                        Duration::ZERO
+                    } else {
+                        TIMER_D_UNRELIABLE
+                    };
                     self.timers.set(Timer::D, now + wait);
                     out.push(TxOutput::Deliver(response));
                 }
@@ -136,7 +154,11 @@ impl ClientTx {
                 (ClientState::Calling | ClientState::Proceeding, 200..) => {
                     self.state = ClientState::Completed;
                     self.timers.stop_all();
-                    let wait = if self.reliable { Duration::ZERO } else { self.cfg.t4 };
+                    let wait = if self.reliable {
+                        Duration::ZERO
+                    } else {
+                        self.cfg.t4
+                    };
                     self.timers.set(Timer::K, now + wait);
                     out.push(TxOutput::Deliver(response));
                 }
@@ -161,7 +183,11 @@ impl ClientTx {
         if let Some(v) = orig.headers.get("From") {
             ack.headers.push("From", v);
         }
-        let to = response.headers.get("To").or(orig.headers.get("To")).unwrap_or_default();
+        let to = response
+            .headers
+            .get("To")
+            .or(orig.headers.get("To"))
+            .unwrap_or_default();
         ack.headers.push("To", to);
         if let Some(v) = orig.headers.get("Call-ID") {
             ack.headers.push("Call-ID", v);
@@ -181,7 +207,9 @@ impl ClientTx {
                     self.interval = self.interval.saturating_mul(2);
                     self.timers.set(Timer::A, now + self.interval);
                 }
-                Timer::E if matches!(self.state, ClientState::Calling | ClientState::Proceeding) => {
+                Timer::E
+                    if matches!(self.state, ClientState::Calling | ClientState::Proceeding) =>
+                {
                     out.push(TxOutput::Send(self.bytes.clone()));
                     self.interval = if self.state == ClientState::Proceeding {
                         self.cfg.t2
@@ -280,7 +308,11 @@ impl ServerTx {
                 self.state = ServerState::Confirmed;
                 self.timers.stop(Timer::G);
                 self.timers.stop(Timer::H);
-                let wait = if self.reliable { Duration::ZERO } else { self.cfg.t4 };
+                let wait = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    self.cfg.t4
+                };
                 self.timers.set(Timer::I, now + wait);
                 true
             }
@@ -293,7 +325,8 @@ impl ServerTx {
     pub(crate) fn respond(&mut self, now: Instant, response: &Response) -> Option<Vec<u8>> {
         if self.is_final() {
             // Only the Accepted state may resend its 2xx (passed down by the TU).
-            return (self.state == ServerState::Accepted && response.status / 100 == 2).then(|| response.to_bytes());
+            return (self.state == ServerState::Accepted && response.status / 100 == 2)
+                .then(|| response.to_bytes());
         }
         let bytes = response.to_bytes();
         self.last_response = Some(bytes.clone());
@@ -316,7 +349,11 @@ impl ServerTx {
             }
             (false, _) => {
                 self.state = ServerState::Completed;
-                let wait = if self.reliable { Duration::ZERO } else { self.cfg.timeout() };
+                let wait = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    self.cfg.timeout()
+                };
                 self.timers.set(Timer::J, now + wait);
             }
         }
@@ -356,7 +393,8 @@ mod tests {
 
     fn request(method: Method) -> Request {
         let mut r = Request::new(method.clone(), Uri::parse("sip:bob@127.0.0.1").unwrap());
-        r.headers.push("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1");
+        r.headers
+            .push("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1");
         r.headers.push("From", "<sip:a@127.0.0.1>;tag=1");
         r.headers.push("To", "<sip:bob@127.0.0.1>");
         r.headers.push("Call-ID", "c");
@@ -371,7 +409,9 @@ mod tests {
     }
 
     fn sends(out: &[TxOutput]) -> usize {
-        out.iter().filter(|o| matches!(o, TxOutput::Send(_))).count()
+        out.iter()
+            .filter(|o| matches!(o, TxOutput::Send(_)))
+            .count()
     }
 
     #[test]
@@ -399,17 +439,24 @@ mod tests {
     #[test]
     fn invite_client_non_2xx_acks_and_absorbs_retransmits() {
         let t0 = Instant::now();
-        let (mut tx, _) = ClientTx::start(t0, request(Method::Invite), false, TimerConfig::default());
+        let (mut tx, _) =
+            ClientTx::start(t0, request(Method::Invite), false, TimerConfig::default());
         let mut out = Vec::new();
         tx.on_response(t0, response(486), &mut out);
         assert_eq!(sends(&out), 1);
-        let TxOutput::Send(ack) = &out[0] else { panic!() };
+        let TxOutput::Send(ack) = &out[0] else {
+            panic!()
+        };
         let ack = String::from_utf8_lossy(ack);
         assert!(ack.starts_with("ACK sip:bob@127.0.0.1 SIP/2.0\r\n"));
         assert!(ack.contains("CSeq: 1 ACK\r\n") && ack.contains("tag=2"));
         out.clear();
         tx.on_response(t0, response(486), &mut out);
-        assert_eq!(sends(&out), 1, "retransmitted 486 gets the ACK again, not passed up");
+        assert_eq!(
+            sends(&out),
+            1,
+            "retransmitted 486 gets the ACK again, not passed up"
+        );
         assert_eq!(out.len(), 1);
         tx.on_timeout(t0 + Duration::from_secs(32), &mut out);
         assert!(tx.is_terminated());
@@ -422,7 +469,11 @@ mod tests {
         assert_eq!(tx.next_timeout(), Some(t0 + Duration::from_secs(32)));
         let mut out = Vec::new();
         tx.on_response(t0, response(200), &mut out);
-        assert_eq!(tx.next_timeout(), Some(t0), "Timer K is zero on reliable transports");
+        assert_eq!(
+            tx.next_timeout(),
+            Some(t0),
+            "Timer K is zero on reliable transports"
+        );
         tx.on_timeout(t0, &mut out);
         assert!(tx.is_terminated());
     }
@@ -462,7 +513,10 @@ mod tests {
         tx.respond(t0, &response(603));
         let mut out = Vec::new();
         tx.on_timeout(t0 + Duration::from_secs(32), &mut out);
-        assert!(out.iter().any(|o| matches!(o, TxOutput::Timeout)), "Timer H");
+        assert!(
+            out.iter().any(|o| matches!(o, TxOutput::Timeout)),
+            "Timer H"
+        );
     }
 
     #[test]

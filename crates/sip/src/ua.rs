@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crate::auth::{self, Challenge, Credentials, DigestRequest};
 use crate::event::{AuthFailure, CallHandle, DialogInfo, EndReason, Event, Failure, Transmit};
 use crate::info;
-use crate::message::{HeaderAccess, Limits, Message, Method, NameAddr, ParseError, Request, Response, Transport, Uri};
+use crate::message::{
+    HeaderAccess, Limits, Message, Method, NameAddr, ParseError, Request, Response, Transport, Uri,
+};
 use crate::rng::Rng;
 use crate::sdp::{self, LocalMedia, Negotiated, SdpError, SessionDescription};
 use crate::timer::TimerConfig;
@@ -271,7 +273,11 @@ impl Ctx {
     }
 
     fn via(&self, transport: Transport, branch: &str) -> String {
-        format!("SIP/2.0/{} {};branch={branch};rport", transport.via_token(), self.cfg.local_addr)
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.via_token(),
+            self.cfg.local_addr
+        )
     }
 
     fn contact(&self, user: Option<&str>, transport: Transport) -> String {
@@ -286,7 +292,13 @@ impl Ctx {
         }
     }
 
-    fn push(&mut self, call: Option<CallHandle>, transport: Transport, destination: SocketAddr, payload: Vec<u8>) {
+    fn push(
+        &mut self,
+        call: Option<CallHandle>,
+        transport: Transport,
+        destination: SocketAddr,
+        payload: Vec<u8>,
+    ) {
         self.transmits.push_back(Transmit {
             call,
             transport,
@@ -296,8 +308,20 @@ impl Ctx {
     }
 
     /// Starts a client transaction for `req` (which already has its Via).
-    fn send_request(&mut self, now: Instant, call: CallHandle, purpose: Purpose, req: Request, dest: SocketAddr, transport: Transport) {
-        let branch = req.top_via().ok().and_then(|v| v.branch().map(str::to_string)).unwrap_or_default();
+    fn send_request(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        purpose: Purpose,
+        req: Request,
+        dest: SocketAddr,
+        transport: Transport,
+    ) {
+        let branch = req
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().map(str::to_string))
+            .unwrap_or_default();
         let key = ClientKey {
             branch,
             method: req.method.clone(),
@@ -343,7 +367,9 @@ impl Ctx {
         let to = req.headers.get("To").unwrap_or_default();
         let has_tag = NameAddr::parse(to).ok().is_some_and(|n| n.tag().is_some());
         match to_tag {
-            Some(tag) if !has_tag && status > 100 => r.headers.push("To", format!("{to};tag={tag}")),
+            Some(tag) if !has_tag && status > 100 => {
+                r.headers.push("To", format!("{to};tag={tag}"))
+            }
             _ => r.headers.push("To", to),
         }
         if let Some(v) = req.headers.get("Call-ID") {
@@ -401,12 +427,24 @@ impl UserAgent {
 
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let tx = self.ctx.clients.values().filter_map(|e| e.tx.next_timeout());
-        let stx = self.ctx.servers.values().filter_map(|e| e.tx.next_timeout());
+        let tx = self
+            .ctx
+            .clients
+            .values()
+            .filter_map(|e| e.tx.next_timeout());
+        let stx = self
+            .ctx
+            .servers
+            .values()
+            .filter_map(|e| e.tx.next_timeout());
         let calls = self.calls.values().flat_map(|c| {
-            [c.pending_2xx.as_ref().map(|p| p.next), c.cancel_deadline, c.linger_until]
-                .into_iter()
-                .flatten()
+            [
+                c.pending_2xx.as_ref().map(|p| p.next),
+                c.cancel_deadline,
+                c.linger_until,
+            ]
+            .into_iter()
+            .flatten()
         });
         tx.chain(stx).chain(calls).min()
     }
@@ -424,10 +462,14 @@ impl UserAgent {
         let local_tag = ctx.rng.hex(1);
         let call_id = format!("{}@{}", ctx.rng.hex(2), ctx.cfg.local_addr.ip());
         let local_hdr = match &call.display_name {
-            Some(name) => format!("\"{}\" <{}>;tag={local_tag}", name.replace('"', ""), call.from.as_str()),
+            Some(name) => format!(
+                "\"{}\" <{}>;tag={local_tag}",
+                name.replace('"', ""),
+                call.from.as_str()
+            ),
             None => format!("<{}>;tag={local_tag}", call.from.as_str()),
         };
-        let to_hdr = format!("<{}>", call.target.as_str());
+        let header_to = format!("<{}>", call.target.as_str());
         let sdp = sdp::build_offer(&call.media, 1);
         let user = call.from.user().map(|u| u.expose().to_string());
         let mut req = Request::new(Method::Invite, call.target.clone());
@@ -435,15 +477,23 @@ impl UserAgent {
         req.headers.push("Via", ctx.via(call.transport, &branch));
         req.headers.push("Max-Forwards", MAX_FORWARDS.to_string());
         req.headers.push("From", local_hdr.clone());
-        req.headers.push("To", to_hdr.clone());
+        req.headers.push("To", header_to.clone());
         req.headers.push("Call-ID", call_id.clone());
         req.headers.push("CSeq", "1 INVITE");
-        req.headers.push("Contact", ctx.contact(user.as_deref(), call.transport));
+        req.headers
+            .push("Contact", ctx.contact(user.as_deref(), call.transport));
         req.headers.push("Allow", ALLOW);
         req.headers.push("User-Agent", ctx.cfg.user_agent.clone());
         req.headers.push("Content-Type", "application/sdp");
         req.body = sdp.into_bytes();
-        ctx.send_request(now, handle, Purpose::Invite, req.clone(), call.next_hop, call.transport);
+        ctx.send_request(
+            now,
+            handle,
+            Purpose::Invite,
+            req.clone(),
+            call.next_hop,
+            call.transport,
+        );
         self.calls.insert(
             handle,
             Call {
@@ -484,7 +534,10 @@ impl UserAgent {
     /// Hangs up: CANCEL before answer (deferred until a provisional arrives, RFC 3261 §9.1),
     /// BYE after; as callee before answering, rejects with 480. Idempotent once ending.
     pub fn hangup(&mut self, now: Instant, handle: CallHandle) -> Result<(), UsageError> {
-        let call = self.calls.get_mut(&handle).ok_or(UsageError::UnknownCall(handle))?;
+        let call = self
+            .calls
+            .get_mut(&handle)
+            .ok_or(UsageError::UnknownCall(handle))?;
         match (call.role, call.phase) {
             (Role::Caller, Phase::Calling) => {
                 call.cancel_pending = true;
@@ -513,17 +566,29 @@ impl UserAgent {
     }
 
     /// Callee: sends a provisional response (101–199).
-    pub fn provisional(&mut self, now: Instant, handle: CallHandle, status: u16) -> Result<(), UsageError> {
+    pub fn provisional(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+        status: u16,
+    ) -> Result<(), UsageError> {
         if !(101..=199).contains(&status) {
             return Err(UsageError::InvalidStatus(status));
         }
-        let call = self.calls.get_mut(&handle).ok_or(UsageError::UnknownCall(handle))?;
+        let call = self
+            .calls
+            .get_mut(&handle)
+            .ok_or(UsageError::UnknownCall(handle))?;
         let key = callee_invite(call, handle, "provisional")?;
         let Some(req) = self.ctx.servers.get(&key).map(|e| e.tx.request.clone()) else {
-            return Err(UsageError::InvalidState { call: handle, operation: "provisional" });
+            return Err(UsageError::InvalidState {
+                call: handle,
+                operation: "provisional",
+            });
         };
         let mut resp = self.ctx.response_to(&req, status, Some(&call.local_tag));
-        resp.headers.push("Contact", self.ctx.contact(None, call.transport));
+        resp.headers
+            .push("Contact", self.ctx.contact(None, call.transport));
         self.ctx.respond(now, &key, &resp);
         Ok(())
     }
@@ -531,11 +596,21 @@ impl UserAgent {
     /// Callee: answers with 200 and our SDP answer (or an offer if the INVITE had none),
     /// retransmitted until the ACK (RFC 3261 §13.3.1.4). Returns the negotiated media
     /// (None when the INVITE had no offer: the answer comes in the ACK).
-    pub fn answer(&mut self, now: Instant, handle: CallHandle) -> Result<Option<Negotiated>, UsageError> {
-        let call = self.calls.get_mut(&handle).ok_or(UsageError::UnknownCall(handle))?;
+    pub fn answer(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+    ) -> Result<Option<Negotiated>, UsageError> {
+        let call = self
+            .calls
+            .get_mut(&handle)
+            .ok_or(UsageError::UnknownCall(handle))?;
         let key = callee_invite(call, handle, "answer")?;
         let Some(req) = self.ctx.servers.get(&key).map(|e| e.tx.request.clone()) else {
-            return Err(UsageError::InvalidState { call: handle, operation: "answer" });
+            return Err(UsageError::InvalidState {
+                call: handle,
+                operation: "answer",
+            });
         };
         call.sdp_version += 1;
         let (body, negotiated) = match &call.remote_offer {
@@ -549,7 +624,8 @@ impl UserAgent {
             }
         };
         let mut resp = self.ctx.response_to(&req, 200, Some(&call.local_tag));
-        resp.headers.push("Contact", self.ctx.contact(None, call.transport));
+        resp.headers
+            .push("Contact", self.ctx.contact(None, call.transport));
         resp.headers.push("Allow", ALLOW);
         resp.headers.push("Content-Type", "application/sdp");
         resp.body = body.into_bytes();
@@ -570,54 +646,109 @@ impl UserAgent {
     }
 
     /// Callee: rejects the call with a final status (300–699, e.g. 486 busy, 603 decline).
-    pub fn reject(&mut self, now: Instant, handle: CallHandle, status: u16) -> Result<(), UsageError> {
+    pub fn reject(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+        status: u16,
+    ) -> Result<(), UsageError> {
         if !(300..=699).contains(&status) {
             return Err(UsageError::InvalidStatus(status));
         }
-        let call = self.calls.get_mut(&handle).ok_or(UsageError::UnknownCall(handle))?;
+        let call = self
+            .calls
+            .get_mut(&handle)
+            .ok_or(UsageError::UnknownCall(handle))?;
         let key = callee_invite(call, handle, "reject")?;
         let Some(req) = self.ctx.servers.get(&key).map(|e| e.tx.request.clone()) else {
-            return Err(UsageError::InvalidState { call: handle, operation: "reject" });
+            return Err(UsageError::InvalidState {
+                call: handle,
+                operation: "reject",
+            });
         };
         let resp = self.ctx.response_to(&req, status, Some(&call.local_tag));
         self.ctx.respond(now, &key, &resp);
-        end(&mut self.ctx, handle, call, now, EndReason::LocalReject { status });
+        end(
+            &mut self.ctx,
+            handle,
+            call,
+            now,
+            EndReason::LocalReject { status },
+        );
         Ok(())
     }
 
     /// Sends an INFO in the confirmed dialog (e.g. `application/dtmf-relay`).
-    pub fn send_info(&mut self, now: Instant, handle: CallHandle, content_type: &str, body: Vec<u8>) -> Result<(), UsageError> {
-        let call = self.calls.get_mut(&handle).ok_or(UsageError::UnknownCall(handle))?;
+    pub fn send_info(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(), UsageError> {
+        let call = self
+            .calls
+            .get_mut(&handle)
+            .ok_or(UsageError::UnknownCall(handle))?;
         if call.phase != Phase::Confirmed {
-            return Err(UsageError::InvalidState { call: handle, operation: "send_info" });
+            return Err(UsageError::InvalidState {
+                call: handle,
+                operation: "send_info",
+            });
         }
         let Some((mut req, dest)) = dialog_request(&mut self.ctx, call, Method::Info) else {
-            return Err(UsageError::InvalidState { call: handle, operation: "send_info" });
+            return Err(UsageError::InvalidState {
+                call: handle,
+                operation: "send_info",
+            });
         };
         req.headers.push("Content-Type", content_type);
         req.body = body;
         let transport = call.transport;
-        self.ctx.send_request(now, handle, Purpose::Info, req, dest, transport);
+        self.ctx
+            .send_request(now, handle, Purpose::Info, req, dest, transport);
         Ok(())
     }
 
     /// Sends one key as `application/dtmf-relay` INFO (what linphone does).
-    pub fn send_dtmf_info(&mut self, now: Instant, handle: CallHandle, key: char, duration: Duration) -> Result<(), UsageError> {
+    pub fn send_dtmf_info(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+        key: char,
+        duration: Duration,
+    ) -> Result<(), UsageError> {
         let body = info::dtmf_relay_body(key, duration).into_bytes();
         self.send_info(now, handle, "application/dtmf-relay", body)
     }
 
     /// The runtime could not deliver to this call's peer (ICMP, TCP reset, TLS failure).
     pub fn handle_transport_error(&mut self, now: Instant, handle: CallHandle) {
-        let Some(call) = self.calls.get_mut(&handle) else { return };
+        let Some(call) = self.calls.get_mut(&handle) else {
+            return;
+        };
         self.ctx.clients.retain(|_, e| e.call != handle);
         if call.phase == Phase::Ended {
             return;
         }
-        if call.role == Role::Caller && matches!(call.phase, Phase::Calling | Phase::Early | Phase::Cancelling) {
-            self.ctx.event(Event::Failed { call: handle, failure: Failure::Transport });
+        if call.role == Role::Caller
+            && matches!(
+                call.phase,
+                Phase::Calling | Phase::Early | Phase::Cancelling
+            )
+        {
+            self.ctx.event(Event::Failed {
+                call: handle,
+                failure: Failure::Transport,
+            });
         }
-        end(&mut self.ctx, handle, call, now, EndReason::Failed(Failure::Transport));
+        end(
+            &mut self.ctx,
+            handle,
+            call,
+            now,
+            EndReason::Failed(Failure::Transport),
+        );
     }
 
     /// Advances every timer due at `now`.
@@ -631,9 +762,12 @@ impl UserAgent {
             .collect();
         for key in due {
             let mut out = Vec::new();
-            let Some(entry) = self.ctx.clients.get_mut(&key) else { continue };
+            let Some(entry) = self.ctx.clients.get_mut(&key) else {
+                continue;
+            };
             entry.tx.on_timeout(now, &mut out);
-            let (call, purpose, dest, transport) = (entry.call, entry.purpose, entry.dest, entry.transport);
+            let (call, purpose, dest, transport) =
+                (entry.call, entry.purpose, entry.dest, entry.transport);
             for o in out {
                 match o {
                     TxOutput::Send(bytes) => self.ctx.push(Some(call), transport, dest, bytes),
@@ -653,7 +787,9 @@ impl UserAgent {
             .collect();
         for key in due {
             let mut out = Vec::new();
-            let Some(entry) = self.ctx.servers.get_mut(&key) else { continue };
+            let Some(entry) = self.ctx.servers.get_mut(&key) else {
+                continue;
+            };
             entry.tx.on_timeout(now, &mut out);
             let (call, dest, transport) = (entry.call, entry.dest, entry.transport);
             for o in out {
@@ -668,7 +804,9 @@ impl UserAgent {
 
         let handles: Vec<CallHandle> = self.calls.keys().copied().collect();
         for handle in handles {
-            let Some(call) = self.calls.get_mut(&handle) else { continue };
+            let Some(call) = self.calls.get_mut(&handle) else {
+                continue;
+            };
             if let Some(p) = &mut call.pending_2xx
                 && p.next <= now
             {
@@ -684,13 +822,16 @@ impl UserAgent {
                     let bytes = p.bytes.clone();
                     p.interval = p.interval.saturating_mul(2).min(self.ctx.cfg.timers.t2);
                     p.next = (now + p.interval).min(p.give_up);
-                    self.ctx.push(Some(handle), call.transport, call.peer, bytes);
+                    self.ctx
+                        .push(Some(handle), call.transport, call.peer, bytes);
                 }
             }
             if call.cancel_deadline.is_some_and(|d| d <= now) {
                 // RFC 3261 §9.1: no final response 64·T1 after CANCEL; the INVITE is over.
                 call.cancel_deadline = None;
-                self.ctx.clients.retain(|_, e| !(e.call == handle && e.purpose == Purpose::Invite));
+                self.ctx
+                    .clients
+                    .retain(|_, e| !(e.call == handle && e.purpose == Purpose::Invite));
                 end(&mut self.ctx, handle, call, now, EndReason::Cancelled);
             }
             if call.linger_until.is_some_and(|d| d <= now) {
@@ -700,7 +841,9 @@ impl UserAgent {
     }
 
     fn client_timeout(&mut self, now: Instant, handle: CallHandle, purpose: Purpose) {
-        let Some(call) = self.calls.get_mut(&handle) else { return };
+        let Some(call) = self.calls.get_mut(&handle) else {
+            return;
+        };
         match purpose {
             Purpose::Invite => {
                 if call.phase == Phase::Ended {
@@ -709,8 +852,17 @@ impl UserAgent {
                 if call.cancel_pending || call.phase == Phase::Cancelling {
                     end(&mut self.ctx, handle, call, now, EndReason::Cancelled);
                 } else {
-                    self.ctx.event(Event::Failed { call: handle, failure: Failure::Timeout });
-                    end(&mut self.ctx, handle, call, now, EndReason::Failed(Failure::Timeout));
+                    self.ctx.event(Event::Failed {
+                        call: handle,
+                        failure: Failure::Timeout,
+                    });
+                    end(
+                        &mut self.ctx,
+                        handle,
+                        call,
+                        now,
+                        EndReason::Failed(Failure::Timeout),
+                    );
                 }
             }
             Purpose::Bye => {
@@ -727,7 +879,13 @@ impl UserAgent {
 
     /// Feeds one message received on `transport` from `source` (a UDP datagram, or one
     /// message cut from a stream by [`crate::framer::StreamFramer`]).
-    pub fn handle_input(&mut self, now: Instant, transport: Transport, source: SocketAddr, bytes: &[u8]) -> Result<(), InputError> {
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), InputError> {
         match Message::parse(bytes, &self.ctx.cfg.limits)? {
             Message::Response(resp) => self.handle_response(now, resp),
             Message::Request(req) => self.handle_request(now, transport, source, req),
@@ -749,7 +907,11 @@ impl UserAgent {
             // A 2xx to an INVITE after the transaction is gone: re-ACK it (RFC 6026 §8.4).
             if cseq.method == Method::Invite && resp.status / 100 == 2 {
                 let call_id = resp.call_id()?.to_string();
-                if let Some((&h, call)) = self.calls.iter_mut().find(|(_, c)| c.call_id == call_id && c.role == Role::Caller) {
+                if let Some((&h, call)) = self
+                    .calls
+                    .iter_mut()
+                    .find(|(_, c)| c.call_id == call_id && c.role == Role::Caller)
+                {
                     invite_2xx(&mut self.ctx, h, call, now, &resp);
                 }
             }
@@ -757,7 +919,8 @@ impl UserAgent {
         };
         let mut out = Vec::new();
         entry.tx.on_response(now, resp, &mut out);
-        let (call, purpose, dest, transport) = (entry.call, entry.purpose, entry.dest, entry.transport);
+        let (call, purpose, dest, transport) =
+            (entry.call, entry.purpose, entry.dest, entry.transport);
         let request = entry.tx.request.clone();
         for o in out {
             match o {
@@ -769,8 +932,18 @@ impl UserAgent {
         Ok(())
     }
 
-    fn client_response(&mut self, now: Instant, handle: CallHandle, purpose: Purpose, request: &Request, dest: SocketAddr, resp: Response) {
-        let Some(call) = self.calls.get_mut(&handle) else { return };
+    fn client_response(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+        purpose: Purpose,
+        request: &Request,
+        dest: SocketAddr,
+        resp: Response,
+    ) {
+        let Some(call) = self.calls.get_mut(&handle) else {
+            return;
+        };
         let ctx = &mut self.ctx;
         match purpose {
             Purpose::Invite => invite_response(ctx, handle, call, now, request, resp),
@@ -778,7 +951,10 @@ impl UserAgent {
                 if resp.status < 200 {
                     return;
                 }
-                if matches!(resp.status, 401 | 407) && retry_with_auth(ctx, handle, call, now, request, &resp, Purpose::Bye, dest).is_ok() {
+                if matches!(resp.status, 401 | 407)
+                    && retry_with_auth(ctx, handle, call, now, request, &resp, Purpose::Bye, dest)
+                        .is_ok()
+                {
                     return;
                 }
                 let reason = call.bye_reason.clone();
@@ -788,7 +964,10 @@ impl UserAgent {
                 if resp.status < 200 {
                     return;
                 }
-                if matches!(resp.status, 401 | 407) && retry_with_auth(ctx, handle, call, now, request, &resp, Purpose::Info, dest).is_ok() {
+                if matches!(resp.status, 401 | 407)
+                    && retry_with_auth(ctx, handle, call, now, request, &resp, Purpose::Info, dest)
+                        .is_ok()
+                {
                     return;
                 }
                 ctx.event(Event::InfoResponse {
@@ -800,12 +979,18 @@ impl UserAgent {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, transport: Transport, source: SocketAddr, req: Request) -> Result<(), InputError> {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        req: Request,
+    ) -> Result<(), InputError> {
         let via = req.top_via()?;
         let cseq = req.cseq()?;
         let call_id = req.call_id()?.to_string();
-        let from = req.from_hdr()?;
-        let to = req.to_hdr()?;
+        let from = req.header_from()?;
+        let to = req.header_to()?;
         if cseq.method != req.method {
             return Err(InputError::Parse(ParseError::InvalidHeader("CSeq")));
         }
@@ -822,8 +1007,14 @@ impl UserAgent {
             {
                 return Ok(());
             }
-            let Some(to_tag) = to.tag() else { return Ok(()) };
-            if let Some((&h, call)) = self.calls.iter_mut().find(|(_, c)| c.call_id == call_id && c.local_tag == to_tag) {
+            let Some(to_tag) = to.tag() else {
+                return Ok(());
+            };
+            if let Some((&h, call)) = self
+                .calls
+                .iter_mut()
+                .find(|(_, c)| c.call_id == call_id && c.local_tag == to_tag)
+            {
                 ack_received(&mut self.ctx, h, call, now, &req, cseq.seq);
             }
             return Ok(());
@@ -856,16 +1047,23 @@ impl UserAgent {
         }
         match to.tag() {
             Some(to_tag) => {
-                let found = self
-                    .calls
-                    .iter_mut()
-                    .find(|(_, c)| c.call_id == call_id && c.local_tag == to_tag && c.phase != Phase::Ended);
+                let found = self.calls.iter_mut().find(|(_, c)| {
+                    c.call_id == call_id && c.local_tag == to_tag && c.phase != Phase::Ended
+                });
                 match found {
                     Some((&h, call)) => {
                         if let Some(e) = self.ctx.servers.get_mut(&key) {
                             e.call = Some(h);
                         }
-                        in_dialog_request(&mut self.ctx, h, call, now, &key, &req, from.tag().unwrap_or_default());
+                        in_dialog_request(
+                            &mut self.ctx,
+                            h,
+                            call,
+                            now,
+                            &key,
+                            &req,
+                            from.tag().unwrap_or_default(),
+                        );
                     }
                     None => {
                         let resp = self.ctx.response_to(&req, 481, None);
@@ -888,14 +1086,17 @@ impl UserAgent {
             self.ctx.respond(now, key, &resp);
             return;
         };
-        let (invite_req, call, finished) = (invite.tx.request.clone(), invite.call, invite.tx.is_final());
+        let (invite_req, call, finished) =
+            (invite.tx.request.clone(), invite.call, invite.tx.is_final());
         let ok = self.ctx.response_to(req, 200, None);
         self.ctx.respond(now, key, &ok);
         if finished {
             return;
         }
         // §9.2: the INVITE gets 487 Request Terminated.
-        let tag = call.and_then(|h| self.calls.get(&h)).map(|c| c.local_tag.clone());
+        let tag = call
+            .and_then(|h| self.calls.get(&h))
+            .map(|c| c.local_tag.clone());
         let resp = self.ctx.response_to(&invite_req, 487, tag.as_deref());
         self.ctx.respond(now, &invite_key, &resp);
         if let Some(h) = call
@@ -905,7 +1106,15 @@ impl UserAgent {
         }
     }
 
-    fn out_of_dialog_request(&mut self, now: Instant, transport: Transport, source: SocketAddr, key: &ServerKey, req: Request, from: NameAddr) {
+    fn out_of_dialog_request(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        key: &ServerKey,
+        req: Request,
+        from: NameAddr,
+    ) {
         match req.method {
             Method::Invite => {
                 if !self.ctx.cfg.accept_incoming {
@@ -929,12 +1138,18 @@ impl UserAgent {
                 let ctx = &mut self.ctx;
                 let local_tag = ctx.rng.hex(1);
                 let to_value = req.headers.get("To").unwrap_or_default().to_string();
-                let offer = (!req.body.is_empty()).then(|| SessionDescription::parse(&req.body).ok()).flatten();
+                let offer = (!req.body.is_empty())
+                    .then(|| SessionDescription::parse(&req.body).ok())
+                    .flatten();
                 let dialog = Dialog {
                     remote_tag: from.tag().unwrap_or_default().to_string(),
                     remote_hdr: req.headers.get("From").unwrap_or_default().to_string(),
                     remote_target: contact.uri,
-                    route_set: req.headers.list("Record-Route").map(str::to_string).collect(),
+                    route_set: req
+                        .headers
+                        .list("Record-Route")
+                        .map(str::to_string)
+                        .collect(),
                     remote_seq: req.cseq().ok().map(|c| c.seq),
                     early_sdp: None,
                 };
@@ -948,7 +1163,10 @@ impl UserAgent {
                 ctx.event(Event::Incoming {
                     call: handle,
                     from: from.uri.clone(),
-                    to: req.to_hdr().map(|t| t.uri).unwrap_or_else(|_| req.uri.clone()),
+                    to: req
+                        .header_to()
+                        .map(|t| t.uri)
+                        .unwrap_or_else(|_| req.uri.clone()),
                     offer: offer.clone(),
                 });
                 self.calls.insert(
@@ -1006,17 +1224,31 @@ impl UserAgent {
 
     /// Sets the local media (RTP address, telephone-event PT) a callee answers with.
     /// Call it after `Event::Incoming` and before `answer`.
-    pub fn set_local_media(&mut self, handle: CallHandle, media: LocalMedia) -> Result<(), UsageError> {
-        let call = self.calls.get_mut(&handle).ok_or(UsageError::UnknownCall(handle))?;
+    pub fn set_local_media(
+        &mut self,
+        handle: CallHandle,
+        media: LocalMedia,
+    ) -> Result<(), UsageError> {
+        let call = self
+            .calls
+            .get_mut(&handle)
+            .ok_or(UsageError::UnknownCall(handle))?;
         call.media = media;
         Ok(())
     }
 }
 
-fn callee_invite(call: &Call, handle: CallHandle, operation: &'static str) -> Result<ServerKey, UsageError> {
+fn callee_invite(
+    call: &Call,
+    handle: CallHandle,
+    operation: &'static str,
+) -> Result<ServerKey, UsageError> {
     match (&call.invite_key, call.role, call.phase) {
         (Some(k), Role::Callee, Phase::Early) => Ok(k.clone()),
-        _ => Err(UsageError::InvalidState { call: handle, operation }),
+        _ => Err(UsageError::InvalidState {
+            call: handle,
+            operation,
+        }),
     }
 }
 
@@ -1029,7 +1261,10 @@ fn end(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, reason:
     call.cancel_deadline = None;
     call.pending_2xx = None;
     call.linger_until = Some(now + ctx.cfg.timers.timeout());
-    ctx.event(Event::Terminated { call: handle, reason });
+    ctx.event(Event::Terminated {
+        call: handle,
+        reason,
+    });
 }
 
 /// Builds a request inside the dialog (RFC 3261 §12.2.1.1) with a fresh Via and CSeq.
@@ -1039,8 +1274,17 @@ fn dialog_request(ctx: &mut Ctx, call: &mut Call, method: Method) -> Option<(Req
     build_in_dialog(ctx, call, dialog, method, call.local_cseq)
 }
 
-fn build_in_dialog(ctx: &mut Ctx, call: &Call, dialog: &Dialog, method: Method, seq: u32) -> Option<(Request, SocketAddr)> {
-    let first_route = dialog.route_set.first().and_then(|r| NameAddr::parse(r).ok());
+fn build_in_dialog(
+    ctx: &mut Ctx,
+    call: &Call,
+    dialog: &Dialog,
+    method: Method,
+    seq: u32,
+) -> Option<(Request, SocketAddr)> {
+    let first_route = dialog
+        .route_set
+        .first()
+        .and_then(|r| NameAddr::parse(r).ok());
     let (ruri, routes): (Uri, Vec<String>) = match &first_route {
         Some(first) if !first.uri.is_loose_route() => {
             // Strict routing: the first route becomes the Request-URI, the target goes last.
@@ -1104,13 +1348,17 @@ fn send_cancel(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant)
 
 /// A dialog from a response that carries a To-tag (§12.1.2).
 fn dialog_from_response(call: &Call, resp: &Response) -> Option<Dialog> {
-    let to = resp.to_hdr().ok()?;
+    let to = resp.header_to().ok()?;
     let tag = to.tag()?.to_string();
     let remote_target = match resp.contact() {
         Some(Ok(c)) => c.uri,
         _ => call.target.clone()?,
     };
-    let mut route_set: Vec<String> = resp.headers.list("Record-Route").map(str::to_string).collect();
+    let mut route_set: Vec<String> = resp
+        .headers
+        .list("Record-Route")
+        .map(str::to_string)
+        .collect();
     route_set.reverse();
     Some(Dialog {
         remote_tag: tag,
@@ -1126,9 +1374,20 @@ fn negotiate(body: &[u8]) -> Result<Negotiated, SdpError> {
     SessionDescription::parse(body)?.negotiate()
 }
 
-fn invite_response(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, request: &Request, resp: Response) {
+fn invite_response(
+    ctx: &mut Ctx,
+    handle: CallHandle,
+    call: &mut Call,
+    now: Instant,
+    request: &Request,
+    resp: Response,
+) {
     // Responses to an INVITE we already replaced (auth retry) are stale.
-    if call.invite.as_ref().is_some_and(|i| i.headers.get("Via") != request.headers.get("Via")) {
+    if call
+        .invite
+        .as_ref()
+        .is_some_and(|i| i.headers.get("Via") != request.headers.get("Via"))
+    {
         return;
     }
     match resp.status {
@@ -1167,11 +1426,26 @@ fn invite_response(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Inst
             if call.phase == Phase::Ended {
                 return;
             }
-            if matches!(status, 401 | 407) && call.phase != Phase::Cancelling && !call.cancel_pending {
-                match retry_with_auth(ctx, handle, call, now, request, &resp, Purpose::Invite, call.peer) {
+            if matches!(status, 401 | 407)
+                && call.phase != Phase::Cancelling
+                && !call.cancel_pending
+            {
+                match retry_with_auth(
+                    ctx,
+                    handle,
+                    call,
+                    now,
+                    request,
+                    &resp,
+                    Purpose::Invite,
+                    call.peer,
+                ) {
                     Ok(()) => return,
                     Err(failure) => {
-                        ctx.event(Event::Failed { call: handle, failure: failure.clone() });
+                        ctx.event(Event::Failed {
+                            call: handle,
+                            failure: failure.clone(),
+                        });
                         end(ctx, handle, call, now, EndReason::Failed(failure));
                         return;
                     }
@@ -1181,7 +1455,10 @@ fn invite_response(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Inst
                 end(ctx, handle, call, now, EndReason::Cancelled);
             } else {
                 let failure = Failure::Rejected { status };
-                ctx.event(Event::Failed { call: handle, failure: failure.clone() });
+                ctx.event(Event::Failed {
+                    call: handle,
+                    failure: failure.clone(),
+                });
                 end(ctx, handle, call, now, EndReason::Failed(failure));
             }
         }
@@ -1199,22 +1476,37 @@ fn build_2xx_ack(ctx: &mut Ctx, call: &Call, dialog: &Dialog) -> Option<(Vec<u8>
 }
 
 fn invite_2xx(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, resp: &Response) {
-    let Some(mut dialog) = dialog_from_response(call, resp) else { return };
+    let Some(mut dialog) = dialog_from_response(call, resp) else {
+        return;
+    };
     // A retransmitted 2xx: resend the same ACK.
-    if let Some((_, bytes, dest)) = call.acks.iter().find(|(tag, _, _)| *tag == dialog.remote_tag) {
+    if let Some((_, bytes, dest)) = call
+        .acks
+        .iter()
+        .find(|(tag, _, _)| *tag == dialog.remote_tag)
+    {
         let (bytes, dest) = (bytes.clone(), *dest);
         ctx.push(Some(handle), call.transport, dest, bytes);
         return;
     }
-    if let Some(early) = call.early.iter().find(|e| e.remote_tag == dialog.remote_tag)
+    if let Some(early) = call
+        .early
+        .iter()
+        .find(|e| e.remote_tag == dialog.remote_tag)
         && dialog.early_sdp.is_none()
     {
         dialog.early_sdp = early.early_sdp.clone();
     }
-    let Some((ack, dest)) = build_2xx_ack(ctx, call, &dialog) else { return };
+    let Some((ack, dest)) = build_2xx_ack(ctx, call, &dialog) else {
+        return;
+    };
     ctx.push(Some(handle), call.transport, dest, ack.clone());
     call.acks.push((dialog.remote_tag.clone(), ack, dest));
-    let first = call.dialog.is_none() && matches!(call.phase, Phase::Calling | Phase::Early | Phase::Cancelling);
+    let first = call.dialog.is_none()
+        && matches!(
+            call.phase,
+            Phase::Calling | Phase::Early | Phase::Cancelling
+        );
     if !first {
         // A second fork answered (or the call is already over): ACK it, then BYE it (§13.2.2.4).
         let (seq, transport) = (call.local_cseq + 1, call.transport);
@@ -1274,8 +1566,11 @@ fn retry_with_auth(
     let creds = call
         .credentials
         .clone()
-        .ok_or(fail(AuthFailure::Unanswerable(auth::AuthError::NoCredentials)))?;
-    let challenge = Challenge::select(resp.headers.get_all(challenge_hdr)).map_err(|e| fail(AuthFailure::Unanswerable(e)))?;
+        .ok_or(fail(AuthFailure::Unanswerable(
+            auth::AuthError::NoCredentials,
+        )))?;
+    let challenge = Challenge::select(resp.headers.get_all(challenge_hdr))
+        .map_err(|e| fail(AuthFailure::Unanswerable(e)))?;
     if call.auth_rounds >= MAX_AUTH_ROUNDS {
         return Err(fail(AuthFailure::TooManyRounds));
     }
@@ -1290,7 +1585,10 @@ fn retry_with_auth(
     }
     call.auth_rounds += 1;
     let nc = {
-        let n = call.nonce_counts.entry(challenge.nonce.clone()).or_insert(0);
+        let n = call
+            .nonce_counts
+            .entry(challenge.nonce.clone())
+            .or_insert(0);
         *n += 1;
         *n
     };
@@ -1303,8 +1601,10 @@ fn retry_with_auth(
         nc,
     };
     let value = auth::authorization(&challenge, &creds, &digest);
-    call.auth_headers.retain(|(n, realm, _)| !(n == answer_hdr && *realm == challenge.realm));
-    call.auth_headers.push((answer_hdr.to_string(), challenge.realm.clone(), value));
+    call.auth_headers
+        .retain(|(n, realm, _)| !(n == answer_hdr && *realm == challenge.realm));
+    call.auth_headers
+        .push((answer_hdr.to_string(), challenge.realm.clone(), value));
 
     let mut next = Request::new(request.method.clone(), request.uri.clone());
     let branch = ctx.branch();
@@ -1316,7 +1616,8 @@ fn retry_with_auth(
         if h.is("Via") {
             next.headers.push("Via", ctx.via(call.transport, &branch));
         } else if h.is("CSeq") {
-            next.headers.push("CSeq", format!("{} {}", call.local_cseq, request.method));
+            next.headers
+                .push("CSeq", format!("{} {}", call.local_cseq, request.method));
         } else {
             next.headers.push(h.name.clone(), h.value.clone());
         }
@@ -1340,7 +1641,14 @@ fn retry_with_auth(
     Ok(())
 }
 
-fn ack_received(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, req: &Request, seq: u32) {
+fn ack_received(
+    ctx: &mut Ctx,
+    handle: CallHandle,
+    call: &mut Call,
+    now: Instant,
+    req: &Request,
+    seq: u32,
+) {
     let Some(p) = &call.pending_2xx else { return };
     if p.cseq != seq {
         return;
@@ -1351,20 +1659,42 @@ fn ack_received(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant
     if initial {
         call.phase = Phase::Confirmed;
         let media = if call.offer_in_2xx { media } else { None };
-        ctx.event(Event::Confirmed { call: handle, media });
+        ctx.event(Event::Confirmed {
+            call: handle,
+            media,
+        });
         if call.bye_after_ack {
             send_bye(ctx, handle, call, now, EndReason::LocalHangup);
         }
     } else if let Some(Ok(m)) = media {
-        ctx.event(Event::MediaChanged { call: handle, media: m });
+        ctx.event(Event::MediaChanged {
+            call: handle,
+            media: m,
+        });
     }
 }
 
-fn in_dialog_request(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, key: &ServerKey, req: &Request, from_tag: &str) {
+fn in_dialog_request(
+    ctx: &mut Ctx,
+    handle: CallHandle,
+    call: &mut Call,
+    now: Instant,
+    key: &ServerKey,
+    req: &Request,
+    from_tag: &str,
+) {
     let seq = req.cseq().map(|c| c.seq).unwrap_or(0);
-    let confirmed = call.dialog.as_ref().is_some_and(|d| d.remote_tag == from_tag);
+    let confirmed = call
+        .dialog
+        .as_ref()
+        .is_some_and(|d| d.remote_tag == from_tag);
     let early = call.early.iter().any(|d| d.remote_tag == from_tag);
-    if !confirmed && !(early && matches!(req.method, Method::Info | Method::Update | Method::Options | Method::Prack)) {
+    let early_ok = early
+        && matches!(
+            req.method,
+            Method::Info | Method::Update | Method::Options | Method::Prack
+        );
+    if !(confirmed || early_ok) {
         let resp = ctx.response_to(req, 481, None);
         ctx.respond(now, key, &resp);
         return;
@@ -1398,23 +1728,29 @@ fn in_dialog_request(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: In
         Method::Info => {
             let content_type = req.content_type();
             let status = match content_type.as_deref() {
-                Some(ct) if info::is_dtmf_content_type(ct) => match info::parse_dtmf_info(ct, &req.body) {
-                    Ok(info) => {
-                        ctx.event(Event::Dtmf { call: handle, info });
-                        200
+                Some(ct) if info::is_dtmf_content_type(ct) => {
+                    match info::parse_dtmf_info(ct, &req.body) {
+                        Ok(info) => {
+                            ctx.event(Event::Dtmf { call: handle, info });
+                            200
+                        }
+                        Err(_) => 400,
                     }
-                    Err(_) => 400,
-                },
+                }
                 // An empty INFO is a keep-alive probe (RFC 6086 §4.2.2 legacy use): 200.
                 None if req.body.is_empty() => 200,
                 _ => {
-                    ctx.event(Event::Info { call: handle, content_type });
+                    ctx.event(Event::Info {
+                        call: handle,
+                        content_type,
+                    });
                     415
                 }
             };
             let mut resp = ctx.response_to(req, status, None);
             if status == 415 {
-                resp.headers.push("Accept", "application/dtmf-relay, application/dtmf");
+                resp.headers
+                    .push("Accept", "application/dtmf-relay, application/dtmf");
             }
             ctx.respond(now, key, &resp);
         }
@@ -1434,13 +1770,22 @@ fn in_dialog_request(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: In
 }
 
 /// re-INVITE or UPDATE from the far end (RFC 3311, RFC 3261 §14.2).
-fn session_modification(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, key: &ServerKey, req: &Request) {
+fn session_modification(
+    ctx: &mut Ctx,
+    handle: CallHandle,
+    call: &mut Call,
+    now: Instant,
+    key: &ServerKey,
+    req: &Request,
+) {
     call.sdp_version += 1;
     let (body, media) = if req.body.is_empty() {
         // Offerless re-INVITE: we offer in the 2xx, the answer comes in the ACK.
         (Some(sdp::build_offer(&call.media, call.sdp_version)), None)
     } else {
-        match SessionDescription::parse(&req.body).and_then(|offer| sdp::build_answer(&offer, &call.media, call.sdp_version)) {
+        match SessionDescription::parse(&req.body)
+            .and_then(|offer| sdp::build_answer(&offer, &call.media, call.sdp_version))
+        {
             Ok((answer, n)) => (Some(answer), Some(n)),
             Err(_) => {
                 let resp = ctx.response_to(req, 488, None);
@@ -1450,7 +1795,8 @@ fn session_modification(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now:
         }
     };
     let mut resp = ctx.response_to(req, 200, Some(&call.local_tag));
-    resp.headers.push("Contact", ctx.contact(None, call.transport));
+    resp.headers
+        .push("Contact", ctx.contact(None, call.transport));
     if let Some(body) = body {
         resp.headers.push("Content-Type", "application/sdp");
         resp.body = body.into_bytes();
@@ -1463,12 +1809,19 @@ fn session_modification(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now:
             cseq: req.cseq().map(|c| c.seq).unwrap_or(0),
             bytes: resp.to_bytes(),
             interval: cfg.t1,
-            next: if call.transport.is_reliable() { give_up } else { now + cfg.t1 },
+            next: if call.transport.is_reliable() {
+                give_up
+            } else {
+                now + cfg.t1
+            },
             give_up,
             initial: false,
         });
     }
     if let Some(media) = media {
-        ctx.event(Event::MediaChanged { call: handle, media });
+        ctx.event(Event::MediaChanged {
+            call: handle,
+            media,
+        });
     }
 }

@@ -8,7 +8,10 @@ use sip::auth::{Algorithm, Credentials};
 use sip::message::{HeaderAccess, Limits, Message};
 use sip::redact::Secret;
 use sip::sdp::{Codec, LocalMedia};
-use sip::{AuthFailure, CallHandle, Config, EndReason, Event, Failure, OutgoingCall, Transmit, Transport, Uri, UserAgent};
+use sip::{
+    AuthFailure, CallHandle, Config, EndReason, Event, Failure, OutgoingCall, Transmit, Transport,
+    Uri, UserAgent,
+};
 
 const A: &str = "127.0.0.1:5060";
 const B: &str = "127.0.0.1:5070";
@@ -37,6 +40,9 @@ struct Impairment {
     jitter_ms: u64,
 }
 
+/// Sees each A→B transmit, may queue replies to A; returns false to drop the transmit.
+type Interceptor = Box<dyn FnMut(&mut Vec<(SocketAddr, Vec<u8>)>, &Transmit) -> bool>;
+
 struct Sim {
     t0: Instant,
     now: Instant,
@@ -53,7 +59,7 @@ struct Sim {
     /// Drop everything sent to this address.
     blackhole: Option<SocketAddr>,
     /// Optional interceptor of A→B traffic: returns false to drop.
-    intercept: Option<Box<dyn FnMut(&mut Vec<(SocketAddr, Vec<u8>)>, &Transmit) -> bool>>,
+    intercept: Option<Interceptor>,
     transport: Transport,
 }
 
@@ -104,7 +110,11 @@ impl Sim {
         let mut injected = Vec::new();
         for (from, ua) in [(addr(A), 0), (addr(B), 1)] {
             loop {
-                let t = if ua == 0 { self.a.poll_transmit() } else { self.b.poll_transmit() };
+                let t = if ua == 0 {
+                    self.a.poll_transmit()
+                } else {
+                    self.b.poll_transmit()
+                };
                 let Some(t) = t else { break };
                 self.log.push((self.now - self.t0, from, t.payload.clone()));
                 if ua == 0
@@ -118,7 +128,11 @@ impl Sim {
                 }
                 let copies = if self.prng.chance(self.net.dup) { 2 } else { 1 };
                 for _ in 0..copies {
-                    let jitter = if self.net.jitter_ms > 0 { self.prng.next() % self.net.jitter_ms } else { 0 };
+                    let jitter = if self.net.jitter_ms > 0 {
+                        self.prng.next() % self.net.jitter_ms
+                    } else {
+                        0
+                    };
                     let at = self.now + Duration::from_millis(5 + jitter);
                     self.flight.push((at, from, t.clone()));
                 }
@@ -126,8 +140,14 @@ impl Sim {
         }
         // Messages the interceptor sends back to A (e.g. a challenging proxy).
         for (dest, payload) in injected {
-            let t = Transmit { call: None, transport: self.transport, destination: dest, payload };
-            self.flight.push((self.now + Duration::from_millis(5), addr(B), t));
+            let t = Transmit {
+                call: None,
+                transport: self.transport,
+                destination: dest,
+                payload,
+            };
+            self.flight
+                .push((self.now + Duration::from_millis(5), addr(B), t));
         }
         while let Some(e) = self.a.poll_event() {
             self.ev_a.push(e);
@@ -141,7 +161,10 @@ impl Sim {
     fn step(&mut self, limit: Instant) -> bool {
         self.collect();
         let next_flight = self.flight.iter().map(|f| f.0).min();
-        let next = [next_flight, self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
+        let next = [next_flight, self.a.poll_timeout(), self.b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(next) = next else { return false };
         if next > limit {
             self.now = limit;
@@ -152,7 +175,11 @@ impl Sim {
         let (due, rest): (Vec<_>, Vec<_>) = self.flight.drain(..).partition(|f| f.0 <= now);
         self.flight = rest;
         for (_, from, t) in due {
-            let ua = if t.destination == addr(A) { &mut self.a } else { &mut self.b };
+            let ua = if t.destination == addr(A) {
+                &mut self.a
+            } else {
+                &mut self.b
+            };
             let _ = ua.handle_input(now, t.transport, from, &t.payload);
         }
         self.a.handle_timeout(now);
@@ -204,7 +231,10 @@ impl Sim {
 
     /// Callee answers as soon as the INVITE arrives (180 then 200).
     fn answer_when_incoming(&mut self) -> CallHandle {
-        assert!(self.run_until(Duration::from_secs(60), |s| s.incoming().is_some()), "no INVITE arrived");
+        assert!(
+            self.run_until(Duration::from_secs(60), |s| s.incoming().is_some()),
+            "no INVITE arrived"
+        );
         let cb = self.incoming().unwrap();
         self.b.ringing(self.now, cb).unwrap();
         self.b.answer(self.now, cb).unwrap();
@@ -222,19 +252,29 @@ fn call_answered_then_caller_hangs_up() {
     let ca = s.call();
     let cb = s.answer_when_incoming();
     assert!(s.run_until(Duration::from_secs(5), |s| answered(&s.ev_a).is_some()));
-    let Some(Event::Answered { media, dialog, .. }) = answered(&s.ev_a) else { unreachable!() };
+    let Some(Event::Answered { media, dialog, .. }) = answered(&s.ev_a) else {
+        unreachable!()
+    };
     let media = media.as_ref().unwrap();
     assert_eq!(media.codec, Codec::Pcmu);
     assert_eq!(media.telephone_event_pt, Some(101));
     assert_eq!(dialog.remote_target.as_str(), "sip:127.0.0.1:5070");
-    assert!(s.ev_a.iter().any(|e| matches!(e, Event::Progress { status: 180, .. })));
+    assert!(
+        s.ev_a
+            .iter()
+            .any(|e| matches!(e, Event::Progress { status: 180, .. }))
+    );
     s.run_for(Duration::from_millis(100));
     assert!(s.ev_b.iter().any(|e| matches!(e, Event::Confirmed { .. })));
     s.a.hangup(s.now, ca).unwrap();
     s.run_for(Duration::from_secs(1));
     assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::LocalHangup));
     assert_eq!(Sim::terminated(&s.ev_b, cb), Some(EndReason::RemoteHangup));
-    assert!(s.ev_b.iter().any(|e| matches!(e, Event::RemoteHangup { .. })));
+    assert!(
+        s.ev_b
+            .iter()
+            .any(|e| matches!(e, Event::RemoteHangup { .. }))
+    );
     // Ended calls linger 64·T1 for retransmissions, then are forgotten.
     s.run_for(Duration::from_secs(40));
     assert_eq!((s.a.call_count(), s.b.call_count()), (0, 0));
@@ -247,14 +287,26 @@ fn info_dtmf_from_callee_and_bye_from_callee() {
     let ca = s.call();
     let cb = s.answer_when_incoming();
     s.run_for(Duration::from_millis(200));
-    s.b.send_dtmf_info(s.now, cb, '#', Duration::from_millis(250)).unwrap();
+    s.b.send_dtmf_info(s.now, cb, '#', Duration::from_millis(250))
+        .unwrap();
     s.run_for(Duration::from_millis(200));
     assert!(s.ev_a.iter().any(|e| matches!(e, Event::Dtmf { info, .. } if info.key == '#' && info.duration == Some(Duration::from_millis(250)))));
-    assert!(s.ev_b.iter().any(|e| matches!(e, Event::InfoResponse { result: Ok(200), .. })));
+    assert!(s.ev_b.iter().any(|e| matches!(
+        e,
+        Event::InfoResponse {
+            result: Ok(200),
+            ..
+        }
+    )));
     // And the other way round.
-    s.a.send_dtmf_info(s.now, ca, '5', Duration::from_millis(100)).unwrap();
+    s.a.send_dtmf_info(s.now, ca, '5', Duration::from_millis(100))
+        .unwrap();
     s.run_for(Duration::from_millis(200));
-    assert!(s.ev_b.iter().any(|e| matches!(e, Event::Dtmf { info, .. } if info.key == '5')));
+    assert!(
+        s.ev_b
+            .iter()
+            .any(|e| matches!(e, Event::Dtmf { info, .. } if info.key == '5'))
+    );
     s.b.hangup(s.now, cb).unwrap();
     s.run_for(Duration::from_secs(1));
     assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::RemoteHangup));
@@ -264,21 +316,55 @@ fn info_dtmf_from_callee_and_bye_from_callee() {
 #[test]
 fn completes_under_loss_duplication_and_reordering() {
     for seed in 0..40 {
-        let mut s = Sim::new(seed, Impairment { loss: 200, dup: 100, jitter_ms: 40 });
+        let mut s = Sim::new(
+            seed,
+            Impairment {
+                loss: 200,
+                dup: 100,
+                jitter_ms: 40,
+            },
+        );
         let ca = s.call();
         let cb = s.answer_when_incoming();
-        assert!(s.run_until(Duration::from_secs(30), |s| answered(&s.ev_a).is_some()), "seed {seed}: not answered");
-        s.run_until(Duration::from_secs(30), |s| s.ev_b.iter().any(|e| matches!(e, Event::Confirmed { .. })));
-        s.b.send_dtmf_info(s.now, cb, '#', Duration::from_millis(250)).ok();
+        assert!(
+            s.run_until(Duration::from_secs(30), |s| answered(&s.ev_a).is_some()),
+            "seed {seed}: not answered"
+        );
+        s.run_until(Duration::from_secs(30), |s| {
+            s.ev_b.iter().any(|e| matches!(e, Event::Confirmed { .. }))
+        });
+        s.b.send_dtmf_info(s.now, cb, '#', Duration::from_millis(250))
+            .ok();
         s.run_for(Duration::from_secs(20));
         s.a.hangup(s.now, ca).unwrap();
         s.run_for(Duration::from_secs(40));
-        assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::LocalHangup), "seed {seed}");
+        assert_eq!(
+            Sim::terminated(&s.ev_a, ca),
+            Some(EndReason::LocalHangup),
+            "seed {seed}"
+        );
         let b_end = Sim::terminated(&s.ev_b, cb);
-        assert!(matches!(b_end, Some(EndReason::RemoteHangup)), "seed {seed}: {b_end:?}");
+        assert!(
+            matches!(b_end, Some(EndReason::RemoteHangup)),
+            "seed {seed}: {b_end:?}"
+        );
         // Exactly one of each, despite duplicates.
-        assert_eq!(s.ev_a.iter().filter(|e| matches!(e, Event::Answered { .. })).count(), 1, "seed {seed}");
-        assert!(s.ev_a.iter().filter(|e| matches!(e, Event::Dtmf { .. })).count() <= 1, "seed {seed}");
+        assert_eq!(
+            s.ev_a
+                .iter()
+                .filter(|e| matches!(e, Event::Answered { .. }))
+                .count(),
+            1,
+            "seed {seed}"
+        );
+        assert!(
+            s.ev_a
+                .iter()
+                .filter(|e| matches!(e, Event::Dtmf { .. }))
+                .count()
+                <= 1,
+            "seed {seed}"
+        );
     }
 }
 
@@ -290,9 +376,18 @@ fn busy_is_a_rejection_and_the_486_is_acked() {
     let cb = s.incoming().unwrap();
     s.b.reject(s.now, cb, 486).unwrap();
     s.run_for(Duration::from_secs(1));
-    assert!(s.ev_a.iter().any(|e| *e == Event::Failed { call: ca, failure: Failure::Rejected { status: 486 } }));
-    assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::Failed(Failure::Rejected { status: 486 })));
-    assert_eq!(Sim::terminated(&s.ev_b, cb), Some(EndReason::LocalReject { status: 486 }));
+    assert!(s.ev_a.contains(&Event::Failed {
+        call: ca,
+        failure: Failure::Rejected { status: 486 }
+    }));
+    assert_eq!(
+        Sim::terminated(&s.ev_a, ca),
+        Some(EndReason::Failed(Failure::Rejected { status: 486 }))
+    );
+    assert_eq!(
+        Sim::terminated(&s.ev_b, cb),
+        Some(EndReason::LocalReject { status: 486 })
+    );
     assert_eq!(s.sent(A, "ACK ").len(), 1);
     // No 486 retransmissions once the ACK arrived (Timer G stopped).
     s.run_for(Duration::from_secs(10));
@@ -305,10 +400,24 @@ fn timer_b_gives_a_distinct_timeout() {
     s.blackhole = Some(addr(B));
     let ca = s.call();
     s.run_for(Duration::from_secs(40));
-    let invites: Vec<u128> = s.sent(A, "INVITE ").iter().map(|(t, _)| t.as_millis()).collect();
-    assert_eq!(invites, vec![0, 500, 1500, 3500, 7500, 15500, 31500], "Timer A doubles");
-    assert!(s.ev_a.iter().any(|e| *e == Event::Failed { call: ca, failure: Failure::Timeout }));
-    assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::Failed(Failure::Timeout)));
+    let invites: Vec<u128> = s
+        .sent(A, "INVITE ")
+        .iter()
+        .map(|(t, _)| t.as_millis())
+        .collect();
+    assert_eq!(
+        invites,
+        vec![0, 500, 1500, 3500, 7500, 15500, 31500],
+        "Timer A doubles"
+    );
+    assert!(s.ev_a.contains(&Event::Failed {
+        call: ca,
+        failure: Failure::Timeout
+    }));
+    assert_eq!(
+        Sim::terminated(&s.ev_a, ca),
+        Some(EndReason::Failed(Failure::Timeout))
+    );
 }
 
 #[test]
@@ -319,7 +428,10 @@ fn reliable_transport_sends_once() {
     let ca = s.call();
     s.run_for(Duration::from_secs(40));
     assert_eq!(s.sent(A, "INVITE ").len(), 1);
-    assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::Failed(Failure::Timeout)));
+    assert_eq!(
+        Sim::terminated(&s.ev_a, ca),
+        Some(EndReason::Failed(Failure::Timeout))
+    );
     assert!(s.sent(A, "INVITE ")[0].1.contains("Via: SIP/2.0/TCP "));
 }
 
@@ -330,7 +442,11 @@ fn cancel_while_ringing_gets_487() {
     assert!(s.run_until(Duration::from_secs(1), |s| s.incoming().is_some()));
     let cb = s.incoming().unwrap();
     s.b.ringing(s.now, cb).unwrap();
-    assert!(s.run_until(Duration::from_secs(1), |s| s.ev_a.iter().any(|e| matches!(e, Event::Progress { status: 180, .. }))));
+    assert!(s.run_until(Duration::from_secs(1), |s| {
+        s.ev_a
+            .iter()
+            .any(|e| matches!(e, Event::Progress { status: 180, .. }))
+    }));
     s.a.hangup(s.now, ca).unwrap();
     s.run_for(Duration::from_secs(1));
     assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::Cancelled));
@@ -340,7 +456,10 @@ fn cancel_while_ringing_gets_487() {
     assert!(cancel.contains("CSeq: 1 CANCEL\r\n"));
     // The ACK for the 487 is hop-by-hop, inside the INVITE transaction.
     assert!(s.sent(A, "ACK ")[0].1.contains("CSeq: 1 ACK\r\n"));
-    assert!(s.b.answer(s.now, cb).is_err(), "cannot answer a cancelled call");
+    assert!(
+        s.b.answer(s.now, cb).is_err(),
+        "cannot answer a cancelled call"
+    );
 }
 
 #[test]
@@ -350,7 +469,10 @@ fn cancel_waits_for_a_provisional() {
     let ca = s.call();
     s.a.hangup(s.now, ca).unwrap();
     s.run_for(Duration::from_secs(2));
-    assert!(s.sent(A, "CANCEL ").is_empty(), "RFC 3261 §9.1: no CANCEL before a provisional");
+    assert!(
+        s.sent(A, "CANCEL ").is_empty(),
+        "RFC 3261 §9.1: no CANCEL before a provisional"
+    );
     s.blackhole = None;
     s.run_for(Duration::from_secs(40));
     // INVITE retransmission made B resend 100; then CANCEL went out and 487 ended it.
@@ -365,15 +487,26 @@ fn answer_racing_cancel_is_acked_and_hung_up() {
     assert!(s.run_until(Duration::from_secs(1), |s| s.incoming().is_some()));
     let cb = s.incoming().unwrap();
     s.b.ringing(s.now, cb).unwrap();
-    assert!(s.run_until(Duration::from_secs(1), |s| s.ev_a.iter().any(|e| matches!(e, Event::Progress { status: 180, .. }))));
+    assert!(s.run_until(Duration::from_secs(1), |s| {
+        s.ev_a
+            .iter()
+            .any(|e| matches!(e, Event::Progress { status: 180, .. }))
+    }));
     // Both act at the same instant: B's 200 and A's CANCEL cross on the wire.
     s.b.answer(s.now, cb).unwrap();
     s.a.hangup(s.now, ca).unwrap();
     s.run_for(Duration::from_secs(2));
-    assert!(answered(&s.ev_a).is_none(), "the flow cancelled; no Answered event");
+    assert!(
+        answered(&s.ev_a).is_none(),
+        "the flow cancelled; no Answered event"
+    );
     assert_eq!(s.sent(A, "ACK ").len(), 1);
     assert_eq!(s.sent(A, "BYE ").len(), 1);
-    assert_eq!(s.sent(B, "SIP/2.0 487").len(), 0, "INVITE already answered: CANCEL gets 200 only");
+    assert_eq!(
+        s.sent(B, "SIP/2.0 487").len(),
+        0,
+        "INVITE already answered: CANCEL gets 200 only"
+    );
     assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::Cancelled));
     assert_eq!(Sim::terminated(&s.ev_b, cb), Some(EndReason::RemoteHangup));
 }
@@ -385,11 +518,18 @@ fn second_fork_2xx_is_acked_and_hung_up() {
     let _cb = s.answer_when_incoming();
     assert!(s.run_until(Duration::from_secs(1), |s| answered(&s.ev_a).is_some()));
     // A forking proxy would deliver another branch's 200 with a different To-tag.
-    let (_, ok) = s.sent(B, "SIP/2.0 200").into_iter().find(|(_, m)| m.contains("INVITE\r\n")).unwrap();
-    let Message::Response(r) = Message::parse(ok.as_bytes(), &Limits::default()).unwrap() else { panic!() };
-    let tag = r.to_hdr().unwrap().tag().unwrap().to_string();
+    let (_, ok) = s
+        .sent(B, "SIP/2.0 200")
+        .into_iter()
+        .find(|(_, m)| m.contains("INVITE\r\n"))
+        .unwrap();
+    let Message::Response(r) = Message::parse(ok.as_bytes(), &Limits::default()).unwrap() else {
+        panic!()
+    };
+    let tag = r.header_to().unwrap().tag().unwrap().to_string();
     let fork = ok.replace(&tag, "forktag2");
-    s.a.handle_input(s.now, Transport::Udp, addr(B), fork.as_bytes()).unwrap();
+    s.a.handle_input(s.now, Transport::Udp, addr(B), fork.as_bytes())
+        .unwrap();
     s.run_for(Duration::from_secs(1));
     let acks = s.sent(A, "ACK ");
     assert_eq!(acks.len(), 2);
@@ -397,10 +537,22 @@ fn second_fork_2xx_is_acked_and_hung_up() {
     let byes = s.sent(A, "BYE ");
     assert_eq!(byes.len(), 1);
     assert!(byes[0].1.contains("tag=forktag2"));
-    assert_eq!(s.ev_a.iter().filter(|e| matches!(e, Event::Answered { .. })).count(), 1, "first 2xx wins");
-    assert_eq!(Sim::terminated(&s.ev_a, ca), None, "the winning dialog stays up");
+    assert_eq!(
+        s.ev_a
+            .iter()
+            .filter(|e| matches!(e, Event::Answered { .. }))
+            .count(),
+        1,
+        "first 2xx wins"
+    );
+    assert_eq!(
+        Sim::terminated(&s.ev_a, ca),
+        None,
+        "the winning dialog stays up"
+    );
     // A retransmitted 2xx of the winner is ACKed again, not re-announced.
-    s.a.handle_input(s.now, Transport::Udp, addr(B), ok.as_bytes()).unwrap();
+    s.a.handle_input(s.now, Transport::Udp, addr(B), ok.as_bytes())
+        .unwrap();
     s.run_for(Duration::from_millis(100));
     assert_eq!(s.sent(A, "ACK ").len(), 3);
 }
@@ -421,17 +573,28 @@ fn callee_retransmits_2xx_until_ack_then_gives_up_with_bye() {
         .map(|(t, _)| (*t - answered_at).as_millis())
         .collect();
     // T1, doubling, capped at T2 = 4 s, until 64·T1 = 32 s.
-    assert_eq!(oks, vec![0, 500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]);
+    assert_eq!(
+        oks,
+        vec![
+            0, 500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500
+        ]
+    );
     assert_eq!(Sim::terminated(&s.ev_b, cb), Some(EndReason::AckTimeout));
     assert_eq!(s.sent(B, "BYE ").len(), 1);
 }
 
 fn challenge_407(invite: &str, challenges: &[&str]) -> Vec<u8> {
-    let Message::Request(r) = Message::parse(invite.as_bytes(), &Limits::default()).unwrap() else { panic!() };
+    let Message::Request(r) = Message::parse(invite.as_bytes(), &Limits::default()).unwrap() else {
+        panic!()
+    };
     let mut resp = sip::message::Response::new(407);
     for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
         let v = r.headers.get(name).unwrap().to_string();
-        let v = if name == "To" { format!("{v};tag=proxy1") } else { v };
+        let v = if name == "To" {
+            format!("{v};tag=proxy1")
+        } else {
+            v
+        };
         resp.headers.push(name, v);
     }
     for c in challenges {
@@ -441,21 +604,33 @@ fn challenge_407(invite: &str, challenges: &[&str]) -> Vec<u8> {
 }
 
 fn creds(password: &str) -> Credentials {
-    Credentials { username: "verifier".into(), password: Secret::new(password) }
+    Credentials {
+        username: "verifier".into(),
+        password: Secret::new(password),
+    }
 }
 
 /// A proxy stand-in challenges the first `rounds` INVITEs with `challenges`.
-fn challenging_sim(seed: u64, challenges: Vec<String>, rounds: usize, password: &str) -> (Sim, CallHandle) {
+fn challenging_sim(
+    seed: u64,
+    challenges: Vec<String>,
+    rounds: usize,
+    password: &str,
+) -> (Sim, CallHandle) {
     let mut s = Sim::new(seed, Impairment::default());
     let mut seen = 0;
     s.intercept = Some(Box::new(move |back, t| {
         if t.payload.starts_with(b"INVITE ") && seen < rounds {
             seen += 1;
             let refs: Vec<&str> = challenges.iter().map(String::as_str).collect();
-            back.push((addr(A), challenge_407(&String::from_utf8_lossy(&t.payload), &refs)));
+            back.push((
+                addr(A),
+                challenge_407(&String::from_utf8_lossy(&t.payload), &refs),
+            ));
             return false;
         }
-        !(t.payload.starts_with(b"ACK ") && String::from_utf8_lossy(&t.payload).contains("tag=proxy1"))
+        !(t.payload.starts_with(b"ACK ")
+            && String::from_utf8_lossy(&t.payload).contains("tag=proxy1"))
     }));
     let o = s.outgoing(Some(creds(password)));
     let ca = s.a.call(s.now, o);
@@ -471,15 +646,29 @@ fn digest_prefers_sha256_and_uses_the_request_uri() {
     let (mut s, ca) = challenging_sim(11, ch, 1, "s3cret");
     let _cb = s.answer_when_incoming();
     assert!(s.run_until(Duration::from_secs(2), |s| answered(&s.ev_a).is_some()));
-    assert!(s.ev_a.iter().any(|e| matches!(e, Event::Authenticating { status: 407, algorithm: Algorithm::Sha256, .. })));
+    assert!(s.ev_a.iter().any(|e| matches!(
+        e,
+        Event::Authenticating {
+            status: 407,
+            algorithm: Algorithm::Sha256,
+            ..
+        }
+    )));
     let invites = s.sent(A, "INVITE ");
     assert_eq!(invites.len(), 2);
     let second = &invites[1].1;
     assert!(second.contains("CSeq: 2 INVITE\r\n"));
-    assert!(second.contains("uri=\"sip:+14255550123@127.0.0.1:5070\""), "digest uri is the exact Request-URI");
+    assert!(
+        second.contains("uri=\"sip:+14255550123@127.0.0.1:5070\""),
+        "digest uri is the exact Request-URI"
+    );
     assert!(second.contains("algorithm=SHA-256") && second.contains("nc=00000001"));
     // The ACK for the 2xx carries the same credentials (§13.2.2.4); the call works.
-    let ack = s.sent(A, "ACK ").into_iter().find(|(_, m)| m.contains("CSeq: 2 ACK")).unwrap();
+    let ack = s
+        .sent(A, "ACK ")
+        .into_iter()
+        .find(|(_, m)| m.contains("CSeq: 2 ACK"))
+        .unwrap();
     assert!(ack.1.contains("Proxy-Authorization: Digest"));
     s.a.hangup(s.now, ca).unwrap();
     s.run_for(Duration::from_secs(1));
@@ -491,8 +680,14 @@ fn digest_wrong_password_is_a_config_failure() {
     let ch = vec!["Digest realm=\"r\", nonce=\"n1\", qop=\"auth\"".to_string()];
     let (mut s, ca) = challenging_sim(12, ch, 5, "wrong");
     s.run_for(Duration::from_secs(2));
-    let expected = Failure::Auth { status: 407, error: AuthFailure::CredentialsRejected };
-    assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::Failed(expected)));
+    let expected = Failure::Auth {
+        status: 407,
+        error: AuthFailure::CredentialsRejected,
+    };
+    assert_eq!(
+        Sim::terminated(&s.ev_a, ca),
+        Some(EndReason::Failed(expected))
+    );
     assert_eq!(s.sent(A, "INVITE ").len(), 2);
 }
 
@@ -504,7 +699,10 @@ fn digest_stale_nonce_retries_then_succeeds() {
     assert!(s.run_until(Duration::from_secs(2), |s| answered(&s.ev_a).is_some()));
     let invites = s.sent(A, "INVITE ");
     assert_eq!(invites.len(), 3);
-    assert!(invites[2].1.contains("nc=00000002"), "same nonce, next count");
+    assert!(
+        invites[2].1.contains("nc=00000002"),
+        "same nonce, next count"
+    );
     assert!(invites[2].1.contains("opaque=\"op\"") && invites[2].1.contains("algorithm=MD5-sess"));
     assert!(Sim::terminated(&s.ev_a, ca).is_none());
 }
@@ -514,7 +712,13 @@ fn digest_without_credentials_or_support_fails_typed() {
     let mut s = Sim::new(14, Impairment::default());
     s.intercept = Some(Box::new(|back, t| {
         if t.payload.starts_with(b"INVITE ") {
-            back.push((addr(A), challenge_407(&String::from_utf8_lossy(&t.payload), &["Digest realm=\"r\", nonce=\"n\", algorithm=SHA-1"])));
+            back.push((
+                addr(A),
+                challenge_407(
+                    &String::from_utf8_lossy(&t.payload),
+                    &["Digest realm=\"r\", nonce=\"n\", algorithm=SHA-1"],
+                ),
+            ));
         }
         false
     }));
@@ -523,7 +727,10 @@ fn digest_without_credentials_or_support_fails_typed() {
     s.run_for(Duration::from_secs(1));
     assert!(matches!(
         Sim::terminated(&s.ev_a, ca),
-        Some(EndReason::Failed(Failure::Auth { error: AuthFailure::Unanswerable(sip::auth::AuthError::UnsupportedAlgorithm), .. }))
+        Some(EndReason::Failed(Failure::Auth {
+            error: AuthFailure::Unanswerable(sip::auth::AuthError::UnsupportedAlgorithm),
+            ..
+        }))
     ));
 }
 
@@ -536,7 +743,9 @@ fn re_invite_hold_is_answered_and_2xx_retransmitted_until_ack() {
     s.run_for(Duration::from_millis(100));
     // Build a re-INVITE from B's side of the dialog, putting A on hold.
     let ack = s.sent(A, "ACK ")[0].1.clone();
-    let Message::Request(ack) = Message::parse(ack.as_bytes(), &Limits::default()).unwrap() else { panic!() };
+    let Message::Request(ack) = Message::parse(ack.as_bytes(), &Limits::default()).unwrap() else {
+        panic!()
+    };
     let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 26000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n";
     let reinvite = format!(
         "INVITE sip:+14255550100@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKre1\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 5 INVITE\r\nContact: <sip:127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
@@ -546,9 +755,14 @@ fn re_invite_hold_is_answered_and_2xx_retransmitted_until_ack() {
         sdp.len()
     );
     let t = s.now;
-    s.a.handle_input(t, Transport::Udp, addr(B), reinvite.as_bytes()).unwrap();
+    s.a.handle_input(t, Transport::Udp, addr(B), reinvite.as_bytes())
+        .unwrap();
     s.run_for(Duration::from_secs(2));
-    let oks: Vec<_> = s.sent(A, "SIP/2.0 200").into_iter().filter(|(_, m)| m.contains("5 INVITE")).collect();
+    let oks: Vec<_> = s
+        .sent(A, "SIP/2.0 200")
+        .into_iter()
+        .filter(|(_, m)| m.contains("5 INVITE"))
+        .collect();
     assert_eq!(oks.len(), 3, "200 at 0, 0.5, 1.5 s while no ACK");
     assert!(oks[0].1.contains("a=recvonly") && oks[0].1.contains("RTP/AVP 8 101"));
     assert!(s.ev_a.iter().any(|e| matches!(e, Event::MediaChanged { call, media } if *call == ca && media.on_hold() && media.codec == Codec::Pcma)));
@@ -558,13 +772,21 @@ fn re_invite_hold_is_answered_and_2xx_retransmitted_until_ack() {
         .replace("z9hG4bKre1", "z9hG4bKre2");
     let ack2 = ack2.split("Content-Type").next().unwrap().to_string() + "Content-Length: 0\r\n\r\n";
     let t = s.now;
-    s.a.handle_input(t, Transport::Udp, addr(B), ack2.as_bytes()).unwrap();
+    s.a.handle_input(t, Transport::Udp, addr(B), ack2.as_bytes())
+        .unwrap();
     s.run_for(Duration::from_secs(10));
-    let after: Vec<_> = s.sent(A, "SIP/2.0 200").into_iter().filter(|(_, m)| m.contains("5 INVITE")).collect();
+    let after: Vec<_> = s
+        .sent(A, "SIP/2.0 200")
+        .into_iter()
+        .filter(|(_, m)| m.contains("5 INVITE"))
+        .collect();
     assert_eq!(after.len(), 3, "ACK stopped the retransmissions");
     // A lower CSeq afterwards is refused with 500 (§12.2.2).
-    let old = reinvite.replace("CSeq: 5 INVITE", "CSeq: 4 INVITE").replace("z9hG4bKre1", "z9hG4bKre3");
-    s.a.handle_input(s.now, Transport::Udp, addr(B), old.as_bytes()).unwrap();
+    let old = reinvite
+        .replace("CSeq: 5 INVITE", "CSeq: 4 INVITE")
+        .replace("z9hG4bKre1", "z9hG4bKre3");
+    s.a.handle_input(s.now, Transport::Udp, addr(B), old.as_bytes())
+        .unwrap();
     s.run_for(Duration::from_millis(10));
     assert_eq!(s.sent(A, "SIP/2.0 500").len(), 1);
 }
@@ -573,27 +795,54 @@ fn re_invite_hold_is_answered_and_2xx_retransmitted_until_ack() {
 fn stray_requests_and_garbage() {
     let mut s = Sim::new(16, Impairment::default());
     let opt = "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKo1\r\nFrom: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
-    s.a.handle_input(s.now, Transport::Udp, addr(B), opt.as_bytes()).unwrap();
-    let bye = opt.replace("OPTIONS", "BYE").replace("<sip:127.0.0.1>", "<sip:127.0.0.1>;tag=nope");
-    s.a.handle_input(s.now, Transport::Udp, addr(B), bye.as_bytes()).unwrap();
-    let invite = opt.replace("OPTIONS", "INVITE").replace("z9hG4bKo1", "z9hG4bKo2");
-    s.a.handle_input(s.now, Transport::Udp, addr(B), invite.as_bytes()).unwrap();
+    s.a.handle_input(s.now, Transport::Udp, addr(B), opt.as_bytes())
+        .unwrap();
+    let bye = opt
+        .replace("OPTIONS", "BYE")
+        .replace("<sip:127.0.0.1>", "<sip:127.0.0.1>;tag=nope");
+    s.a.handle_input(s.now, Transport::Udp, addr(B), bye.as_bytes())
+        .unwrap();
+    let invite = opt
+        .replace("OPTIONS", "INVITE")
+        .replace("z9hG4bKo1", "z9hG4bKo2");
+    s.a.handle_input(s.now, Transport::Udp, addr(B), invite.as_bytes())
+        .unwrap();
     s.run_for(Duration::from_millis(10));
     assert_eq!(s.sent(A, "SIP/2.0 200").len(), 1);
     assert!(s.sent(A, "SIP/2.0 200")[0].1.contains("Allow: INVITE"));
     assert_eq!(s.sent(A, "SIP/2.0 481").len(), 1);
-    assert_eq!(s.sent(A, "SIP/2.0 480").len(), 1, "unsolicited INVITE refused by default");
-    assert!(s.a.handle_input(s.now, Transport::Udp, addr(B), b"\x00\xffnot sip").is_err());
+    assert_eq!(
+        s.sent(A, "SIP/2.0 480").len(),
+        1,
+        "unsolicited INVITE refused by default"
+    );
+    assert!(
+        s.a.handle_input(s.now, Transport::Udp, addr(B), b"\x00\xffnot sip")
+            .is_err()
+    );
     let c = s.call();
     assert!(s.a.hangup(s.now, c).is_ok());
 }
 
 #[test]
 fn many_concurrent_calls_in_one_agent() {
-    let mut s = Sim::new(17, Impairment { loss: 50, dup: 20, jitter_ms: 10 });
+    let mut s = Sim::new(
+        17,
+        Impairment {
+            loss: 50,
+            dup: 20,
+            jitter_ms: 10,
+        },
+    );
     let calls: Vec<CallHandle> = (0..50).map(|_| s.call()).collect();
     let mut answered_b = Vec::new();
-    s.run_until(Duration::from_secs(20), |s| s.ev_b.iter().filter(|e| matches!(e, Event::Incoming { .. })).count() == 50);
+    s.run_until(Duration::from_secs(20), |s| {
+        s.ev_b
+            .iter()
+            .filter(|e| matches!(e, Event::Incoming { .. }))
+            .count()
+            == 50
+    });
     for e in s.ev_b.clone() {
         if let Event::Incoming { call, .. } = e {
             s.b.answer(s.now, call).unwrap();
@@ -601,7 +850,13 @@ fn many_concurrent_calls_in_one_agent() {
         }
     }
     s.run_for(Duration::from_secs(20));
-    assert_eq!(s.ev_a.iter().filter(|e| matches!(e, Event::Answered { .. })).count(), 50);
+    assert_eq!(
+        s.ev_a
+            .iter()
+            .filter(|e| matches!(e, Event::Answered { .. }))
+            .count(),
+        50
+    );
     for c in &calls {
         s.a.hangup(s.now, *c).unwrap();
     }
@@ -609,5 +864,11 @@ fn many_concurrent_calls_in_one_agent() {
     for c in &calls {
         assert_eq!(Sim::terminated(&s.ev_a, *c), Some(EndReason::LocalHangup));
     }
-    assert_eq!(s.ev_b.iter().filter(|e| matches!(e, Event::RemoteHangup { .. })).count(), 50);
+    assert_eq!(
+        s.ev_b
+            .iter()
+            .filter(|e| matches!(e, Event::RemoteHangup { .. }))
+            .count(),
+        50
+    );
 }
