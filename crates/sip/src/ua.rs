@@ -31,6 +31,8 @@ const MAX_FORWARDS: u32 = 70;
 const MAX_AUTH_ROUNDS: u32 = 3;
 /// Methods we answer (Allow header, RFC 3261 §20.5).
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+/// Smallest T1 accepted (a zero T1 is clamped to this).
+const MIN_T1: Duration = Duration::from_millis(1);
 /// Bodies we accept (Accept header).
 const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf";
 /// RFC 3261 §8.1.1.7 magic cookie starting every branch.
@@ -390,7 +392,11 @@ impl Ctx {
 impl UserAgent {
     /// A user agent. `seed` must come from real entropy in production (tags, branches,
     /// Call-IDs and cnonces derive from it); tests pass a constant.
-    pub fn new(config: Config, seed: u64) -> Self {
+    pub fn new(mut config: Config, seed: u64) -> Self {
+        // A zero T1 would make retransmission timers fire forever at the same instant.
+        let t = &mut config.timers;
+        t.t1 = t.t1.max(MIN_T1);
+        t.t2 = t.t2.max(t.t1);
         Self {
             ctx: Ctx {
                 cfg: config,
@@ -591,6 +597,17 @@ impl UserAgent {
             .push("Contact", self.ctx.contact(None, call.transport));
         self.ctx.respond(now, &key, &resp);
         Ok(())
+    }
+
+    /// Callee: [`UserAgent::set_local_media`] then [`UserAgent::answer`] in one call.
+    pub fn answer_with(
+        &mut self,
+        now: Instant,
+        handle: CallHandle,
+        media: LocalMedia,
+    ) -> Result<Option<Negotiated>, UsageError> {
+        self.set_local_media(handle, media)?;
+        self.answer(now, handle)
     }
 
     /// Callee: answers with 200 and our SDP answer (or an offer if the INVITE had none),
@@ -1118,7 +1135,8 @@ impl UserAgent {
         match req.method {
             Method::Invite => {
                 if !self.ctx.cfg.accept_incoming {
-                    let resp = self.ctx.response_to(&req, 480, Some("x"));
+                    let tag = self.ctx.rng.hex(1);
+                    let resp = self.ctx.response_to(&req, 480, Some(&tag));
                     self.ctx.respond(now, key, &resp);
                     return;
                 }
@@ -1223,7 +1241,8 @@ impl UserAgent {
     }
 
     /// Sets the local media (RTP address, telephone-event PT) a callee answers with.
-    /// Call it after `Event::Incoming` and before `answer`.
+    /// Call it after `Event::Incoming` and before `answer`; until then the SDP would
+    /// advertise the SIP address as the RTP address.
     pub fn set_local_media(
         &mut self,
         handle: CallHandle,

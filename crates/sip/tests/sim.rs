@@ -237,7 +237,8 @@ impl Sim {
         );
         let cb = self.incoming().unwrap();
         self.b.ringing(self.now, cb).unwrap();
-        self.b.answer(self.now, cb).unwrap();
+        let media = LocalMedia::new(addr("127.0.0.1:26000"), 9);
+        self.b.answer_with(self.now, cb, media).unwrap();
         cb
     }
 }
@@ -258,6 +259,7 @@ fn call_answered_then_caller_hangs_up() {
     let media = media.as_ref().unwrap();
     assert_eq!(media.codec, Codec::Pcmu);
     assert_eq!(media.telephone_event_pt, Some(101));
+    assert_eq!(media.remote, Some(addr("127.0.0.1:26000")));
     assert_eq!(dialog.remote_target.as_str(), "sip:127.0.0.1:5070");
     assert!(
         s.ev_a
