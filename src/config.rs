@@ -113,7 +113,8 @@ impl Default for ApiConfig {
 pub struct ClientConfig {
     /// Name used in logs and stored with each verification.
     pub name: String,
-    /// The API key in clear (hashed at load, then dropped). Give `key` or `key_sha256`.
+    /// The API key in clear (never printed; the API keeps only its SHA-256). Give `key` or
+    /// `key_sha256`.
     pub key: Option<Secret>,
     /// SHA-256 of the API key, lowercase hex.
     pub key_sha256: Option<String>,
@@ -539,7 +540,7 @@ impl MediaConfig {
             .trim()
             .parse()
             .map_err(|_| "HIGH is not a port number")?;
-        if low == 0 || low > high || low % 2 != 0 {
+        if low == 0 || low > high || !low.is_multiple_of(2) {
             return Err("LOW must be even, non-zero and not above HIGH");
         }
         Ok((low, high))

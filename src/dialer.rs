@@ -18,6 +18,7 @@ use media::DtmfMethod;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{CallConfig, Config, Secret};
 use crate::metrics::Metrics;
@@ -299,12 +300,17 @@ impl Dialer {
         let cancel = self.handle.register(&id);
         self.metrics.call_started();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut call = self.placer.place(request, tx, cancel.clone());
+        // Its own task, so a panicking placer fails this call instead of wedging the dialer.
+        let mut call =
+            AbortOnDropHandle::new(tokio::spawn(self.placer.place(request, tx, cancel.clone())));
         let mut status = Status::Calling;
         let mut timeline = Vec::new();
         let report = loop {
             tokio::select! {
-                report = &mut call => break report,
+                report = &mut call => break report.unwrap_or_else(|e| {
+                    tracing::error!(%id, error = %e, "the call task failed");
+                    CallReport { result: CallResult::Failed, dtmf_method: None, timeline: Vec::new() }
+                }),
                 Some(event) = rx.recv() => {
                     self.on_progress(&id, event, &mut status, &mut timeline).await;
                 }

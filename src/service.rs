@@ -72,6 +72,9 @@ impl Service {
             );
         }
         let state = AppState::new(config, store)?;
+        for _ in 0..recovery.calls_failed {
+            state.metrics.completed(flow::CallResult::Failed, None);
+        }
         Ok(Service {
             state,
             placer,

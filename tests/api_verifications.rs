@@ -839,3 +839,25 @@ async fn operations_routes() {
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
     );
 }
+
+#[tokio::test]
+async fn a_panicking_placer_fails_the_call_and_the_dialer_goes_on() {
+    let (state, router) = api(config()).await;
+    let placer = ScriptedPlacer::new(Script::Panic);
+    let (stop, dialer) = spawn_dialer(&state, placer.clone());
+    let id = post(&router, &body(US_NUMBER)).await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = get(&router, &format!("{id}?wait=10")).await;
+    assert_eq!(r.json["result"], "failed", "{}", r.text);
+    *placer.script.lock().unwrap() = Script::Immediate(CallResult::Busy);
+    let id = post(&router, &body("+12015550199")).await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = get(&router, &format!("{id}?wait=10")).await;
+    assert_eq!(r.json["result"], "busy", "{}", r.text);
+    stop.cancel();
+    dialer.await.unwrap();
+}

@@ -198,6 +198,8 @@ pub enum Script {
     UntilCancelled,
     /// Ring, answer, hold until a permit of `release` is added, then this result.
     Held(CallResult),
+    /// A bug in the runtime.
+    Panic,
 }
 
 /// A CallPlacer for tests: scripted outcomes, records what it was asked and how many calls
@@ -292,6 +294,7 @@ impl CallPlacer for ScriptedPlacer {
                     cancel.cancelled().await;
                     CallResult::Cancelled
                 }
+                Script::Panic => panic!("scripted placer panic"),
                 Script::Held(r) => tokio::select! {
                     permit = release.acquire() => {
                         permit.expect("semaphore open").forget();
