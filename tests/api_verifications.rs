@@ -861,3 +861,118 @@ async fn a_panicking_placer_fails_the_call_and_the_dialer_goes_on() {
     stop.cancel();
     dialer.await.unwrap();
 }
+
+/// A store whose disk is gone: every call fails.
+struct BrokenStore;
+
+fn broken() -> callverify::store::StoreError {
+    callverify::store::StoreError::Backend("secret internal detail: disk on fire".into())
+}
+
+#[async_trait::async_trait]
+impl callverify::store::Store for BrokenStore {
+    async fn create(
+        &self,
+        _: callverify::store::NewVerification,
+        _: Option<callverify::store::IdempotencyKey>,
+        _: bool,
+    ) -> Result<callverify::store::Created, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn get(
+        &self,
+        _: &callverify::store::VerificationId,
+    ) -> Result<Option<callverify::store::Verification>, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn claim_next(
+        &self,
+        _: i64,
+    ) -> Result<Option<callverify::store::Verification>, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn progress(
+        &self,
+        _: &callverify::store::VerificationId,
+        _: callverify::store::Status,
+        _: &[flow::TimelineEntry],
+        _: i64,
+    ) -> Result<(), callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn complete(
+        &self,
+        _: &callverify::store::VerificationId,
+        _: callverify::store::Completion,
+        _: i64,
+    ) -> Result<Option<callverify::store::Verification>, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn dequeue(
+        &self,
+        _: &callverify::store::VerificationId,
+        _: &str,
+        _: i64,
+    ) -> Result<callverify::store::Dequeued, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn recover(
+        &self,
+        _: i64,
+    ) -> Result<callverify::store::Recovery, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn queue_depth(&self) -> Result<u64, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn claim_webhook(
+        &self,
+        _: i64,
+        _: i64,
+    ) -> Result<Option<callverify::store::OutboxMessage>, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn record_attempt(
+        &self,
+        _: callverify::store::Attempt,
+        _: callverify::store::OutboxState,
+        _: i64,
+    ) -> Result<(), callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn outbox(
+        &self,
+        _: &callverify::store::VerificationId,
+    ) -> Result<Vec<callverify::store::OutboxEntry>, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn next_webhook_due(&self) -> Result<Option<i64>, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn ping(&self) -> Result<(), callverify::store::StoreError> {
+        Err(broken())
+    }
+}
+
+#[tokio::test]
+async fn store_failures_are_500_and_503_without_internals() {
+    let state = callverify::api::AppState::new(config(), std::sync::Arc::new(BrokenStore)).unwrap();
+    let router = callverify::api::app(state);
+    let r = post(&router, &body(US_NUMBER)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    );
+    assert_eq!(r.message(), "internal error");
+    let r = get(&router, "vrf_00000000000000000000000000000000").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!r.text.contains("disk on fire"));
+    let r = send(&router, Method::GET, "/healthz", None, &[], None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    assert!(!r.text.contains("disk on fire"));
+    let r = send(&router, Method::GET, "/metrics", None, &[], None).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
