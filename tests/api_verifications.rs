@@ -679,7 +679,18 @@ async fn the_dialer_completes_and_get_shows_the_outcome() {
     assert_eq!(placed.expected_digits.as_ref().unwrap().expose(), "4321");
     assert!(!format!("{placed:?}").contains("4321"));
     assert!(!format!("{placed:?}").contains("2015550123"));
-    let m = send(&router, Method::GET, "/metrics", None, &[], None).await;
+    // The outcome is visible in the store a moment before the dialer counts it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = send(&router, Method::GET, "/metrics", None, &[], None).await;
+        if m.text
+            .contains("callverify_calls_total{result=\"confirmed\"} 1")
+            || Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(
         m.text
             .contains("callverify_calls_total{result=\"confirmed\"} 1"),

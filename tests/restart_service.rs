@@ -100,6 +100,17 @@ fn queued_work_and_undelivered_webhooks_survive_a_crash() {
             rx.wait_for(1, Duration::from_secs(10)).await,
             "the cancellation webhook was tried"
         );
+        // Crash only once the failed attempt is on record (a crash mid-attempt leaves it
+        // leased, which recovery releases; this test wants the plain pending case).
+        let cid = callverify::store::VerificationId::parse(&c).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running.state().store.outbox(&cid).await.unwrap()[0]
+            .attempts
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "the attempt was never recorded");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         std::mem::forget(running); // crash: nothing is shut down or flushed
         (a, b, c)
     });
