@@ -22,3 +22,5 @@ impl DtmfMethod {
         }
     }
 }
+
+pub mod g711;
