@@ -24,3 +24,4 @@ impl DtmfMethod {
 }
 
 pub mod g711;
+pub mod wav;
