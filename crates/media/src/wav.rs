@@ -116,8 +116,11 @@ fn format_tag(bytes: &[u8]) -> Option<u16> {
     Some(u16::from_le_bytes(fmt.get(0..2)?.try_into().ok()?))
 }
 
+/// A RIFF chunk: its id and its bytes.
+type Chunk<'a> = ([u8; 4], &'a [u8]);
+
 /// The chunks of a RIFF/WAVE file, each clamped to the bytes present.
-fn chunks(bytes: &[u8]) -> Result<Vec<([u8; 4], &[u8])>, WavError> {
+fn chunks(bytes: &[u8]) -> Result<Vec<Chunk<'_>>, WavError> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return Err(WavError::NotWav);
     }
