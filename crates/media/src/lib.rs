@@ -24,4 +24,12 @@ impl DtmfMethod {
 }
 
 pub mod g711;
+pub mod prompt;
+pub mod receive;
+pub mod rtp;
+pub mod session;
 pub mod wav;
+
+pub use prompt::{Prompt, PromptError};
+pub use receive::{Codec, DigitReport, ReceiveConfig, ReceivePath, ReceiveStats, StreamStats};
+pub use session::{DialMethod, MediaEvent, MediaStats, Session, SessionConfig, Transmit};
