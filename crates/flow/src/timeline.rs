@@ -41,4 +41,38 @@ pub enum TimelineEvent {
     ByeReceived,
     /// The call ended with this result.
     Outcome { result: crate::CallResult },
+    /// Digest credentials were sent in answer to a 401/407 (`algorithm`: MD5, SHA-256, …).
+    Authenticating { code: u16, algorithm: String },
+    /// The trunk would not accept our credentials, or we could not answer its challenge:
+    /// our configuration (`sip.username` / `sip.password`) is at fault.
+    AuthFailed { code: u16, reason: String },
+    /// No response at all to the INVITE (RFC 3261 Timer B) or the transport failed:
+    /// the trunk (or the SIP URI's host) is unreachable.
+    NoResponse { reason: String },
+    /// The call was answered but the answer has no media we can use (no PCMU/PCMA, no
+    /// address): the far end broke offer/answer; we hung up at once.
+    MediaUnusable { reason: String },
+    /// Media negotiated at answer.
+    MediaNegotiated {
+        codec: String,
+        /// telephone-event payload type, when the far end accepted RFC 4733.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        telephone_event: Option<u8>,
+    },
+    /// A re-INVITE/UPDATE from the far end changed the media (hold or resume).
+    MediaChanged { on_hold: bool },
+    /// We sent CANCEL (ring timeout, API cancel, expiry before answer).
+    CancelSent,
+    /// A prompt finished playing.
+    PromptFinished { prompt: String },
+    /// A key press that did not count: before the prompt, within the guard time after
+    /// answer, during extension dialling or after the decision, or a SIP INFO key while SIP
+    /// INFO DTMF is off. `digit` is masked like [`TimelineEvent::Digit`].
+    DigitIgnored {
+        digit: String,
+        method: String,
+        reason: String,
+    },
+    /// A call timer fired: `ring`, `response`, `inter_digit`, `challenge`.
+    Timeout { timer: String },
 }

@@ -1,0 +1,147 @@
+//! What the flow needs from the media path of a call, as a trait.
+//!
+//! The flow decides *what* to play and *which* keys count; the media path (RTP, G.711,
+//! RFC 4733, the DTMF detector, the prompt pacer) does the audio. The trait keeps the flow's
+//! states testable with a scripted media stand-in, and lets the real `media::Session`
+//! (wrapped by [`crate::live`]) plug in unchanged. Same sans-IO shape as everything else:
+//! input and `now` in, datagrams, events and a deadline out.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dtmf::Digit;
+pub use media::DtmfMethod;
+use sip::sdp::Codec;
+
+/// The recordings a verification call plays (`audio/<lang>/<name>.wav`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PromptKind {
+    /// Standard mode: "… press the pound key; if you did not try to sign in, press zero then pound".
+    Greeting,
+    /// PIN mode: "enter your PIN, then pound".
+    Pin,
+    /// Challenge mode: "enter the digits shown on your screen, then pound".
+    Challenge,
+    /// After `confirmed`.
+    Thanks,
+    /// After `fraud_reported`.
+    FraudAck,
+    /// After any other decision taken while the callee is on the line.
+    Goodbye,
+}
+
+impl PromptKind {
+    /// Every prompt.
+    pub const ALL: [PromptKind; 6] = [
+        PromptKind::Greeting,
+        PromptKind::Pin,
+        PromptKind::Challenge,
+        PromptKind::Thanks,
+        PromptKind::FraudAck,
+        PromptKind::Goodbye,
+    ];
+
+    /// File stem in the prompts folder (`greeting` → `audio/en/greeting.wav`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptKind::Greeting => "greeting",
+            PromptKind::Pin => "pin",
+            PromptKind::Challenge => "challenge",
+            PromptKind::Thanks => "thanks",
+            PromptKind::FraudAck => "fraud-ack",
+            PromptKind::Goodbye => "goodbye",
+        }
+    }
+}
+
+/// How extension digits are sent after answer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DialMethod {
+    /// RFC 4733 telephone-events (when the answer accepted telephone-event).
+    Rfc4733,
+    /// Q.23 tones in the audio.
+    Inband,
+}
+
+/// One key press reported by the media path (any method; merged so that one press reported
+/// by two methods arrives once).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct KeyPress {
+    /// The key.
+    pub digit: Digit,
+    /// What carried it.
+    pub method: DtmfMethod,
+    /// When the key went down (as well as the method can tell).
+    pub at: Instant,
+    /// How long it was held, when known.
+    pub duration: Option<Duration>,
+}
+
+/// What the media path tells the flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A key press.
+    Key(KeyPress),
+    /// A prompt began playing (its first packet went out).
+    PromptStarted(PromptKind),
+    /// A prompt finished (or was stopped).
+    PromptFinished(PromptKind),
+    /// The keys given to [`Media::dial`] have all been sent.
+    DialFinished,
+}
+
+/// An RTP datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RtpTransmit {
+    /// The far end's RTP address.
+    pub destination: SocketAddr,
+    /// The packet.
+    pub payload: Vec<u8>,
+}
+
+/// The media of one answered call.
+pub trait Media {
+    /// An RTP (or stray) datagram arrived on the call's RTP socket.
+    fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]);
+    /// A key arrived by SIP INFO (merged with the other methods).
+    fn handle_sip_info(&mut self, now: Instant, digit: Digit, duration: Option<Duration>);
+    /// Advances timers due at `now` (pacing, end of events, detector flush).
+    fn handle_timeout(&mut self, now: Instant);
+    /// When `handle_timeout` must run next.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The next datagram to send.
+    fn poll_transmit(&mut self) -> Option<RtpTransmit>;
+    /// The next event.
+    fn poll_event(&mut self) -> Option<MediaEvent>;
+    /// Starts playing a prompt (replacing any playing one).
+    fn play(&mut self, now: Instant, prompt: PromptKind);
+    /// Stops the prompt playing now (barge-in).
+    fn stop_playback(&mut self, now: Instant);
+    /// Sends keys (`,` = one second pause).
+    fn dial(&mut self, now: Instant, keys: &str, method: DialMethod);
+}
+
+/// What a media session is set up from, at answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaSetup {
+    /// Where the far end receives RTP.
+    pub remote: SocketAddr,
+    /// Codec to send and expect.
+    pub codec: Codec,
+    /// Its payload type in this session.
+    pub audio_pt: u8,
+    /// telephone-event payload type, when negotiated.
+    pub telephone_event_pt: Option<u8>,
+    /// Prompt language (`en`, `en-US`).
+    pub language: String,
+    /// Seed for SSRC, sequence and timestamp origins.
+    pub seed: u64,
+}
+
+/// Makes the media session of each answered call.
+pub trait MediaFactory {
+    /// The session type.
+    type Media: Media;
+    /// A session for a call just answered.
+    fn create(&mut self, now: Instant, setup: &MediaSetup) -> Self::Media;
+}

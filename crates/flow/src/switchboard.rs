@@ -1,0 +1,283 @@
+//! Many verification calls over one SIP user agent, sans-IO.
+//!
+//! ```text
+//!  runtime ──handle_sip(now, transport, source, bytes)──▶ ┌─────────────┐ ──poll_transmit()──▶ SIP / RTP sockets
+//!          ──handle_rtp(now, call, source, bytes)──────▶  │ Switchboard │ ──poll_event()─────▶ progress, outcome
+//!          ──handle_timeout(now) / place / cancel──────▶  └─────────────┘ ──poll_timeout()───▶ one timer
+//! ```
+//! One runtime task can drive every call: the switchboard demultiplexes SIP through the user
+//! agent (Call-ID, branches) and RTP by the call the runtime's socket belongs to.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use sip::{CallHandle, OutgoingCall, Transport, UserAgent};
+
+use crate::call::{Core, CoreInit, Cx, Event, Input, Stage};
+use crate::keys::Expect;
+use crate::media::{Media, MediaFactory};
+use crate::spec::{CallSpec, SpecError};
+
+/// Identifies a call of a [`Switchboard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(CallHandle);
+
+impl CallId {
+    /// The SIP user agent's handle of the call.
+    pub fn sip(self) -> CallHandle {
+        self.0
+    }
+}
+
+impl From<CallHandle> for CallId {
+    fn from(h: CallHandle) -> Self {
+        Self(h)
+    }
+}
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Something to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// A SIP message.
+    Sip(sip::Transmit),
+    /// An RTP packet of a call (send it from that call's RTP socket).
+    Rtp {
+        /// The call.
+        call: CallId,
+        /// Where to.
+        destination: SocketAddr,
+        /// The packet.
+        payload: Vec<u8>,
+    },
+}
+
+struct Entry<M> {
+    core: Core,
+    stage: Option<Stage<M>>,
+}
+
+/// splitmix64 step: per-call media seeds from the switchboard's seed.
+fn next_seed(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The verification calls of one SIP user agent.
+pub struct Switchboard<F: MediaFactory> {
+    ua: UserAgent,
+    factory: F,
+    calls: BTreeMap<CallHandle, Entry<F::Media>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<(CallId, Event)>,
+    seed: u64,
+}
+
+impl<F: MediaFactory> std::fmt::Debug for Switchboard<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Switchboard")
+            .field("ua", &self.ua)
+            .field("calls", &self.calls.len())
+            .finish()
+    }
+}
+
+impl<F: MediaFactory> Switchboard<F> {
+    /// A switchboard over a new user agent. `seed` must come from real entropy in production.
+    pub fn new(config: sip::Config, seed: u64, factory: F) -> Self {
+        let mut state = seed;
+        let ua_seed = next_seed(&mut state);
+        Self {
+            ua: UserAgent::new(config, ua_seed),
+            factory,
+            calls: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            seed: state,
+        }
+    }
+
+    /// Calls not yet finished.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The media factory (e.g. to reload prompts).
+    pub fn factory_mut(&mut self) -> &mut F {
+        &mut self.factory
+    }
+
+    /// Places a call: the INVITE goes out at once.
+    pub fn place(&mut self, now: Instant, spec: CallSpec) -> Result<CallId, SpecError> {
+        let digits = spec.validate()?;
+        let expect = Expect::new(&digits, &spec.rules.fraud_code);
+        let handle = self.ua.call(
+            now,
+            OutgoingCall {
+                target: spec.target,
+                from: spec.from,
+                display_name: spec.display_name,
+                next_hop: spec.next_hop,
+                transport: spec.transport,
+                media: sip::sdp::LocalMedia::new(spec.local_rtp, next_seed(&mut self.seed) >> 1),
+                credentials: spec.credentials,
+            },
+        );
+        let core = Core::new(CoreInit {
+            sip: handle,
+            started: now,
+            mode: spec.mode,
+            expect,
+            rules: spec.rules,
+            extension: spec.extension,
+            language: spec.language,
+            seed: next_seed(&mut self.seed),
+        });
+        let stage = Stage::dialing(&core);
+        self.calls.insert(
+            handle,
+            Entry {
+                core,
+                stage: Some(stage),
+            },
+        );
+        self.pump(now);
+        Ok(CallId(handle))
+    }
+
+    /// Hangs up a call for the API (`cancelled`, unless already decided).
+    pub fn cancel(&mut self, now: Instant, call: CallId) {
+        self.feed(now, call.0, Input::Cancel);
+        self.pump(now);
+    }
+
+    /// One SIP message from the network (a UDP datagram, or one framed stream message).
+    pub fn handle_sip(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), sip::InputError> {
+        let r = self.ua.handle_input(now, transport, source, bytes);
+        self.pump(now);
+        r
+    }
+
+    /// One datagram on a call's RTP socket.
+    pub fn handle_rtp(&mut self, now: Instant, call: CallId, source: SocketAddr, bytes: &[u8]) {
+        self.feed(now, call.0, Input::Datagram(source, bytes));
+        self.pump(now);
+    }
+
+    /// The runtime could not deliver SIP for this call (connection refused, TLS failure, …).
+    pub fn handle_transport_error(&mut self, now: Instant, call: CallHandle) {
+        self.ua.handle_transport_error(now, call);
+        self.pump(now);
+    }
+
+    /// Advances every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.ua.handle_timeout(now);
+        let due: Vec<CallHandle> = self
+            .calls
+            .iter()
+            .filter(|(_, e)| {
+                e.stage
+                    .as_ref()
+                    .and_then(|s| s.poll_timeout(&e.core))
+                    .is_some_and(|t| t <= now)
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        for h in due {
+            self.feed(now, h, Input::Timeout);
+        }
+        self.pump(now);
+    }
+
+    /// When `handle_timeout` must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let calls = self
+            .calls
+            .values()
+            .filter_map(|e| e.stage.as_ref().and_then(|s| s.poll_timeout(&e.core)));
+        calls.chain(self.ua.poll_timeout()).min()
+    }
+
+    /// The next packet to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event of some call.
+    pub fn poll_event(&mut self) -> Option<(CallId, Event)> {
+        self.events.pop_front()
+    }
+
+    fn feed(&mut self, now: Instant, handle: CallHandle, input: Input<'_>) {
+        let Some(entry) = self.calls.get_mut(&handle) else {
+            return;
+        };
+        let Some(stage) = entry.stage.take() else {
+            return;
+        };
+        let mut cx = Cx {
+            ua: &mut self.ua,
+            factory: &mut self.factory,
+        };
+        let stage = stage.handle(&mut entry.core, &mut cx, now, input);
+        let stage = stage.pump_media(&mut entry.core, &mut cx, now);
+        entry.stage = Some(stage);
+    }
+
+    /// Moves everything the user agent and the media sessions produced into the queues,
+    /// feeding SIP events to their calls, until nothing moves.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = self.ua.poll_transmit() {
+                self.transmits.push_back(Transmit::Sip(t));
+                moved = true;
+            }
+            while let Some(e) = self.ua.poll_event() {
+                let h = e.call();
+                self.feed(now, h, Input::Sip(e));
+                moved = true;
+            }
+            let mut finished = Vec::new();
+            for (h, entry) in &mut self.calls {
+                if let Some(media) = entry.stage.as_mut().and_then(|s| s.media_mut()) {
+                    while let Some(t) = media.poll_transmit() {
+                        self.transmits.push_back(Transmit::Rtp {
+                            call: CallId(*h),
+                            destination: t.destination,
+                            payload: t.payload,
+                        });
+                    }
+                }
+                while let Some(e) = entry.core.events.pop_front() {
+                    self.events.push_back((CallId(*h), e));
+                }
+                if entry.stage.as_ref().is_none_or(|s| s.is_finished()) {
+                    finished.push(*h);
+                }
+            }
+            for h in finished {
+                self.calls.remove(&h);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}
