@@ -28,7 +28,21 @@ fn main() {
                     .collect::<Vec<_>>()
             );
         }
-        for s in &c.streams {
+        let replays = capture::replay::replay(&c, std::time::Instant::now());
+        for (s, r) in c.streams.iter().zip(&replays) {
+            let digits: Vec<String> = r
+                .digits
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}@{:.3}/{}",
+                        d.digit.as_char(),
+                        d.at_ns as f64 / 1e9,
+                        d.method.as_str()
+                    )
+                })
+                .collect();
+            println!("  digits {}", digits.join(" "));
             println!(
                 "  {} {:?} pts {:?} info {:?}",
                 s.name(),
