@@ -24,10 +24,15 @@ impl DtmfMethod {
 }
 
 pub mod g711;
+pub mod merge;
 pub mod prompt;
 pub mod receive;
+pub mod reorder;
+pub mod rfc4733;
+pub mod rng;
 pub mod rtp;
 pub mod session;
+pub mod stats;
 pub mod wav;
 
 pub use prompt::{Prompt, PromptError};

@@ -1,11 +1,51 @@
 //! The receive path of one direction of RTP (one call, or one flow of a capture): latch, per-SSRC
 //! statistics, reorder buffer, G.711 decoding, the Goertzel receiver, RFC 4733 events and SIP
 //! INFO, merged into one digit stream.
+//!
+//! ```text
+//!  datagram ─ latch (source) ─ RTP parse ─ per SSRC: sequence (A.1), jitter (A.8)
+//!                                              │
+//!        ┌──────────────── payload type ───────┼──────────────────────┐
+//!  telephone-event PT                     audio PT (G.711)        anything else
+//!  EventReceiver, at once                 reorder buffer           counted, dropped
+//!  (no waiting on gaps)                   timestamp gap → fill_in   (Opus/G.729: counted
+//!        │                                G.711 → dtmf::Receiver    as undecoded)
+//!        └──────────── Merger (+ SIP INFO) ─────┘
+//!                          │
+//!                   one DigitReport per key press
+//! ```
+//!
+//! Audio timing follows RTP timestamps, not sequence numbers: a gap in the timestamps (lost
+//! packets, a pause in the audio while events are sent, silence suppression) is passed to the
+//! Goertzel receiver as [`dtmf::Receiver::fill_in`], so digit timing stays right and no tone is
+//! analysed across the gap. Event packets are not held behind gaps: an event is identified by
+//! its timestamp, so its packets need no reordering, and the key press is reported as soon as
+//! its first packet arrives.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::DtmfMethod;
+use crate::g711;
+use crate::merge::{Merger, PressId};
+use crate::reorder::{Admit, Reorder};
+use crate::rfc4733::{EventChange, EventPayload, EventReceiver};
+use crate::rtp::{RtpError, RtpPacket, timestamp_delta};
+use crate::stats::{Jitter, SeqStatus, Sequence};
+
+/// SSRCs tracked per path: a call has one or two (sipp sends events on a second one); the
+/// bound keeps a flood of forged SSRCs from growing memory.
+pub const MAX_STREAMS: usize = 8;
+/// A backwards timestamp step of more than this (in audio samples, 1 s) is a discontinuity
+/// (sender restart), not an overlap to trim.
+const MAX_OVERLAP: u32 = 8000;
+/// Samples declared lost at a timestamp discontinuity: more than the receiver bridges (60 ms),
+/// so a digit held across it ends there.
+const DISCONTINUITY_FILL: u64 = 8 * 100;
+/// Longest timestamp gap passed to the receiver as lost audio, samples (10 s). Longer gaps
+/// (a sender restarting its timestamps forward) are filled with this much: nothing is
+/// analysed across a gap either way.
+const MAX_FILL: u64 = 8000 * 10;
 
 /// An audio codec negotiated in SDP.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -107,14 +147,20 @@ pub struct StreamStats {
     pub packets: u64,
     /// Payload bytes of those packets.
     pub bytes: u64,
-    /// Cumulative packets lost, RFC 3550 A.3 (expected − received; negative with duplicates).
+    /// Cumulative packets lost, RFC 3550 A.3 (expected − received; duplicates are not
+    /// counted as received, so this is never negative).
     pub lost: i64,
-    /// Packets whose sequence number was already received (dropped).
+    /// Packets whose sequence number was already received (dropped; repeated RFC 4733 end
+    /// packets are counted in `event_end_repeats` instead).
     pub duplicates: u64,
     /// Packets that arrived after a later one (put back in order when within the window).
     pub reordered: u64,
     /// Packets that arrived after their place had been given up as lost (dropped).
     pub late: u64,
+    /// Sequence jumps of more than 3000 not (yet) confirmed by the next packet (dropped, RFC
+    /// 3550 A.1), and restarts of the sequence they confirmed.
+    pub sequence_jumps: u64,
+    pub sequence_restarts: u64,
     /// Interarrival jitter, RFC 3550 A.8, in RTP timestamp units of the audio clock.
     pub jitter: u32,
     /// Interarrival jitter in milliseconds.
@@ -137,6 +183,8 @@ pub struct StreamStats {
     pub ignored_events: u64,
     /// Telephone-event payloads too short to hold an event.
     pub malformed_events: u64,
+    /// Key presses reported first by this SSRC (in-band or RFC 4733).
+    pub digits: u64,
 }
 
 /// Receive statistics of a [`ReceivePath`].
@@ -163,12 +211,57 @@ impl ReceiveStats {
     }
 }
 
+/// The audio side of one SSRC.
+#[derive(Clone, Debug)]
+struct Audio {
+    rx: dtmf::Receiver,
+    /// Timestamp of the next sample expected.
+    next_ts: Option<u32>,
+    /// The press of the in-band digit held.
+    press: Option<PressId>,
+}
+
+/// A packet waiting in the reorder buffer.
+#[derive(Clone, Debug)]
+enum Slot {
+    /// G.711 audio to decode.
+    Audio {
+        timestamp: u32,
+        codec: Codec,
+        payload: Vec<u8>,
+    },
+    /// A packet handled on arrival (event) or not decoded: only its place in the sequence.
+    Skip,
+}
+
+/// One SSRC.
+#[derive(Clone, Debug)]
+struct Stream {
+    ssrc: u32,
+    sequence: Sequence,
+    jitter: Jitter,
+    reorder: Reorder<Slot>,
+    audio: Audio,
+    events: Option<(EventReceiver, Option<PressId>)>,
+}
+
+/// What `handle_rtp` does with a payload type.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Audio(Codec),
+    Event(u32),
+    Other,
+}
+
 /// One direction of RTP for one call (or one captured flow), turned into digits.
 #[derive(Debug)]
 pub struct ReceivePath {
     config: ReceiveConfig,
     stats: ReceiveStats,
-    digits: std::collections::VecDeque<DigitReport>,
+    streams: Vec<Stream>,
+    merger: Merger,
+    /// Decoded samples of one packet (reused).
+    scratch: Vec<i16>,
 }
 
 impl ReceivePath {
@@ -177,7 +270,9 @@ impl ReceivePath {
         ReceivePath {
             config,
             stats: ReceiveStats::default(),
-            digits: Default::default(),
+            streams: Vec::new(),
+            merger: Merger::default(),
+            scratch: Vec::with_capacity(320),
         }
     }
 
@@ -186,45 +281,422 @@ impl ReceivePath {
         &self.config
     }
 
-    /// Handles one UDP datagram received on the RTP port.
+    /// Changes the latched source (a re-INVITE moved the media; None accepts any).
+    pub fn set_source(&mut self, source: Option<SocketAddr>) {
+        self.config.source = source;
+    }
+
+    fn kind(&self, pt: u8) -> Kind {
+        if let Some((_, codec)) = self.config.audio.iter().find(|(p, _)| *p == pt) {
+            return Kind::Audio(*codec);
+        }
+        match self.config.telephone_event {
+            Some((p, clock)) if p == pt => Kind::Event(clock),
+            _ => Kind::Other,
+        }
+    }
+
+    /// Handles one UDP datagram received on the RTP port. Timers due at `now` run first, so a
+    /// capture replayed packet by packet needs no separate timeout calls (they still help
+    /// after the last packet: see [`ReceivePath::finish`]).
     pub fn handle_rtp(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
-        let _ = (now, source, datagram);
+        self.handle_timeout(now);
+        if self.config.source.is_some_and(|s| s != source) {
+            self.stats.dropped_source += 1;
+            return;
+        }
+        let packet = match RtpPacket::parse(datagram) {
+            Ok(p) => p,
+            Err(RtpError::Rtcp { .. }) => {
+                self.stats.rtcp += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let kind = self.kind(packet.payload_type);
+        let Some(index) = self.stream_index(packet.ssrc, packet.sequence.0) else {
+            self.stats.dropped_streams += 1;
+            return;
+        };
+        let ReceivePath {
+            stats,
+            streams,
+            merger,
+            scratch,
+            ..
+        } = self;
+        let stream = &mut streams[index];
+        let st = &mut stats.streams[index];
+        st.packets += 1;
+        st.bytes += packet.payload.len() as u64;
+        match st
+            .payload_types
+            .iter_mut()
+            .find(|(pt, _)| *pt == packet.payload_type)
+        {
+            Some((_, n)) => *n += 1,
+            None => st.payload_types.push((packet.payload_type, 1)),
+        }
+
+        let (status, ext) = if st.packets == 1 {
+            (SeqStatus::Ahead, stream.sequence.highest())
+        } else {
+            stream.sequence.update(packet.sequence.0)
+        };
+        match status {
+            SeqStatus::Jump => {
+                st.sequence_jumps += 1;
+                return;
+            }
+            SeqStatus::Restarted => {
+                st.sequence_restarts += 1;
+                // Release what waited under the old numbering, then start over.
+                while let Some((_, slot)) = stream.reorder.pop_first() {
+                    play(now, stream, st, merger, scratch, slot);
+                }
+                stream.reorder.reset();
+            }
+            SeqStatus::Reordered => st.reordered += 1,
+            SeqStatus::Ahead | SeqStatus::Duplicate | SeqStatus::TooOld => {}
+        }
+
+        match kind {
+            Kind::Event(clock) => {
+                st.event_packets += 1;
+                on_event_packet(now, stream, st, merger, &packet, clock);
+            }
+            Kind::Audio(codec) => {
+                st.codec = Some(codec);
+                if codec.is_decodable() {
+                    if !matches!(status, SeqStatus::Duplicate | SeqStatus::TooOld) {
+                        stream
+                            .jitter
+                            .update(now, packet.timestamp, codec.clock_rate());
+                    }
+                } else {
+                    st.undecoded += 1;
+                }
+            }
+            Kind::Other => st.dropped_payload_type += 1,
+        }
+
+        match status {
+            SeqStatus::Duplicate if !matches!(kind, Kind::Event(_)) => st.duplicates += 1,
+            SeqStatus::TooOld if !matches!(kind, Kind::Event(_)) => st.late += 1,
+            SeqStatus::Duplicate | SeqStatus::TooOld | SeqStatus::Jump => {}
+            SeqStatus::Ahead | SeqStatus::Reordered | SeqStatus::Restarted => {
+                let decode = match kind {
+                    Kind::Audio(codec) if codec.is_decodable() => Some(codec),
+                    _ => None,
+                };
+                match stream.reorder.offer(ext) {
+                    Admit::Now => {
+                        if let Some(codec) = decode {
+                            decode_into(scratch, codec, packet.payload);
+                            feed(now, stream, st, merger, scratch, packet.timestamp);
+                        }
+                        drain(now, stream, st, merger, scratch, false);
+                    }
+                    Admit::Hold => {
+                        let slot = match decode {
+                            Some(codec) => Slot::Audio {
+                                timestamp: packet.timestamp,
+                                codec,
+                                payload: packet.payload.to_vec(),
+                            },
+                            None => Slot::Skip,
+                        };
+                        stream.reorder.hold(now, ext, slot);
+                        drain(now, stream, st, merger, scratch, false);
+                    }
+                    Admit::Late => {
+                        if !matches!(kind, Kind::Event(_)) {
+                            st.late += 1;
+                        }
+                    }
+                }
+            }
+        }
+        st.lost = stream.sequence.lost();
+        st.extended_max_seq = stream.sequence.extended_max();
+        st.jitter = stream.jitter.units();
+        st.jitter_ms = f64::from(st.jitter) * 1000.0
+            / f64::from(st.codec.map(Codec::clock_rate).unwrap_or(8000));
+    }
+
+    /// The stream of `ssrc`, created on first sight (None when too many are tracked).
+    fn stream_index(&mut self, ssrc: u32, seq: u16) -> Option<usize> {
+        if let Some(i) = self.streams.iter().position(|s| s.ssrc == ssrc) {
+            return Some(i);
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            return None;
+        }
+        self.streams.push(Stream {
+            ssrc,
+            sequence: Sequence::new(seq),
+            jitter: Jitter::default(),
+            reorder: Reorder::new(self.config.reorder_window),
+            audio: Audio {
+                rx: dtmf::Receiver::new(),
+                next_ts: None,
+                press: None,
+            },
+            events: None,
+        });
+        self.stats.streams.push(StreamStats {
+            ssrc,
+            ..StreamStats::default()
+        });
+        Some(self.streams.len() - 1)
     }
 
     /// Handles a DTMF key received by SIP INFO (already parsed by `sip::info`).
     pub fn handle_sip_info(&mut self, now: Instant, key: dtmf::Digit, duration: Option<Duration>) {
+        self.handle_timeout(now);
         self.stats.sip_info += 1;
-        self.digits.push_back(DigitReport {
-            digit: key,
-            method: DtmfMethod::SipInfo,
-            ssrc: None,
-            at: now,
-            duration,
-        });
+        self.merger
+            .key_down(now, key, DtmfMethod::SipInfo, None, false, duration);
     }
 
     /// Runs the timers that are due at `now` (reorder window, event timeouts).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
+        let ReceivePath {
+            stats,
+            streams,
+            merger,
+            scratch,
+            ..
+        } = self;
+        for (stream, st) in streams.iter_mut().zip(stats.streams.iter_mut()) {
+            drain(now, stream, st, merger, scratch, false);
+            if let Some((events, press)) = &mut stream.events {
+                events.handle_timeout(now, |change| on_change(now, merger, press, st, change));
+            }
+        }
     }
 
     /// When [`ReceivePath::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.streams
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.reorder.deadline(),
+                    s.events.as_ref().and_then(|(e, _)| e.deadline()),
+                ]
+            })
+            .flatten()
+            .min()
     }
 
-    /// End of stream: releases held packets, ends held digits and events.
+    /// End of stream: releases held packets, ends held digits and events. The path can be fed
+    /// again afterwards.
     pub fn finish(&mut self, now: Instant) {
-        let _ = now;
+        let ReceivePath {
+            stats,
+            streams,
+            merger,
+            scratch,
+            ..
+        } = self;
+        for (stream, st) in streams.iter_mut().zip(stats.streams.iter_mut()) {
+            drain(now, stream, st, merger, scratch, true);
+            let Stream { audio, ssrc, .. } = stream;
+            audio
+                .rx
+                .finish(|e| on_inband(now, merger, &mut audio.press, *ssrc, st, e));
+            audio.next_ts = None;
+            if let Some((events, press)) = &mut stream.events {
+                events.finish(now, |change| on_change(now, merger, press, st, change));
+            }
+        }
     }
 
     /// The next digit, in order of report.
     pub fn poll_digit(&mut self) -> Option<DigitReport> {
-        self.digits.pop_front()
+        self.merger.poll()
     }
 
     /// Statistics so far.
     pub fn stats(&self) -> &ReceiveStats {
         &self.stats
+    }
+}
+
+/// Releases what the reorder buffer has ready (and, with `all`, everything it holds).
+fn drain(
+    now: Instant,
+    stream: &mut Stream,
+    st: &mut StreamStats,
+    merger: &mut Merger,
+    scratch: &mut Vec<i16>,
+    all: bool,
+) {
+    loop {
+        let next = match stream.reorder.pop_ready() {
+            Some(x) => Some(x),
+            None if all => stream.reorder.pop_first(),
+            None => stream.reorder.pop_expired(now),
+        };
+        let Some((_, slot)) = next else {
+            return;
+        };
+        play(now, stream, st, merger, scratch, slot);
+    }
+}
+
+/// Handles one released slot.
+fn play(
+    now: Instant,
+    stream: &mut Stream,
+    st: &mut StreamStats,
+    merger: &mut Merger,
+    scratch: &mut Vec<i16>,
+    slot: Slot,
+) {
+    if let Slot::Audio {
+        timestamp,
+        codec,
+        payload,
+    } = slot
+    {
+        decode_into(scratch, codec, &payload);
+        feed(now, stream, st, merger, scratch, timestamp);
+    }
+}
+
+fn decode_into(out: &mut Vec<i16>, codec: Codec, payload: &[u8]) {
+    out.clear();
+    match codec {
+        Codec::Pcmu => out.extend(payload.iter().map(|&b| g711::ulaw_to_linear(b))),
+        Codec::Pcma => out.extend(payload.iter().map(|&b| g711::alaw_to_linear(b))),
+        Codec::G729 | Codec::Opus | Codec::Other { .. } => {}
+    }
+}
+
+/// Feeds decoded audio starting at RTP `timestamp` to the Goertzel receiver, passing timestamp
+/// gaps as lost audio.
+fn feed(
+    now: Instant,
+    stream: &mut Stream,
+    st: &mut StreamStats,
+    merger: &mut Merger,
+    samples: &[i16],
+    timestamp: u32,
+) {
+    let Stream { audio, ssrc, .. } = stream;
+    let ssrc = *ssrc;
+    // G.711 is one sample per byte; a UDP payload is under 65536 bytes.
+    let total = samples.len() as u32;
+    let mut start = 0;
+    if let Some(expected) = audio.next_ts {
+        let gap = timestamp_delta(timestamp, expected);
+        if gap > 0 {
+            let fill = u64::from(gap.unsigned_abs()).min(MAX_FILL);
+            audio.rx.fill_in(fill, |e| {
+                on_inband(now, merger, &mut audio.press, ssrc, st, e)
+            });
+        } else if gap < 0 {
+            let overlap = gap.unsigned_abs();
+            if overlap < total {
+                // The front of this packet was already played: play the rest.
+                start = overlap as usize;
+            } else if overlap <= MAX_OVERLAP {
+                // Entirely in the past (a stale copy): nothing new in it.
+                return;
+            } else {
+                // The sender restarted its timestamps.
+                audio.rx.fill_in(DISCONTINUITY_FILL, |e| {
+                    on_inband(now, merger, &mut audio.press, ssrc, st, e)
+                });
+            }
+        }
+    }
+    audio.next_ts = Some(timestamp.wrapping_add(total));
+    audio.rx.process(&samples[start..], |e| {
+        on_inband(now, merger, &mut audio.press, ssrc, st, e)
+    });
+}
+
+/// An in-band receiver event into the merger.
+fn on_inband(
+    now: Instant,
+    merger: &mut Merger,
+    press: &mut Option<PressId>,
+    ssrc: u32,
+    st: &mut StreamStats,
+    event: dtmf::Event,
+) {
+    match event {
+        dtmf::Event::Start { digit, .. } => {
+            let (id, new) = merger.key_down(now, digit, DtmfMethod::Inband, Some(ssrc), true, None);
+            st.digits += u64::from(new);
+            if let Some(old) = press.replace(id) {
+                merger.key_up(now, old);
+            }
+        }
+        dtmf::Event::End { .. } => {
+            if let Some(id) = press.take() {
+                merger.key_up(now, id);
+            }
+        }
+    }
+}
+
+/// One telephone-event packet.
+fn on_event_packet(
+    now: Instant,
+    stream: &mut Stream,
+    st: &mut StreamStats,
+    merger: &mut Merger,
+    packet: &RtpPacket<'_>,
+    clock: u32,
+) {
+    let (events, press) = stream
+        .events
+        .get_or_insert_with(|| (EventReceiver::new(clock), None));
+    let blocks = match EventPayload::parse_all(packet.payload, packet.timestamp) {
+        Ok(blocks) => blocks,
+        Err(_) => {
+            st.malformed_events += 1;
+            return;
+        }
+    };
+    for (timestamp, event) in blocks {
+        events.on_event(now, timestamp, packet.marker, event, |change| {
+            on_change(now, merger, press, st, change)
+        });
+    }
+}
+
+/// An RFC 4733 receiver change into the merger.
+fn on_change(
+    now: Instant,
+    merger: &mut Merger,
+    press: &mut Option<PressId>,
+    st: &mut StreamStats,
+    change: EventChange,
+) {
+    match change {
+        EventChange::Started { digit, .. } => {
+            let (id, new) =
+                merger.key_down(now, digit, DtmfMethod::Rfc4733, Some(st.ssrc), true, None);
+            st.digits += u64::from(new);
+            if let Some(old) = press.replace(id) {
+                merger.key_up(now, old);
+            }
+        }
+        EventChange::Ended { .. } => {
+            if let Some(id) = press.take() {
+                merger.key_up(now, id);
+            }
+        }
+        EventChange::EndRepeat => st.event_end_repeats += 1,
+        EventChange::NotDtmf => st.ignored_events += 1,
+        EventChange::Stale => {}
     }
 }

@@ -1,20 +1,60 @@
 //! A live call's media: the [`ReceivePath`] for what arrives, and paced sending of prompts,
 //! comfort silence and dialled digits.
+//!
+//! # Pacing
+//!
+//! Packet `n` is due at exactly `origin + n × 20 ms`, computed by multiplication from the fixed
+//! origin (never by adding intervals, so there is no drift however long the call). Exactly one
+//! packet is sent per slot, prompt or silence, because the far end expects continuous RTP.
+//!
+//! When the runtime wakes late (a stall: `handle_timeout` is called after more than one slot
+//! has passed), the policy is **skip**: only the latest due slot is sent, the missed slots are
+//! never sent, and the content (prompt, tones, events) advances past them as if they had been
+//! played. So the send times stay on the grid, no burst ever leaves, the RTP timestamp stays
+//! locked to the wall clock (it jumps by the skipped slots, which the far end's jitter buffer
+//! treats as loss), and a prompt ends when it would have without the stall. The sequence
+//! number still increases by one per packet sent (RFC 3550 §5.1), so the far end sees no loss
+//! in the sequence, only a timestamp step. Skipped slots are counted in
+//! [`MediaStats::skipped_slots`].
+//!
+//! The marker bit is set on the first packet of the session and on the first packet of each
+//! prompt (a talkspurt start, RFC 3551 §4.1), and on the first packet of each RFC 4733 event
+//! (RFC 4733 §2.2.2). SSRC, first sequence number and first timestamp are random (RFC 3550
+//! §5.1), drawn from the configured seed.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::prompt::Prompt;
+use dtmf::{Digit, Generator, ToneSpec};
+
+use crate::g711;
+use crate::prompt::{FRAME_DURATION, FRAME_SAMPLES, Prompt};
 use crate::receive::{Codec, DigitReport, ReceiveConfig, ReceivePath, ReceiveStats};
+use crate::rfc4733::{EventSchedule, SEND_VOLUME};
+use crate::rng::SplitMix64;
+use crate::rtp::PacketSpec;
+
+/// Clock rate of the telephone-events this session sends and expects, Hz (RFC 4733 §7.1.1,
+/// `telephone-event/8000` as offered).
+pub const EVENT_CLOCK: u32 = 8000;
+/// Length of a dialled key, and the pause after it (ITU-T Q.23 and Q.24 accept 40 ms; 100 ms
+/// each way is the common default of phones and of `dtmf::ToneSpec`).
+pub const DIAL_TONE: Duration = Duration::from_millis(100);
+pub const DIAL_PAUSE: Duration = Duration::from_millis(100);
+/// A `,` in the dial string pauses this long.
+pub const DIAL_COMMA: Duration = Duration::from_secs(1);
+/// How long received packets wait for missing ones before a gap is given up.
+pub const REORDER_WINDOW: Duration = Duration::from_millis(60);
 
 /// What a session sends and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
     /// Where RTP goes (from the SDP answer); also the latched source of received RTP.
     pub remote: SocketAddr,
-    /// The negotiated audio codec (PCMU or PCMA).
+    /// The negotiated audio codec: PCMU or PCMA (nothing is sent for codecs this crate does
+    /// not encode).
     pub codec: Codec,
     /// Its payload type.
     pub audio_pt: u8,
@@ -27,7 +67,7 @@ pub struct SessionConfig {
 /// How to dial digits.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum DialMethod {
-    /// RFC 4733 telephone-events (falls back to in-band without a negotiated event PT).
+    /// RFC 4733 telephone-events (in-band when no event payload type was negotiated).
     Rfc4733,
     /// Q.23 tones in the audio.
     Inband,
@@ -58,14 +98,53 @@ pub enum MediaEvent {
 /// Send and receive statistics.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MediaStats {
+    /// Our SSRC.
     pub ssrc: u32,
     /// RTP packets sent.
     pub packets_sent: u64,
-    /// Payload bytes sent.
+    /// Payload bytes sent (RFC 3550 §6.4.1 "sender's octet count").
     pub bytes_sent: u64,
-    /// 20 ms slots not sent because `handle_timeout` came late (skip policy).
+    /// Event packets among them.
+    pub event_packets_sent: u64,
+    /// 20 ms slots not sent because `handle_timeout` came late (skip policy, module docs).
     pub skipped_slots: u64,
     pub receive: ReceiveStats,
+}
+
+/// One step of a dial string.
+#[derive(Clone, Debug)]
+enum DialStep {
+    /// An RFC 4733 key press; the timestamp of its first slot once started.
+    Event(EventSchedule, Option<u32>),
+    /// Silence for this many slots.
+    Pause(u32),
+}
+
+/// Something queued to send.
+#[derive(Clone, Debug)]
+enum Item {
+    Prompt {
+        prompt: Arc<Prompt>,
+        /// Next frame to send.
+        frame: usize,
+    },
+    /// Dialling by RFC 4733 events.
+    Events(VecDeque<DialStep>),
+    /// Dialling by tones in the audio.
+    Tones(Box<Generator>),
+}
+
+/// What one slot carries.
+enum Frame {
+    Audio {
+        samples: Option<[u8; FRAME_SAMPLES]>,
+        marker: bool,
+    },
+    Event {
+        timestamp: u32,
+        marker: bool,
+        payload: [u8; 4],
+    },
 }
 
 /// A live call's media.
@@ -74,8 +153,19 @@ pub struct Session {
     config: SessionConfig,
     receive: ReceivePath,
     origin: Instant,
+    /// The next slot to send.
+    slot: u64,
+    ssrc: u32,
+    first_seq: u16,
+    first_ts: u32,
+    /// Packets sent (the sequence number is `first_seq + sent`).
+    sent: u64,
+    queue: VecDeque<Item>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<MediaEvent>,
+    stats: MediaStats,
+    /// Scratch packet buffer.
+    buffer: Vec<u8>,
 }
 
 impl Session {
@@ -83,16 +173,31 @@ impl Session {
     pub fn new(now: Instant, config: SessionConfig) -> Self {
         let receive = ReceivePath::new(ReceiveConfig {
             audio: vec![(config.audio_pt, config.codec)],
-            telephone_event: config.telephone_event_pt.map(|pt| (pt, 8000)),
+            telephone_event: config.telephone_event_pt.map(|pt| (pt, EVENT_CLOCK)),
             source: Some(config.remote),
-            reorder_window: Duration::from_millis(60),
+            reorder_window: REORDER_WINDOW,
         });
+        let mut rng = SplitMix64::new(config.seed);
+        let ssrc = rng.next_u64() as u32;
+        let first_seq = rng.next_u64() as u16;
+        let first_ts = rng.next_u64() as u32;
         Session {
             config,
             receive,
             origin: now,
+            slot: 0,
+            ssrc,
+            first_seq,
+            first_ts,
+            sent: 0,
+            queue: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            stats: MediaStats {
+                ssrc,
+                ..MediaStats::default()
+            },
+            buffer: Vec::with_capacity(200),
         }
     }
 
@@ -106,14 +211,189 @@ impl Session {
         self.receive.handle_sip_info(now, key, duration);
     }
 
-    /// Sends what is due and runs the receive timers.
+    /// When slot `n` is due.
+    fn due(&self, n: u64) -> Instant {
+        // 2^32 slots of 20 ms are 2.7 years; a call never gets there.
+        self.origin + FRAME_DURATION * u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Sends what is due (one packet at most: see the skip policy) and runs the receive timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.receive.handle_timeout(now);
+        if now < self.due(self.slot) {
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.origin);
+        let latest = (elapsed.as_nanos() / FRAME_DURATION.as_nanos()) as u64;
+        let latest = latest.max(self.slot);
+        let skipped = latest - self.slot;
+        self.stats.skipped_slots += skipped;
+        // The skipped slots' content is consumed unsent, up to the end of what is queued.
+        while self.slot < latest && !self.queue.is_empty() {
+            self.next_frame();
+            self.slot += 1;
+        }
+        self.slot = latest;
+        let frame = self.next_frame();
+        self.send(frame);
+        self.slot += 1;
+    }
+
+    /// RTP timestamp of slot `n`.
+    fn timestamp(&self, n: u64) -> u32 {
+        self.first_ts
+            .wrapping_add((n as u32).wrapping_mul(FRAME_SAMPLES as u32))
+    }
+
+    /// Produces the content of the current slot, advancing the queue.
+    fn next_frame(&mut self) -> Frame {
+        let codec = self.config.codec;
+        let slot_ts = self.timestamp(self.slot);
+        loop {
+            let Some(item) = self.queue.front_mut() else {
+                return Frame::Audio {
+                    samples: silence(codec),
+                    marker: false,
+                };
+            };
+            match item {
+                Item::Prompt { prompt, frame } => {
+                    let Some(samples) = prompt.frame(codec, *frame).copied() else {
+                        let name = prompt.name().to_owned();
+                        if *frame > 0 {
+                            self.events.push_back(MediaEvent::PromptFinished(name));
+                        }
+                        self.queue.pop_front();
+                        continue;
+                    };
+                    let marker = *frame == 0;
+                    if marker {
+                        self.events
+                            .push_back(MediaEvent::PromptStarted(prompt.name().to_owned()));
+                    }
+                    *frame += 1;
+                    if *frame == prompt.frames() {
+                        self.events
+                            .push_back(MediaEvent::PromptFinished(prompt.name().to_owned()));
+                        self.queue.pop_front();
+                    }
+                    return Frame::Audio {
+                        samples: Some(samples),
+                        marker,
+                    };
+                }
+                Item::Events(steps) => {
+                    let Some(step) = steps.front_mut() else {
+                        self.events.push_back(MediaEvent::DialFinished);
+                        self.queue.pop_front();
+                        continue;
+                    };
+                    match step {
+                        DialStep::Pause(0) => {
+                            steps.pop_front();
+                        }
+                        DialStep::Pause(n) => {
+                            *n -= 1;
+                            return Frame::Audio {
+                                samples: silence(codec),
+                                marker: false,
+                            };
+                        }
+                        DialStep::Event(schedule, start) => match schedule.next_packet() {
+                            None => {
+                                steps.pop_front();
+                            }
+                            Some(p) => {
+                                let timestamp = *start.get_or_insert(slot_ts);
+                                return Frame::Event {
+                                    timestamp,
+                                    marker: p.marker,
+                                    payload: p.payload.to_bytes(),
+                                };
+                            }
+                        },
+                    }
+                }
+                Item::Tones(generator) => {
+                    let mut pcm = [0i16; FRAME_SAMPLES];
+                    let n = generator.fill(&mut pcm);
+                    if n == 0 {
+                        self.events.push_back(MediaEvent::DialFinished);
+                        self.queue.pop_front();
+                        continue;
+                    }
+                    return Frame::Audio {
+                        samples: encode(codec, &pcm),
+                        marker: false,
+                    };
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, frame: Frame) {
+        let seq = self.first_seq.wrapping_add(self.sent as u16);
+        let first = self.sent == 0;
+        let (spec, event) = match &frame {
+            Frame::Audio { samples: None, .. } => return,
+            Frame::Audio {
+                samples: Some(samples),
+                marker,
+            } => (
+                PacketSpec {
+                    marker: *marker || first,
+                    payload_type: self.config.audio_pt,
+                    sequence: seq,
+                    timestamp: self.timestamp(self.slot),
+                    ssrc: self.ssrc,
+                    payload: samples,
+                    ..PacketSpec::default()
+                },
+                false,
+            ),
+            Frame::Event {
+                timestamp,
+                marker,
+                payload,
+            } => (
+                PacketSpec {
+                    marker: *marker,
+                    // Event frames exist only when an event PT was negotiated (`dial`).
+                    payload_type: self
+                        .config
+                        .telephone_event_pt
+                        .unwrap_or(self.config.audio_pt),
+                    sequence: seq,
+                    timestamp: *timestamp,
+                    ssrc: self.ssrc,
+                    payload,
+                    ..PacketSpec::default()
+                },
+                true,
+            ),
+        };
+        self.buffer.clear();
+        if spec.write(&mut self.buffer).is_err() {
+            // Only a payload type above 127 in the configuration gets here.
+            return;
+        }
+        self.sent += 1;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += spec.payload.len() as u64;
+        self.stats.event_packets_sent += u64::from(event);
+        self.transmits.push_back(Transmit {
+            destination: self.config.remote,
+            payload: self.buffer.clone(),
+        });
     }
 
     /// When [`Session::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.origin)
+        let next = self.due(self.slot);
+        Some(match self.receive.poll_timeout() {
+            Some(t) => t.min(next),
+            None => next,
+        })
     }
 
     /// The next datagram to send.
@@ -123,32 +403,79 @@ impl Session {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<MediaEvent> {
-        if let Some(d) = self.receive.poll_digit() {
-            return Some(MediaEvent::Digit(d));
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
         }
-        self.events.pop_front()
+        self.receive.poll_digit().map(MediaEvent::Digit)
     }
 
     /// Queues a prompt; comfort silence is sent between prompts and while idle.
-    pub fn play(&mut self, now: Instant, prompt: Arc<Prompt>) {
-        let _ = (now, prompt);
+    pub fn play(&mut self, _now: Instant, prompt: Arc<Prompt>) {
+        self.queue.push_back(Item::Prompt { prompt, frame: 0 });
     }
 
-    /// Stops the prompt playing and drops the queued ones.
-    pub fn stop_playback(&mut self, now: Instant) {
-        let _ = now;
+    /// Stops the prompt playing and drops the prompts queued (dialling goes on).
+    pub fn stop_playback(&mut self, _now: Instant) {
+        let events = &mut self.events;
+        self.queue.retain(|item| match item {
+            Item::Prompt { prompt, frame } => {
+                if *frame > 0 {
+                    events.push_back(MediaEvent::PromptStopped(prompt.name().to_owned()));
+                }
+                false
+            }
+            Item::Events(_) | Item::Tones(_) => true,
+        });
     }
 
-    /// Queues keys to dial (`0-9*#A-D`, `,` = 1 s pause).
-    pub fn dial(&mut self, now: Instant, keys: &str, method: DialMethod) {
-        let _ = (now, keys, method);
+    /// Queues keys to dial (`0-9*#A-D`, `,` = 1 s pause; other characters are skipped). RFC
+    /// 4733 falls back to in-band tones when no telephone-event payload type was negotiated.
+    pub fn dial(&mut self, _now: Instant, keys: &str, method: DialMethod) {
+        let slots = |d: Duration| (d.as_millis() / FRAME_DURATION.as_millis()) as u32;
+        let item = match (method, self.config.telephone_event_pt) {
+            (DialMethod::Rfc4733, Some(_)) => {
+                let mut steps = VecDeque::new();
+                for c in keys.chars() {
+                    if c == ',' {
+                        steps.push_back(DialStep::Pause(slots(DIAL_COMMA)));
+                    } else if let Some(digit) = Digit::from_char(c) {
+                        let schedule = EventSchedule::new(
+                            digit,
+                            DIAL_TONE,
+                            FRAME_DURATION,
+                            EVENT_CLOCK,
+                            SEND_VOLUME,
+                        );
+                        steps.push_back(DialStep::Event(schedule, None));
+                        steps.push_back(DialStep::Pause(slots(DIAL_PAUSE)));
+                    }
+                }
+                Item::Events(steps)
+            }
+            _ => {
+                let mut generator = Generator::new(ToneSpec {
+                    on_ms: DIAL_TONE.as_millis() as u32,
+                    off_ms: DIAL_PAUSE.as_millis() as u32,
+                    ..ToneSpec::default()
+                });
+                for c in keys.chars() {
+                    if c == ',' {
+                        generator.push_pause_ms(DIAL_COMMA.as_millis() as u32);
+                    } else if let Some(digit) = Digit::from_char(c) {
+                        generator.push_digit(digit);
+                    }
+                }
+                Item::Tones(Box::new(generator))
+            }
+        };
+        self.queue.push_back(item);
     }
 
     /// Statistics so far.
     pub fn stats(&self) -> MediaStats {
         MediaStats {
             receive: self.receive.stats().clone(),
-            ..MediaStats::default()
+            ..self.stats.clone()
         }
     }
 
@@ -156,4 +483,28 @@ impl Session {
     pub fn config(&self) -> &SessionConfig {
         &self.config
     }
+
+    /// The receive path (statistics, latch changes).
+    pub fn receive(&mut self) -> &mut ReceivePath {
+        &mut self.receive
+    }
+
+    /// The fixed origin of the send grid (packet `n` is due at `origin + n × 20 ms`).
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+}
+
+/// A silent frame in `codec` (None for codecs not encoded here).
+fn silence(codec: Codec) -> Option<[u8; FRAME_SAMPLES]> {
+    encode(codec, &[0; FRAME_SAMPLES])
+}
+
+fn encode(codec: Codec, pcm: &[i16; FRAME_SAMPLES]) -> Option<[u8; FRAME_SAMPLES]> {
+    let f: fn(i16) -> u8 = match codec {
+        Codec::Pcmu => g711::linear_to_ulaw,
+        Codec::Pcma => g711::linear_to_alaw,
+        Codec::G729 | Codec::Opus | Codec::Other { .. } => return None,
+    };
+    Some(pcm.map(f))
 }
