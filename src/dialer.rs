@@ -88,17 +88,30 @@ pub trait CallPlacer: Send + Sync + 'static {
     ) -> BoxFuture<'static, CallReport>;
 }
 
-/// The placer `serve` uses.
-///
-/// TODO(sip runtime): the SIP runtime replaces this; until it exists every call ends `failed`.
-pub fn runtime_call_placer(_config: &Config) -> Arc<dyn CallPlacer> {
-    Arc::new(NoSipRuntime)
+/// The placer `serve` uses: the SIP runtime ([`crate::runtime`]). Must be called inside a
+/// tokio runtime. When the runtime cannot start (SIP port taken, broken prompt file, bad
+/// `sip.trunk`), the error is logged and every call ends `failed` with the reason in its
+/// timeline, so the API keeps answering and the operator sees why.
+pub fn runtime_call_placer(config: &Config) -> Arc<dyn CallPlacer> {
+    let started =
+        crate::runtime::RuntimeConfig::from_config(config).and_then(crate::runtime::Runtime::start);
+    match started {
+        Ok(runtime) => Arc::new(crate::runtime::RuntimePlacer::new(runtime)),
+        Err(e) => {
+            tracing::error!(error = %e, "the SIP runtime cannot start: every call will fail");
+            Arc::new(Unavailable {
+                reason: e.to_string(),
+            })
+        }
+    }
 }
 
-/// TODO(sip runtime): the only placeholder; removed when the runtime lands.
-struct NoSipRuntime;
+/// Stands in for a SIP runtime that could not start.
+struct Unavailable {
+    reason: String,
+}
 
-impl CallPlacer for NoSipRuntime {
+impl CallPlacer for Unavailable {
     fn place(
         &self,
         call: CallRequest,
@@ -108,18 +121,26 @@ impl CallPlacer for NoSipRuntime {
         tracing::error!(
             id = %call.id,
             destination = %call.destination,
-            "the SIP runtime is not built yet: call not placed, verification failed"
+            reason = %self.reason,
+            "the SIP runtime is not running: call not placed"
         );
-        Box::pin(async {
+        let reason = self.reason.clone();
+        Box::pin(async move {
             CallReport {
                 result: CallResult::Failed,
                 dtmf_method: None,
-                timeline: vec![TimelineEntry {
-                    at_ms: 0,
-                    event: TimelineEvent::Outcome {
-                        result: CallResult::Failed,
+                timeline: vec![
+                    TimelineEntry {
+                        at_ms: 0,
+                        event: TimelineEvent::NoResponse { reason },
                     },
-                }],
+                    TimelineEntry {
+                        at_ms: 0,
+                        event: TimelineEvent::Outcome {
+                            result: CallResult::Failed,
+                        },
+                    },
+                ],
             }
         })
     }

@@ -10,3 +10,4 @@ pub mod dialer;
 pub mod metrics;
 pub mod webhook;
 pub mod service;
+pub mod runtime;

@@ -7,6 +7,7 @@
 
 mod call;
 pub mod keys;
+pub mod live;
 pub mod media;
 pub mod outcome;
 pub mod spec;

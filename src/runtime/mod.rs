@@ -1,0 +1,469 @@
+//! The SIP runtime: sockets, timers and tasks around the sans-IO call flow
+//! ([`flow::Switchboard`]).
+//!
+//! ```text
+//!  CallPlacer::place ──Command::Place──▶ ┌──────────────── driver task ───────────────┐
+//!  (one future per call)  ◀──progress──  │ Switchboard (SIP user agent + every call)  │
+//!                         ◀──report────  │ one timer: sleep_until(poll_timeout())     │
+//!                                        └──▲──────────────────────────────┬─────────┘
+//!        reader tasks: SIP UDP socket,      │ Input (datagrams, messages,   │ try_send_to /
+//!        one per TCP/TLS connection,        │ transport errors)             │ connection queues
+//!        one per call's RTP socket ─────────┘                               ▼
+//! ```
+//! One driver task holds every call (no task per call or per transaction); socket readers only
+//! move bytes into its channel. RTP ports come from `media.rtp_ports`; prompts are loaded once.
+
+mod driver;
+mod live;
+mod net;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flow::{CallResult, Mode, TimelineEntry, TimelineEvent};
+use futures::future::BoxFuture;
+use sip::auth::Credentials;
+use sip::{Transport, Uri};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CallConfig, Config, Secret};
+use crate::dialer::{CallPlacer, CallProgress, CallReport, CallRequest};
+
+pub use live::{PromptError, Prompts};
+
+/// Why the runtime cannot start or a call cannot be placed. Each variant says whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// `sip.trunk` is not a usable SIP URI (our configuration).
+    #[error("configuration key `sip.trunk`: {0}")]
+    Trunk(String),
+    /// `media.rtp_ports` is malformed (our configuration).
+    #[error("configuration key `media.rtp_ports`: {0}")]
+    RtpPorts(&'static str),
+    /// The SIP socket cannot be bound (our configuration or another process on the port).
+    #[error("cannot listen for SIP on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The prompts cannot be loaded (our installation: `media.prompts`).
+    #[error(transparent)]
+    Prompts(#[from] PromptError),
+    /// A phone number was given but no trunk is configured (our configuration).
+    #[error("`sip.trunk` is not set: phone numbers can only be called through a trunk")]
+    NoTrunk,
+    /// The destination is neither an E.164 number nor a SIP URI (the request).
+    #[error("destination is not an E.164 number or a sip:/sips: URI")]
+    Destination,
+    /// The trunk's (or SIP URI's) host name does not resolve (DNS, or our configuration).
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    /// No free RTP port in `media.rtp_ports` (too many calls for the range, or ports taken).
+    #[error("no free RTP port in media.rtp_ports {low}-{high}")]
+    NoRtpPort { low: u16, high: u16 },
+    /// The call's parameters are invalid (the request).
+    #[error(transparent)]
+    Spec(#[from] flow::SpecError),
+    /// The driver task is gone (shut down or panicked): internal.
+    #[error("the SIP runtime has stopped")]
+    Stopped,
+}
+
+/// Where calls go: `sip.trunk` parsed.
+#[derive(Clone, Debug)]
+pub struct Trunk {
+    /// Host (name or address literal).
+    pub host: String,
+    /// Port (default 5060, 5061 for TLS).
+    pub port: u16,
+    /// Transport (`;transport=` or `sips:`).
+    pub transport: Transport,
+}
+
+impl Trunk {
+    /// Parses `sip:host[:port][;transport=udp|tcp|tls]` (or `sips:`).
+    pub fn parse(uri: &str) -> Result<Trunk, RuntimeError> {
+        let parsed = Uri::parse(uri).map_err(|e| RuntimeError::Trunk(e.to_string()))?;
+        let transport = match (parsed.is_sips(), parsed.transport()) {
+            (true, _) | (_, Some(Transport::Tls)) => Transport::Tls,
+            (false, Some(t)) => t,
+            (false, None) => {
+                if parsed.param("transport").is_some() {
+                    return Err(RuntimeError::Trunk(
+                        "transport must be udp, tcp or tls".into(),
+                    ));
+                }
+                Transport::Udp
+            }
+        };
+        let default_port = if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
+        Ok(Trunk {
+            host: parsed
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: parsed.port().unwrap_or(default_port),
+            transport,
+        })
+    }
+
+    /// `host:port` as it goes into URIs.
+    fn host_port(&self) -> String {
+        match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", self.port),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// Everything the runtime takes from the configuration.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// SIP socket address (`sip.listen`; port 0: any free port).
+    pub listen: SocketAddr,
+    /// `sip.trunk`, if set.
+    pub trunk: Option<Trunk>,
+    /// Digest credentials (`sip.username`/`sip.password`), if a username is set.
+    pub credentials: Option<Credentials>,
+    /// Caller id (`sip.caller_id`), the From user part.
+    pub caller_id: String,
+    /// RTP port range, inclusive.
+    pub rtp_ports: (u16, u16),
+    /// RFC 3261 T1.
+    pub t1: Duration,
+    /// Whether SIP INFO keys count.
+    pub sip_info_dtmf: bool,
+    /// Prompt folder and languages (the first is the default).
+    pub prompts: PathBuf,
+    pub languages: Vec<String>,
+    /// The address to advertise when `listen` is a wildcard: the local address that routes to
+    /// this host (the trunk, or a SIP URI's host for one-off calls).
+    pub route_probe: Option<SocketAddr>,
+}
+
+impl RuntimeConfig {
+    /// From the service configuration.
+    pub fn from_config(config: &Config) -> Result<RuntimeConfig, RuntimeError> {
+        let trunk = if config.sip.trunk.is_empty() {
+            None
+        } else {
+            Some(Trunk::parse(&config.sip.trunk)?)
+        };
+        let credentials = (!config.sip.username.is_empty()).then(|| Credentials {
+            username: config.sip.username.clone(),
+            password: sip::redact::Secret::new(config.sip.password.expose()),
+        });
+        let rtp_ports = config
+            .media
+            .rtp_port_range()
+            .map_err(RuntimeError::RtpPorts)?;
+        let route_probe = trunk.as_ref().and_then(|t| {
+            t.host
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, t.port))
+        });
+        Ok(RuntimeConfig {
+            listen: config.sip.listen,
+            trunk,
+            credentials,
+            caller_id: config.sip.caller_id.clone(),
+            rtp_ports,
+            t1: Duration::from_millis(config.sip.t1_ms),
+            sip_info_dtmf: config.sip.sip_info_dtmf,
+            prompts: config.media.prompts.clone(),
+            languages: config.media.languages.clone(),
+            route_probe,
+        })
+    }
+}
+
+/// One call to place, in the service's terms.
+#[derive(Clone, Debug)]
+pub struct CallOrder {
+    /// `+` E.164 number or `sip:`/`sips:` URI.
+    pub destination: String,
+    pub extension: Option<String>,
+    pub mode: Mode,
+    pub expected_digits: Option<Secret>,
+    pub language: String,
+    pub call: CallConfig,
+}
+
+/// A running SIP runtime; cheap to clone. The driver stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Runtime {
+    commands: mpsc::UnboundedSender<driver::Command>,
+    config: Arc<RuntimeConfig>,
+    local_sip: SocketAddr,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("local_sip", &self.local_sip)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Binds the SIP socket, loads the prompts and starts the driver task. Must be called
+    /// inside a tokio runtime.
+    pub fn start(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let prompts = Prompts::load(&config.prompts, &config.languages)?;
+        let (commands, local_sip) = driver::spawn(config.clone(), prompts)?;
+        Ok(Runtime {
+            commands,
+            config: Arc::new(config),
+            local_sip,
+        })
+    }
+
+    /// The SIP address advertised in Via/Contact.
+    pub fn local_sip(&self) -> SocketAddr {
+        self.local_sip
+    }
+
+    /// Places one call and waits for its report; `cancel` hangs it up (`cancelled`).
+    pub async fn call(
+        &self,
+        order: CallOrder,
+        progress: mpsc::UnboundedSender<CallProgress>,
+        cancel: CancellationToken,
+    ) -> CallReport {
+        let spec = match self.spec(&order).await {
+            Ok(spec) => spec,
+            Err(e) => {
+                tracing::error!(error = %e, "call not placed");
+                return not_placed(&e);
+            }
+        };
+        let (done, report) = oneshot::channel();
+        let ticket = driver::Ticket::next();
+        if self
+            .commands
+            .send(driver::Command::Place {
+                ticket,
+                spec: Box::new(spec),
+                progress,
+                done,
+            })
+            .is_err()
+        {
+            return not_placed(&RuntimeError::Stopped);
+        }
+        let mut report = report;
+        tokio::select! {
+            r = &mut report => return r.unwrap_or_else(|_| not_placed(&RuntimeError::Stopped)),
+            _ = cancel.cancelled() => {}
+        }
+        let _ = self.commands.send(driver::Command::Cancel { ticket });
+        report
+            .await
+            .unwrap_or_else(|_| not_placed(&RuntimeError::Stopped))
+    }
+
+    /// What the flow needs to place `order`.
+    async fn spec(&self, order: &CallOrder) -> Result<flow::CallSpec, RuntimeError> {
+        let cfg = &self.config;
+        let dest = order.destination.as_str();
+        let (target, next_host, next_port, transport) = if is_e164(dest) {
+            let trunk = cfg.trunk.as_ref().ok_or(RuntimeError::NoTrunk)?;
+            let target = Uri::parse(&format!("sip:{dest}@{};user=phone", trunk.host_port()))
+                .map_err(|_| RuntimeError::Destination)?;
+            (target, trunk.host.clone(), trunk.port, trunk.transport)
+        } else if dest.starts_with("sip:") || dest.starts_with("sips:") {
+            let target = Uri::parse(dest).map_err(|_| RuntimeError::Destination)?;
+            match &cfg.trunk {
+                Some(trunk) => (target, trunk.host.clone(), trunk.port, trunk.transport),
+                None => {
+                    let t = Trunk::parse(dest).map_err(|_| RuntimeError::Destination)?;
+                    (target, t.host, t.port, t.transport)
+                }
+            }
+        } else {
+            return Err(RuntimeError::Destination);
+        };
+        let next_hop = resolve(&next_host, next_port).await?;
+        let user = if !cfg.caller_id.is_empty() {
+            cfg.caller_id.clone()
+        } else if let Some(c) = &cfg.credentials {
+            c.username.clone()
+        } else {
+            "callverify".to_string()
+        };
+        let from_host = cfg
+            .trunk
+            .as_ref()
+            .map(|t| t.host_port())
+            .unwrap_or_else(|| match self.local_sip {
+                SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+                SocketAddr::V4(v4) => v4.ip().to_string(),
+            });
+        let from = Uri::parse(&format!("sip:{user}@{from_host}"))
+            .map_err(|e| RuntimeError::Trunk(format!("caller id or host unusable in From: {e}")))?;
+        Ok(flow::CallSpec {
+            target,
+            from,
+            display_name: None,
+            next_hop,
+            transport,
+            // Filled in by the driver when it binds the call's RTP socket.
+            local_rtp: SocketAddr::new(self.local_sip.ip(), 0),
+            credentials: cfg.credentials.clone(),
+            mode: order.mode,
+            expected_digits: order
+                .expected_digits
+                .as_ref()
+                .map(|s| sip::redact::Secret::new(s.expose())),
+            extension: order.extension.clone(),
+            language: order.language.clone(),
+            rules: flow::Rules {
+                ring_timeout: order.call.ring_timeout(),
+                response_timeout: order.call.response_timeout(),
+                inter_digit_timeout: order.call.inter_digit_timeout(),
+                challenge_timeout: order.call.challenge_timeout(),
+                prompt_replays: order.call.prompt_replays,
+                fraud_code: order.call.fraud_code.clone(),
+                answer_guard: flow::spec::DEFAULT_ANSWER_GUARD,
+                sip_info_dtmf: cfg.sip_info_dtmf,
+            },
+        })
+    }
+}
+
+/// `+` and 8 to 15 digits (E.164, already validated by the API for the service).
+fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A/AAAA lookup of the next hop (no NAPTR/SRV: RFC 3263 is not implemented).
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RuntimeError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let mut addrs =
+        tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| RuntimeError::Resolve {
+                host: host.to_string(),
+                reason: e.to_string(),
+            })?;
+    addrs.next().ok_or_else(|| RuntimeError::Resolve {
+        host: host.to_string(),
+        reason: "no address".into(),
+    })
+}
+
+/// The report of a call that never reached the network.
+fn not_placed(e: &RuntimeError) -> CallReport {
+    let result = match e {
+        RuntimeError::Resolve { .. } => CallResult::Unreachable,
+        _ => CallResult::Failed,
+    };
+    CallReport {
+        result,
+        dtmf_method: None,
+        timeline: vec![
+            TimelineEntry {
+                at_ms: 0,
+                event: TimelineEvent::NoResponse {
+                    reason: e.to_string(),
+                },
+            },
+            TimelineEntry {
+                at_ms: 0,
+                event: TimelineEvent::Outcome { result },
+            },
+        ],
+    }
+}
+
+/// The local address to advertise for a socket bound to `bound`: the bound address, or when
+/// that is a wildcard, the address the kernel would use to reach `probe`.
+fn advertised(bound: SocketAddr, probe: Option<SocketAddr>) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let ip = probe
+        .and_then(|p| {
+            let any: SocketAddr = if p.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let s = std::net::UdpSocket::bind(any).ok()?;
+            s.connect(p).ok()?;
+            s.local_addr().ok().map(|a| a.ip())
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    SocketAddr::new(ip, bound.port())
+}
+
+/// The [`CallPlacer`] the service uses.
+#[derive(Clone, Debug)]
+pub struct RuntimePlacer {
+    runtime: Runtime,
+}
+
+impl RuntimePlacer {
+    pub fn new(runtime: Runtime) -> RuntimePlacer {
+        RuntimePlacer { runtime }
+    }
+}
+
+impl CallPlacer for RuntimePlacer {
+    fn place(
+        &self,
+        call: CallRequest,
+        progress: mpsc::UnboundedSender<CallProgress>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, CallReport> {
+        let runtime = self.runtime.clone();
+        let order = CallOrder {
+            destination: call.destination.expose().to_string(),
+            extension: call.extension,
+            mode: call.mode,
+            expected_digits: call.expected_digits,
+            language: call.language,
+            call: call.call,
+        };
+        Box::pin(async move { runtime.call(order, progress, cancel).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk_uris() {
+        let t = Trunk::parse("sip:trunk.example.net").unwrap();
+        assert_eq!((t.port, t.transport), (5060, Transport::Udp));
+        let t = Trunk::parse("sip:10.0.0.1:5080;transport=tcp").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.transport),
+            ("10.0.0.1", 5080, Transport::Tcp)
+        );
+        let t = Trunk::parse("sips:trunk.example.net").unwrap();
+        assert_eq!((t.port, t.transport), (5061, Transport::Tls));
+        assert!(Trunk::parse("sip:x;transport=sctp").is_err());
+        assert!(Trunk::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn e164() {
+        assert!(is_e164("+14255550123"));
+        assert!(!is_e164("14255550123"));
+        assert!(!is_e164("+1425"));
+    }
+}

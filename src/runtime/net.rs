@@ -1,0 +1,220 @@
+//! Sockets: RTP ports from the configured range, SIP over TCP and TLS connections.
+//!
+//! Reader tasks only move bytes into the driver's channel; the driver does everything else.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use sip::Transport;
+use sip::framer::StreamFramer;
+use sip::message::Limits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+
+use super::driver::Input;
+
+/// Most ports tried when looking for a free RTP port.
+const RTP_BIND_ATTEMPTS: usize = 64;
+/// Largest datagram read (SIP over UDP stays under 64 KiB; RTP far less).
+pub(crate) const MAX_DATAGRAM: usize = 65_535;
+/// Connecting to the trunk over TCP/TLS: beyond this the transport has failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A UDP socket read by a tokio task and written directly by the driver.
+///
+/// Sending goes through the std socket (non-blocking): the driver sends from synchronous
+/// code, and tokio's `try_send_to` refuses until the socket was polled writable once.
+pub(crate) struct Udp {
+    pub(crate) tokio: Arc<UdpSocket>,
+    send: std::net::UdpSocket,
+}
+
+impl Udp {
+    /// Wraps a bound std socket (must run inside a tokio runtime).
+    pub(crate) fn new(socket: std::net::UdpSocket) -> std::io::Result<Udp> {
+        socket.set_nonblocking(true)?;
+        let send = socket.try_clone()?;
+        Ok(Udp {
+            tokio: Arc::new(UdpSocket::from_std(socket)?),
+            send,
+        })
+    }
+
+    /// Sends a datagram now, or fails (a full send buffer drops it: UDP, the protocols
+    /// above retransmit or tolerate loss).
+    pub(crate) fn send_to(&self, payload: &[u8], to: SocketAddr) -> std::io::Result<()> {
+        self.send.send_to(payload, to).map(|_| ())
+    }
+
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.send.local_addr()
+    }
+}
+
+/// Binds a UDP socket on a free even port of `low..=high` (RTP uses even ports, RFC 3550
+/// §11), starting at a random one so two processes sharing a range rarely collide.
+pub(crate) fn bind_rtp(ip: IpAddr, (low, high): (u16, u16)) -> Option<Udp> {
+    let evens = usize::from((high - low) / 2) + 1;
+    let start = rand::rng().random_range(0..evens);
+    for i in 0..evens.min(RTP_BIND_ATTEMPTS) {
+        let port = low + u16::try_from((start + i) % evens).ok()? * 2;
+        let Ok(socket) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else {
+            continue;
+        };
+        if let Ok(udp) = Udp::new(socket) {
+            return Some(udp);
+        }
+    }
+    None
+}
+
+/// Reads datagrams from `socket` into the driver as `wrap(source, bytes)` until the driver
+/// is gone.
+pub(crate) fn spawn_udp_reader(
+    socket: Arc<UdpSocket>,
+    inputs: mpsc::UnboundedSender<Input>,
+    wrap: impl Fn(SocketAddr, Vec<u8>) -> Input + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, source)) => {
+                    if inputs.send(wrap(source, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                // ICMP errors surface here on some systems; the transactions time out anyway.
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive error");
+                    if inputs.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+}
+
+/// TLS client configuration: the Mozilla root store (webpki-roots).
+pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    match config {
+        Ok(c) => Arc::new(c),
+        // ring supports the default protocol versions: this cannot fail.
+        Err(e) => unreachable!("rustls rejected its own defaults: {e}"),
+    }
+}
+
+/// A connection to `peer` over TCP or TLS, running in its own task: frames what it reads
+/// into SIP messages for the driver, writes what the driver queues. Reports
+/// [`Input::StreamClosed`] when it fails or ends.
+pub(crate) fn spawn_stream(
+    transport: Transport,
+    peer: SocketAddr,
+    server_name: String,
+    tls: Arc<rustls::ClientConfig>,
+    inputs: mpsc::UnboundedSender<Input>,
+) -> mpsc::UnboundedSender<Vec<u8>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let result = async {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            let _ = tcp.set_nodelay(true);
+            if transport == Transport::Tls {
+                let name = rustls::pki_types::ServerName::try_from(server_name)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let stream = TlsConnector::from(tls).connect(name, tcp).await?;
+                pump_stream(stream, transport, peer, rx, &inputs).await
+            } else {
+                pump_stream(tcp, transport, peer, rx, &inputs).await
+            }
+        }
+        .await;
+        if let Err(e) = &result {
+            tracing::warn!(%peer, ?transport, error = %e, "SIP connection failed");
+        }
+        let _ = inputs.send(Input::StreamClosed { transport, peer });
+    });
+    tx
+}
+
+/// Serves an accepted TCP connection (the far end opened it to send us requests).
+pub(crate) fn spawn_accepted(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    if inputs
+        .send(Input::StreamOpened {
+            transport: Transport::Tcp,
+            peer,
+            writer: tx,
+        })
+        .is_err()
+    {
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = pump_stream(tcp, Transport::Tcp, peer, rx, &inputs).await;
+        let _ = inputs.send(Input::StreamClosed {
+            transport: Transport::Tcp,
+            peer,
+        });
+    });
+}
+
+async fn pump_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    transport: Transport,
+    peer: SocketAddr,
+    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
+    inputs: &mpsc::UnboundedSender<Input>,
+) -> std::io::Result<()> {
+    let (mut read, mut write) = tokio::io::split(stream);
+    let mut framer = StreamFramer::new(&Limits::default());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            n = read.read(&mut buf) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                framer.push(&buf[..n]);
+                while let Some(message) = framer.next_message() {
+                    match message {
+                        Ok(bytes) => {
+                            if inputs.send(Input::Sip { transport, source: peer, bytes }).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => {
+                            // The peer broke stream framing (RFC 3261 §18.3): close.
+                            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                        }
+                    }
+                }
+            }
+            out = outgoing.recv() => match out {
+                Some(bytes) => write.write_all(&bytes).await?,
+                None => return Ok(()),
+            },
+        }
+    }
+}
