@@ -347,3 +347,21 @@ pub fn call(args: &[&str], config: Option<&Path>, env: &[(&str, &str)]) -> Outco
         stderr,
     }
 }
+
+/// Waits until `path` (a peer's log) contains `needle`.
+pub fn wait_for_log(peer: &Peer, needle: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if peer.log_text().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Runs `f` on a thread while the call runs (e.g. to press a key on a softphone once the
+/// call is up).
+pub fn meanwhile<F: FnOnce() + Send + 'static>(f: F) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(f)
+}
