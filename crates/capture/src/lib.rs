@@ -14,6 +14,7 @@
 
 mod container;
 mod net;
+pub mod audio;
 pub mod payload;
 pub mod replay;
 pub mod sipscan;
