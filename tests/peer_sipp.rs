@@ -43,7 +43,7 @@ fn pound_inband_then_rfc4733_is_confirmed_inband() {
     let w = Work::new();
     w.pound_ulaw();
     let scenario = w.scenario("uas_pound.xml", &[]);
-    let mut sipp = sipp_uas(&w, &scenario, 25200, 26200);
+    let sipp = sipp_uas(&w, &scenario, 25200, 26200);
     let cfg = w.config(40000, "", "");
     let out = call(&[&uri(25200)], Some(&cfg), &[]);
     // In-band '#' comes first (the first tone falls in the guard time after answer, the

@@ -239,7 +239,7 @@ pub(crate) struct HangingUp {
 
 /// Inputs a call reacts to.
 pub(crate) enum Input<'a> {
-    Sip(sip::Event),
+    Sip(Box<sip::Event>),
     Datagram(std::net::SocketAddr, &'a [u8]),
     Timeout,
     Cancel,
@@ -295,7 +295,7 @@ impl<M: Media> Stage<M> {
         input: Input<'_>,
     ) -> Self {
         match input {
-            Input::Sip(event) => self.on_sip(core, cx, now, event),
+            Input::Sip(event) => self.on_sip(core, cx, now, *event),
             Input::Datagram(source, bytes) => match self {
                 mut s @ (Stage::Extension(_)
                 | Stage::Prompting(_)

@@ -251,7 +251,7 @@ impl<F: MediaFactory> Switchboard<F> {
             }
             while let Some(e) = self.ua.poll_event() {
                 let h = e.call();
-                self.feed(now, h, Input::Sip(e));
+                self.feed(now, h, Input::Sip(Box::new(e)));
                 moved = true;
             }
             let mut finished = Vec::new();

@@ -183,6 +183,9 @@ pub enum Phone {
     EarlyMediaThenAnswer { answer: Duration },
 }
 
+/// Edits a message on the wire.
+pub type Rewrite = Box<dyn FnMut(&mut Vec<u8>)>;
+
 pub struct Sim {
     pub t0: Instant,
     pub now: Instant,
@@ -197,7 +200,7 @@ pub struct Sim {
     /// Pending phone actions: (when, action).
     actions: Vec<(Instant, Action)>,
     /// Rewrites the phone's 200 before it goes out.
-    pub rewrite_200: Option<Box<dyn FnMut(&mut Vec<u8>)>>,
+    pub rewrite_200: Option<Rewrite>,
     pub rtp_sent: usize,
     pub sip_log: Vec<(Duration, String)>,
     /// Drop everything the phone sends.
