@@ -377,13 +377,19 @@ fn summarise(headers: &[(usize, RtpHeader)], datagrams: &[Datagram]) -> Vec<Ssrc
 /// with no such stream get a stream of their own per direction of the dialog.
 fn attach_info(streams: &mut Vec<Stream>, sip: &SipFacts) {
     for (k, info) in sip.info_digits.iter().enumerate() {
-        // Where the INFO's receiver takes RTP in this call.
-        let endpoints: Vec<SocketAddr> = sip
-            .media
-            .iter()
-            .filter(|m| m.call_id == info.call_id && m.author.ip() == info.dst.ip())
+        // Where the INFO's receiver takes RTP in this call: the SDPs it sent from the SIP
+        // address the INFO went to, else from the same host (a proxy or NAT between).
+        let of_call = || sip.media.iter().filter(|m| m.call_id == info.call_id);
+        let mut endpoints: Vec<SocketAddr> = of_call()
+            .filter(|m| m.author == info.dst)
             .map(|m| m.endpoint)
             .collect();
+        if endpoints.is_empty() {
+            endpoints = of_call()
+                .filter(|m| m.author.ip() == info.dst.ip())
+                .map(|m| m.endpoint)
+                .collect();
+        }
         let mut candidates = streams
             .iter_mut()
             .filter(|s| matches!(s.discovery, Discovery::Sdp { .. }) && endpoints.contains(&s.dst));
