@@ -33,6 +33,7 @@ pub struct Args {
     #[arg(long)]
     digits: Option<String>,
     /// Configuration file (TOML); `CALLVERIFY_<SECTION>__<KEY>` variables override it.
+    /// Without one, the defaults apply, except that keys sent by SIP INFO count too.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The trunk to send the call to (`sip:host[:port][;transport=udp|tcp|tls]`); overrides
@@ -128,6 +129,11 @@ struct Prepared {
 
 fn prepare(args: Args) -> Result<Prepared, UsageError> {
     let mut config = Config::load(args.config.as_deref())?;
+    if args.config.is_none() && std::env::var_os("CALLVERIFY_SIP__SIP_INFO_DTMF").is_none() {
+        // A test call from the terminal listens to every DTMF method unless told otherwise;
+        // the service keeps `sip.sip_info_dtmf`'s default (off).
+        config.sip.sip_info_dtmf = true;
+    }
     if let Some(trunk) = &args.trunk {
         Trunk::parse(trunk)?;
         config.sip.trunk = trunk.clone();
