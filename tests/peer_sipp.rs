@@ -306,3 +306,28 @@ fn usage_errors_exit_2() {
         assert_eq!(out.code, 2, "{args:?}: {out:#?}");
     }
 }
+
+#[test]
+fn sip_over_tcp() {
+    let w = Work::new();
+    let scenario = w.scenario("uas_keys_rfc4733.xml", &[("KEYS", &pcaps("#"))]);
+    let mut cmd = std::process::Command::new("sipp");
+    cmd.arg("-sf")
+        .arg(&scenario)
+        .args(["-t", "t1", "-i", "127.0.0.1", "-p", "25219", "-mp", "26390"])
+        .args(["-m", "1", "-nostdin", "-trace_err", "-trace_msg"]);
+    let _sipp = Peer::spawn("sipp", w.path(), &mut cmd);
+    // sipp listens on TCP 25219: wait until it accepts.
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", 25219)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "sipp TCP never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = w.config(40380, "", "");
+    let out = call(&["sip:peer@127.0.0.1:25219;transport=tcp"], Some(&cfg), &[]);
+    out.assert("confirmed", Some("rfc4733"));
+    assert_eq!(out.events("bye_sent").len(), 1);
+}
