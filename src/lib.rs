@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod cli;
+pub mod demo;
 pub mod config;
 pub mod store;
 pub mod api;
