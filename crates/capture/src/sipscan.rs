@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use sip::framer::StreamFramer;
-use sip::message::{CSeq, Limits, Message};
+use sip::message::{Limits, Message};
 use sip::sdp::SessionDescription;
 
 use crate::net::{Datagram, Transport};
@@ -81,6 +81,10 @@ pub struct SipFacts {
     pub info_digits: Vec<InfoDigit>,
     /// UDP datagram indexes that were SIP (not to be taken for RTP).
     pub sip_datagrams: Vec<usize>,
+    /// Messages that look like SIP but our parser refuses (kept for their SDP and INFO only).
+    pub unparsed: u64,
+    /// (Call-ID, sender, CSeq) of every DTMF INFO seen, to drop retransmissions.
+    seen_info: Vec<(String, SocketAddr, String)>,
 }
 
 /// Whether a UDP payload plausibly starts a SIP message: a request line ending in
@@ -112,8 +116,9 @@ pub(crate) fn scan(datagrams: &[Datagram]) -> SipFacts {
                     continue;
                 }
                 facts.sip_datagrams.push(index);
-                if let Ok(message) = Message::parse(&d.payload, &limits) {
-                    facts.add(d, message);
+                match Message::parse(&d.payload, &limits) {
+                    Ok(message) => facts.add(d, message),
+                    Err(_) => facts.add_lenient(d, &d.payload),
                 }
             }
             Transport::Tcp { seq } => {
@@ -151,11 +156,10 @@ pub(crate) fn scan(datagrams: &[Datagram]) -> SipFacts {
                 let mut failed = false;
                 while let Some(next) = framer.next_message() {
                     match next {
-                        Ok(bytes) => {
-                            if let Ok(message) = Message::parse(&bytes, &limits) {
-                                facts.add(d, message);
-                            }
-                        }
+                        Ok(bytes) => match Message::parse(&bytes, &limits) {
+                            Ok(message) => facts.add(d, message),
+                            Err(_) => facts.add_lenient(d, &bytes),
+                        },
                         Err(_) => {
                             failed = true;
                             break;
@@ -186,43 +190,10 @@ impl SipFacts {
         let content_type = message
             .headers()
             .get("Content-Type")
-            .or_else(|| message.headers().get("c"))
             .unwrap_or("")
             .to_string();
-        let base_type = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if let Some(sdp) = sdp_body(&base_type, message.body()) {
-            self.add_sdp(d, &call_id, &sdp);
-        }
-        if is_info
-            && sip::info::is_dtmf_content_type(&content_type)
-            && let Ok(info) = sip::info::parse_dtmf_info(&content_type, message.body())
-            && let Some(digit) = dtmf::Digit::from_char(info.key)
-        {
-            let cseq = cseq_of(&message);
-            // A retransmitted INFO (same Call-ID and CSeq, same direction) is one key press.
-            let repeat = self.messages.iter().rev().any(|m| {
-                m.call_id == call_id
-                    && m.src == d.src
-                    && m.summary == "INFO"
-                    && cseq_of(&m.message) == cseq
-            });
-            if !repeat {
-                self.info_digits.push(InfoDigit {
-                    at_ns: d.at_ns,
-                    frame: d.frame,
-                    src: d.src,
-                    dst: d.dst,
-                    call_id: call_id.clone(),
-                    digit,
-                    duration: info.duration,
-                });
-            }
-        }
+        let cseq = message.headers().get("CSeq").unwrap_or("").to_string();
+        self.add_body(d, &call_id, is_info, &content_type, &cseq, message.body());
         self.messages.push(SipMessage {
             at_ns: d.at_ns,
             frame: d.frame,
@@ -232,6 +203,90 @@ impl SipFacts {
             call_id,
             message,
         });
+    }
+
+    /// The SDP and DTMF INFO facts of one message body.
+    fn add_body(
+        &mut self,
+        d: &Datagram,
+        call_id: &str,
+        is_info: bool,
+        content_type: &str,
+        cseq: &str,
+        body: &[u8],
+    ) {
+        let base_type = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if let Some(sdp) = sdp_body(&base_type, body) {
+            self.add_sdp(d, call_id, &sdp);
+        }
+        if !is_info || !sip::info::is_dtmf_content_type(content_type) {
+            return;
+        }
+        let Ok(info) = sip::info::parse_dtmf_info(content_type, body) else {
+            return;
+        };
+        let Some(digit) = dtmf::Digit::from_char(info.key) else {
+            return;
+        };
+        // A retransmitted INFO (same Call-ID, sender and CSeq) is one key press.
+        let key = (
+            call_id.to_string(),
+            d.src,
+            cseq.split_whitespace().collect::<Vec<_>>().join(" "),
+        );
+        if self.seen_info.contains(&key) {
+            return;
+        }
+        self.seen_info.push(key);
+        self.info_digits.push(InfoDigit {
+            at_ns: d.at_ns,
+            frame: d.frame,
+            src: d.src,
+            dst: d.dst,
+            call_id: call_id.to_string(),
+            digit,
+            duration: info.duration,
+        });
+    }
+
+    /// A message our parser refuses (a missing mandatory header, a sloppy start line): its
+    /// SDP and DTMF INFO still tell which streams exist and which keys were sent.
+    fn add_lenient(&mut self, d: &Datagram, bytes: &[u8]) {
+        self.unparsed += 1;
+        let Some(split) = find(bytes, b"\r\n\r\n")
+            .map(|i| (i, i + 4))
+            .or_else(|| find(bytes, b"\n\n").map(|i| (i, i + 2)))
+        else {
+            return;
+        };
+        let Ok(head) = std::str::from_utf8(&bytes[..split.0]) else {
+            return;
+        };
+        let mut lines = head.lines();
+        let start = lines.next().unwrap_or("").trim_start();
+        let is_info = start.starts_with("INFO ");
+        let (mut call_id, mut content_type, mut cseq, mut length) = ("", "", "", None);
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "call-id" | "i" => call_id = value,
+                "content-type" | "c" => content_type = value,
+                "cseq" => cseq = value,
+                "content-length" | "l" => length = value.parse::<usize>().ok(),
+                _ => {}
+            }
+        }
+        let body = &bytes[split.1..];
+        let body = &body[..length.unwrap_or(body.len()).min(body.len())];
+        self.add_body(d, call_id, is_info, content_type, cseq, body);
     }
 
     fn add_sdp(&mut self, d: &Datagram, call_id: &str, sdp: &SessionDescription) {
@@ -272,10 +327,6 @@ impl SipFacts {
             }
         }
     }
-}
-
-fn cseq_of(message: &Message) -> Option<CSeq> {
-    CSeq::parse(message.headers().get("CSeq")?).ok()
 }
 
 /// The SDP in a body: `application/sdp` as is, or the SDP part of a `multipart/*` body

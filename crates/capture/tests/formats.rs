@@ -436,3 +436,23 @@ fn random_udp_is_not_rtp() {
     assert_eq!(keys, "");
     assert!(capture.streams.is_empty(), "{:?}", capture.streams.len());
 }
+
+#[test]
+fn sloppy_sip_still_gives_its_info_digits_once() {
+    // A header line without a colon: our SIP parser refuses the message, the key press is
+    // still there; sent twice (a retransmission), it is one key.
+    let info = b"INFO sip:callee@192.168.0.1 SIP/2.0\r\nCall-ID: sloppy\r\nCSeq: 5 INFO\r\nX-Broken header\r\n\
+Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal= 5\r\nDuration=100\r\n";
+    let frame = ethernet(&udp_v4_sip(info), 0x0800);
+    let frames = vec![(0, frame.clone()), (500_000_000, frame)];
+    let (keys, methods, capture) = replay(&pcap(ETHERNET, &frames, false, false));
+    assert_eq!(capture.sip.unparsed, 2);
+    assert_eq!(keys, "5");
+    assert_eq!(methods, ["sip_info"]);
+    assert_eq!(
+        capture.streams[0].discovery,
+        Discovery::SipInfoOnly {
+            call_id: "sloppy".into()
+        }
+    );
+}
