@@ -113,8 +113,14 @@ pub fn decode(capture: &Capture, stream: &Stream) -> Option<StreamAudio> {
     let mut next_ts: Option<u32> = None;
     for (_, timestamp, payload, encoding) in packets.into_values() {
         let samples: Vec<i16> = match encoding {
-            Encoding::Pcmu => payload.iter().map(|&b| media::g711::ulaw_to_linear(b)).collect(),
-            _ => payload.iter().map(|&b| media::g711::alaw_to_linear(b)).collect(),
+            Encoding::Pcmu => payload
+                .iter()
+                .map(|&b| media::g711::ulaw_to_linear(b))
+                .collect(),
+            _ => payload
+                .iter()
+                .map(|&b| media::g711::alaw_to_linear(b))
+                .collect(),
         };
         let total = samples.len() as u32;
         let mut start = 0usize;
