@@ -12,9 +12,9 @@
 //! A broken or truncated file still yields everything read before the damage, together with
 //! the error ([`Capture::error`]).
 
+pub mod audio;
 mod container;
 mod net;
-pub mod audio;
 pub mod payload;
 pub mod replay;
 pub mod sipscan;
