@@ -145,6 +145,9 @@ pub struct SipConfig {
     pub sip_info_dtmf: bool,
     /// RFC 3261 T1 (round-trip estimate), in milliseconds.
     pub t1_ms: u64,
+    /// PEM file of CA certificates trusted for the trunk's TLS certificate, besides the
+    /// Mozilla roots (`sips:` or `;transport=tls` trunks with a private CA).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for SipConfig {
@@ -159,6 +162,7 @@ impl Default for SipConfig {
             allow_sip_uris: false,
             sip_info_dtmf: false,
             t1_ms: 500,
+            tls_ca: None,
         }
     }
 }

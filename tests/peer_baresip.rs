@@ -14,7 +14,7 @@ use std::time::Duration;
 use common_peers::*;
 
 /// baresip's configuration directory: auto-answer, G.711 only, audio from `source`.
-fn baresip(work: &Work, n: u16, source_keys: bool) -> (Peer, u16, u16) {
+fn baresip(work: &Work, n: u16, source_keys: bool, certificate: Option<&Path>) -> (Peer, u16, u16) {
     let sip = 25240 + 10 * n;
     let ctrl = 25450 + n;
     let rtp = 28000 + 100 * n;
@@ -46,6 +46,11 @@ fn baresip(work: &Work, n: u16, source_keys: bool) -> (Peer, u16, u16) {
         dir.join("rx_alert.wav").display(),
         rtp + 99
     );
+    let config = match certificate {
+        // TLS listens on the SIP port + 1.
+        Some(cert) => format!("{config}sip_certificate\t\t{}\n", cert.display()),
+        None => config,
+    };
     std::fs::write(dir.join("config"), config).unwrap();
     std::fs::write(
         dir.join("accounts"),
@@ -83,7 +88,7 @@ fn config(work: &Work, n: u16) -> std::path::PathBuf {
 #[test]
 fn baresip_pound_inband() {
     let w = Work::new();
-    let (_peer, sip, _) = baresip(&w, 0, true);
+    let (_peer, sip, _) = baresip(&w, 0, true, None);
     let out = call(
         &[&format!("sip:peer@127.0.0.1:{sip}")],
         Some(&config(&w, 0)),
@@ -95,7 +100,7 @@ fn baresip_pound_inband() {
 #[test]
 fn baresip_pound_rfc4733() {
     let w = Work::new();
-    let (peer, sip, ctrl_port) = baresip(&w, 1, false);
+    let (peer, sip, ctrl_port) = baresip(&w, 1, false, None);
     let log = peer.log.clone();
     let presser = meanwhile(move || {
         let start = std::time::Instant::now();
@@ -119,4 +124,96 @@ fn baresip_pound_rfc4733() {
     );
     presser.join().unwrap();
     out.assert("confirmed", Some("rfc4733"));
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it (openssl): returns the CA file
+/// and baresip's certificate + key bundle.
+fn certificates(work: &Work) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = work.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=callverify test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let mut bundle = std::fs::read(dir.join("leaf.pem")).unwrap();
+    bundle.extend(std::fs::read(dir.join("leaf.key")).unwrap());
+    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    (dir.join("ca.pem"), dir.join("bundle.pem"))
+}
+
+#[test]
+fn baresip_over_tls_with_a_private_ca() {
+    let w = Work::new();
+    let (ca, bundle) = certificates(&w);
+    let (_peer, sip, _) = baresip(&w, 2, true, Some(&bundle));
+    let target = format!("sip:peer@127.0.0.1:{};transport=tls", sip + 1);
+    let cfg = w.config(40440, &format!("tls_ca = \"{}\"", ca.display()), "");
+    let out = call(&[&target], Some(&cfg), &[]);
+    out.assert("confirmed", Some("inband"));
+    // Without the CA the certificate is not trusted: the transport fails, nobody is called.
+    let cfg = w.config(40440, "", "");
+    let out = call(&[&target], Some(&cfg), &[]);
+    out.assert("unreachable", None);
+    assert_eq!(out.events("no_response").len(), 1, "{out:#?}");
+    assert!(out.events("answered").is_empty());
 }

@@ -98,7 +98,7 @@ struct Driver {
     tickets: HashMap<Ticket, CallId>,
     streams: HashMap<(Transport, SocketAddr), Stream>,
     inputs: mpsc::UnboundedSender<Input>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Arc<rustls::ClientConfig>,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -156,6 +156,7 @@ pub(crate) fn spawn(
     sip_config.timers.t1 = config.t1;
     sip_config.timers.t2 = sip_config.timers.t2.max(config.t1);
     let board = Switchboard::new(sip_config, rand::random(), LiveFactory::new(prompts.book()));
+    let tls = net::tls_config(config.tls_ca.as_deref())?;
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let driver = Driver {
         board,
@@ -167,7 +168,7 @@ pub(crate) fn spawn(
         tickets: HashMap::new(),
         streams: HashMap::new(),
         inputs,
-        tls: None,
+        tls,
         readers,
     };
     tracing::info!(sip = %local, "SIP runtime started");
@@ -360,7 +361,7 @@ impl Driver {
             Transport::Tcp | Transport::Tls => {
                 let key = (t.transport, t.destination);
                 if !self.streams.contains_key(&key) {
-                    let tls = self.tls.get_or_insert_with(net::tls_config).clone();
+                    let tls = Arc::clone(&self.tls);
                     let server_name = self
                         .config
                         .trunk

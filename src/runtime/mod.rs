@@ -67,6 +67,9 @@ pub enum RuntimeError {
     /// The call's parameters are invalid (the request).
     #[error(transparent)]
     Spec(#[from] flow::SpecError),
+    /// `sip.tls_ca` cannot be used (our configuration).
+    #[error(transparent)]
+    TlsCa(#[from] net::TlsCaError),
     /// The driver task is gone (shut down or panicked): internal.
     #[error("the SIP runtime has stopped")]
     Stopped,
@@ -144,6 +147,8 @@ pub struct RuntimeConfig {
     /// Prompt folder and languages (the first is the default).
     pub prompts: PathBuf,
     pub languages: Vec<String>,
+    /// Extra CA certificates for TLS trunks (`sip.tls_ca`).
+    pub tls_ca: Option<PathBuf>,
     /// The address to advertise when `listen` is a wildcard: the local address that routes to
     /// this host (the trunk, or a SIP URI's host for one-off calls).
     pub route_probe: Option<SocketAddr>,
@@ -181,6 +186,7 @@ impl RuntimeConfig {
             sip_info_dtmf: config.sip.sip_info_dtmf,
             prompts: config.media.prompts.clone(),
             languages: config.media.languages.clone(),
+            tls_ca: config.sip.tls_ca.clone(),
             route_probe,
         })
     }

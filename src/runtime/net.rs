@@ -3,6 +3,7 @@
 //! Reader tasks only move bytes into the driver's channel; the driver does everything else.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 
 use super::driver::Input;
 
@@ -102,17 +105,51 @@ pub(crate) fn spawn_udp_reader(
     })
 }
 
-/// TLS client configuration: the Mozilla root store (webpki-roots).
-pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore {
+/// `sip.tls_ca` cannot be used: our configuration is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsCaError {
+    #[error("cannot read sip.tls_ca {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("sip.tls_ca {}: no usable certificate ({reason})", path.display())]
+    Certificate { path: PathBuf, reason: String },
+}
+
+/// TLS client configuration: the Mozilla root store (webpki-roots) plus the CA certificates
+/// of `sip.tls_ca`, if given.
+pub(crate) fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsCaError> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(path) = ca {
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| TlsCaError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| TlsCaError::Certificate {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            roots.add(cert).map_err(|e| TlsCaError::Certificate {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(TlsCaError::Certificate {
+                path: path.to_owned(),
+                reason: "no CERTIFICATE block".into(),
+            });
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth());
     match config {
-        Ok(c) => Arc::new(c),
+        Ok(c) => Ok(Arc::new(c)),
         // ring supports the default protocol versions: this cannot fail.
         Err(e) => unreachable!("rustls rejected its own defaults: {e}"),
     }
