@@ -8,7 +8,7 @@
 //! One runtime task can drive every call: the switchboard demultiplexes SIP through the user
 //! agent (Call-ID, branches) and RTP by the call the runtime's socket belongs to.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -77,6 +77,8 @@ pub struct Switchboard<F: MediaFactory> {
     ua: UserAgent,
     factory: F,
     calls: BTreeMap<CallHandle, Entry<F::Media>>,
+    /// Calls fed since the last pump: only they can have packets or events waiting.
+    touched: BTreeSet<CallHandle>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<(CallId, Event)>,
     seed: u64,
@@ -100,6 +102,7 @@ impl<F: MediaFactory> Switchboard<F> {
             ua: UserAgent::new(config, ua_seed),
             factory,
             calls: BTreeMap::new(),
+            touched: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             seed: state,
@@ -143,6 +146,7 @@ impl<F: MediaFactory> Switchboard<F> {
             seed: next_seed(&mut self.seed),
         });
         let stage = Stage::dialing(&core);
+        self.touched.insert(handle);
         self.calls.insert(
             handle,
             Entry {
@@ -228,6 +232,7 @@ impl<F: MediaFactory> Switchboard<F> {
         let Some(entry) = self.calls.get_mut(&handle) else {
             return;
         };
+        self.touched.insert(handle);
         let Some(stage) = entry.stage.take() else {
             return;
         };
@@ -255,7 +260,11 @@ impl<F: MediaFactory> Switchboard<F> {
                 moved = true;
             }
             let mut finished = Vec::new();
-            for (h, entry) in &mut self.calls {
+            for h in std::mem::take(&mut self.touched) {
+                let Some(entry) = self.calls.get_mut(&h) else {
+                    continue;
+                };
+                let h = &h;
                 if let Some(media) = entry.stage.as_mut().and_then(|s| s.media_mut()) {
                     while let Some(t) = media.poll_transmit() {
                         self.transmits.push_back(Transmit::Rtp {
