@@ -243,11 +243,14 @@ fn from_capture(
         .iter()
         .map(|d| (d.digit.as_char(), d.method.as_str(), d.at_ns as f64 / 1e9))
         .collect();
-    let codecs: Vec<String> = stream
+    let mut codecs: Vec<String> = stream
         .payload_types
         .iter()
         .map(|p| format!("{} {}", p.pt, p.encoding))
         .collect();
+    if codecs.is_empty() {
+        codecs.push("SIP INFO only".to_string());
+    }
     let mut a = match capture::audio::decode(&capture, stream) {
         Some(audio) => {
             let mut a = run_receiver(&audio);
@@ -346,8 +349,15 @@ fn draw(a: &Analysis, output: &Path, size: (u32, u32)) -> Result<(), String> {
     // Window centre: the level a window reports belongs to its middle.
     let centre = |w: &dtmf::WindowReport| t(w.start + WINDOW_LEN as u64 / 2);
     let last_report = a.reported.iter().map(|r| r.2).fold(f64::MIN, f64::max);
-    let x_end = t(a.len).max(last_report + 0.25).max(a.offset_s + 0.5);
-    let x_range = a.offset_s..x_end;
+    let first_report = a.reported.iter().map(|r| r.2).fold(f64::MAX, f64::min);
+    // Without audio the picture spans the digits, with some room either side.
+    let x_start = if a.windows.is_empty() {
+        a.offset_s.min(first_report - 0.25).max(0.0)
+    } else {
+        a.offset_s
+    };
+    let x_end = t(a.len).max(last_report + 0.25).max(x_start + 0.5);
+    let x_range = x_start..x_end;
 
     let (header, body) = root.split_vertically(HEADER_HEIGHT);
     header
