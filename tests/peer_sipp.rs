@@ -331,3 +331,17 @@ fn sip_over_tcp() {
     out.assert("confirmed", Some("rfc4733"));
     assert_eq!(out.events("bye_sent").len(), 1);
 }
+
+#[test]
+fn callee_demanding_digest_auth() {
+    let w = Work::new();
+    let scenario = w.scenario("uas_auth_401.xml", &[("KEYS", &pcaps("#"))]);
+    let mut sipp = sipp_uas(&w, &scenario, 25220, 26400);
+    let cfg = w.config(40400, "username = \"verifier\"\npassword = \"s3cret\"", "");
+    let out = call(&[&uri(25220)], Some(&cfg), &[]);
+    out.assert("confirmed", Some("rfc4733"));
+    let auth = out.events("authenticating");
+    assert_eq!(auth.len(), 1, "{out:#?}");
+    assert_eq!(auth[0]["code"], 401);
+    sipp_exit_ok(&mut sipp);
+}
