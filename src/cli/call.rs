@@ -3,7 +3,7 @@
 //! completed without approval, 2 for usage or configuration errors (DESIGN.md "CLI").
 
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -194,9 +194,8 @@ fn prepare(args: Args) -> Result<Prepared, UsageError> {
     if runtime.route_probe.is_none()
         && !phone
         && let Ok(t) = Trunk::parse(&dest)
-        && let Ok(ip) = t.host.parse::<IpAddr>()
     {
-        runtime.route_probe = Some(SocketAddr::new(ip, t.port));
+        runtime.route_probe = crate::runtime::probe_address(&t.host, t.port);
     }
     let shown_destination = if phone {
         crate::store::Destination::Phone(dest.clone()).to_string()

@@ -170,12 +170,7 @@ impl RuntimeConfig {
             .media
             .rtp_port_range()
             .map_err(RuntimeError::RtpPorts)?;
-        let route_probe = trunk.as_ref().and_then(|t| {
-            t.host
-                .parse::<IpAddr>()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, t.port))
-        });
+        let route_probe = trunk.as_ref().and_then(|t| probe_address(&t.host, t.port));
         Ok(RuntimeConfig {
             listen: config.sip.listen,
             trunk,
@@ -368,6 +363,16 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RuntimeError> {
         host: host.to_string(),
         reason: "no address".into(),
     })
+}
+
+/// The trunk's address for choosing which local address to advertise: an IP literal, or
+/// the host name resolved once at start (blocking, like any start-up configuration read).
+pub fn probe_address(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    use std::net::ToSocketAddrs as _;
+    (host, port).to_socket_addrs().ok()?.next()
 }
 
 /// The report of a call that never reached the network.
