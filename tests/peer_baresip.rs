@@ -1,7 +1,7 @@
 //! `callverify call` against baresip 1.0 auto-answering on 127.0.0.1 (recipe in
 //! ../shared/peers): `#` in-band from its audio file, and `#` as RFC 4733 (`sndcode`).
 //!
-//! Ports: baresip SIP 25240+10n (TLS takes the next port), ctrl_tcp 25450+n, RTP 28000+100n..; our RTP 40400+20n.
+//! Ports: baresip SIP 25240+10n (TLS takes the next port), ctrl_tcp 25450+n, RTP 28200+100n..; our RTP 40400+20n.
 
 mod common_peers;
 
@@ -17,7 +17,7 @@ use common_peers::*;
 fn baresip(work: &Work, n: u16, source_keys: bool, certificate: Option<&Path>) -> (Peer, u16, u16) {
     let sip = 25240 + 10 * n;
     let ctrl = 25450 + n;
-    let rtp = 28000 + 100 * n;
+    let rtp = 28200 + 100 * n;
     let dir = work.path();
     // 30 s of audio (baresip hangs up when its file source ends): '#' at 1.5 s, or silence.
     let wav = dir.join("source.wav");

@@ -2,7 +2,7 @@
 //! ../shared/peers): `#` as RFC 4733 telephone-event, and `#` as SIP INFO
 //! (`application/dtmf-relay`). linphone sends no audio without a sound card: only events.
 //!
-//! Ports: linphone SIP 25290+n, RTP 29000+20n..; our RTP 40600+20n.
+//! Ports: linphone SIP 25290+n, RTP 29100+20n..; our RTP 40600+20n.
 
 mod common_peers;
 
@@ -21,7 +21,7 @@ struct Linphone {
 
 fn linphone(work: &Work, n: u16, info: bool) -> Linphone {
     let sip = 25290 + n;
-    let rtp = 29000 + 20 * n;
+    let rtp = 29100 + 20 * n;
     let dir = work.path();
     // Without a writable linphone.db the core never starts and every INVITE gets 503.
     std::fs::create_dir_all(dir.join("home/.local/share/linphone")).unwrap();
