@@ -187,7 +187,13 @@ fn classify(
     let (discovery, payload_types) = match sdp {
         Some((call_id, pts)) => (Discovery::Sdp { call_id }, pts),
         None => {
-            if !looks_like_rtp_flow(indexes.len(), &headers) {
+            // STUN keep-alives and RTCP share the port with RTP (ICE, RFC 5761): they neither
+            // make nor break a flow.
+            let others = indexes
+                .iter()
+                .filter(|&&i| !is_stun_or_rtcp(&datagrams[i].payload))
+                .count();
+            if !looks_like_rtp_flow(others, &headers) {
                 return None;
             }
             (
@@ -227,12 +233,25 @@ fn sdp_for(endpoint: SocketAddr, sip: &SipFacts) -> Option<(String, Vec<PayloadT
     found
 }
 
-/// Heuristic RTP test of a flow with no SDP: nearly every datagram RTP, enough packets, and
-/// each SSRC's sequence numbers mostly stepping forward by small amounts.
+/// Heuristic RTP test of a flow with no SDP: nearly every datagram RTP, enough packets, nearly
+/// all of them in SSRCs that recur (any number of SSRCs: senders change it on re-INVITE, hold,
+/// or a new call on the same ports), and each SSRC's sequence numbers mostly stepping forward
+/// by small amounts.
 fn looks_like_rtp_flow(datagrams: usize, headers: &[(usize, RtpHeader)]) -> bool {
     if headers.len() < MIN_HEURISTIC_PACKETS
         || (headers.len() as f64) < MIN_RTP_SHARE * datagrams as f64
     {
+        return false;
+    }
+    let mut per_ssrc: HashMap<u32, usize> = HashMap::new();
+    for (_, h) in headers {
+        *per_ssrc.entry(h.ssrc).or_default() += 1;
+    }
+    let recurring: usize = per_ssrc
+        .values()
+        .filter(|n| **n >= MIN_HEURISTIC_PACKETS)
+        .sum();
+    if (recurring as f64) < MIN_RTP_SHARE * headers.len() as f64 {
         return false;
     }
     let mut last_seq: HashMap<u32, u16> = HashMap::new();
@@ -246,10 +265,20 @@ fn looks_like_rtp_flow(datagrams: usize, headers: &[(usize, RtpHeader)]) -> bool
             }
         }
     }
-    // Most packets share SSRCs with other packets, and those step forward.
-    pairs + MIN_HEURISTIC_PACKETS > headers.len()
-        && pairs >= MIN_HEURISTIC_PACKETS - 1
-        && continuous as f64 >= MIN_SEQ_CONTINUITY * pairs as f64
+    continuous as f64 >= MIN_SEQ_CONTINUITY * pairs as f64
+}
+
+/// STUN magic cookie (RFC 5389 §6), bytes 4..8 of every STUN message.
+const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+/// RTCP packet types (RFC 3550 §12.1 SR 200 … RFC 4585 PSFB 206, RFC 3611 XR 207).
+const RTCP_PACKET_TYPES: std::ops::RangeInclusive<u8> = 200..=207;
+
+/// Whether a datagram is a STUN message or an RTCP packet.
+fn is_stun_or_rtcp(payload: &[u8]) -> bool {
+    let stun = payload.len() >= 20 && payload[0] < 2 && payload[4..8] == STUN_MAGIC_COOKIE;
+    let rtcp =
+        payload.len() >= 8 && payload[0] >> 6 == 2 && RTCP_PACKET_TYPES.contains(&payload[1]);
+    stun || rtcp
 }
 
 /// Payload types of a flow without SDP: the static table, and telephone-event for a dynamic

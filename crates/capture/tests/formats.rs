@@ -456,3 +456,52 @@ Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\nSignal= 5\r\nD
         }
     );
 }
+
+#[test]
+fn a_flow_that_changes_ssrc_often_is_still_rtp() {
+    // Four calls in a row on the same ports (or an SBC that renumbers on every re-INVITE):
+    // four SSRCs, the last one carrying the key.
+    let mut frames = Vec::new();
+    for call in 0..4u32 {
+        for k in 0..20u16 {
+            let mut p = rtp(
+                100 * call as u16 + k,
+                160 * u32::from(k),
+                0,
+                k == 0,
+                &[0xff; 160],
+            );
+            p[8..12].copy_from_slice(&(0x1000 + call).to_be_bytes());
+            frames.push((
+                u64::from(call) * 1_000_000_000 + u64::from(k) * 20_000_000,
+                p,
+            ));
+        }
+    }
+    frames.extend(pound(101).into_iter().map(|(t, p)| (t + 4_000_000_000, p)));
+    let frames = framed(frames, |p| ethernet(&udp_v4(p), 0x0800));
+    let (keys, _, capture) = replay(&pcap(ETHERNET, &frames, false, false));
+    assert_eq!(capture.streams.len(), 1);
+    assert_eq!(capture.streams[0].ssrcs.len(), 5);
+    assert_eq!(keys, "#");
+}
+
+#[test]
+fn stun_and_rtcp_on_the_rtp_port_do_not_hide_a_flow() {
+    // linphone sends a STUN binding request every 500 ms on its RTP port, and RTCP reports.
+    let mut frames = pound(101);
+    for k in 0..12u64 {
+        let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        stun.extend_from_slice(&[k as u8; 12]);
+        frames.push((k * 10_000_000, stun));
+    }
+    frames.push((
+        50_000_000,
+        vec![0x80, 200, 0, 6, 0x0e, 0x05, 0x38, 0x4e, 0, 0, 0, 0],
+    ));
+    frames.sort_by_key(|(t, _)| *t);
+    let frames = framed(frames, |p| ethernet(&udp_v4(p), 0x0800));
+    let (keys, _, capture) = replay(&pcap(ETHERNET, &frames, false, false));
+    assert_eq!(keys, "#");
+    assert_eq!(capture.streams[0].non_rtp, 13);
+}
