@@ -1,10 +1,31 @@
 //! RTP parser and builder: never panic; whatever parses is rebuilt to the same header, CSRCs,
-//! extension and payload, and the rebuilt packet parses to the same fields.
+//! extension and payload, and the rebuilt packet parses to the same fields. The RTCP parser
+//! (which shares the port under RFC 5761) too: what it reads, it writes back and reads again
+//! the same.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use media::rtcp;
 use media::rtp::{PacketSpec, RtpPacket};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(packets) = rtcp::parse(data) {
+        let written = rtcp::write_compound(&packets);
+        let again = rtcp::parse(&written).expect("our own RTCP parses");
+        let known: Vec<_> = packets
+            .into_iter()
+            .filter(|p| !matches!(p, rtcp::RtcpPacket::Other { .. }))
+            .map(|p| match p {
+                // Names are written at most 255 bytes long, and read lossily as UTF-8.
+                rtcp::RtcpPacket::Cname { ssrc, cname } => rtcp::RtcpPacket::Cname {
+                    ssrc,
+                    cname: String::from_utf8_lossy(&cname.as_bytes()[..cname.len().min(255)])
+                        .into_owned(),
+                },
+                p => p,
+            })
+            .collect();
+        assert_eq!(again, known);
+    }
     let Ok(p) = RtpPacket::parse(data) else {
         return;
     };

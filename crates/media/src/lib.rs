@@ -30,6 +30,7 @@ pub mod receive;
 pub mod reorder;
 pub mod rfc4733;
 pub mod rng;
+pub mod rtcp;
 pub mod rtp;
 pub mod session;
 pub mod stats;

@@ -5,6 +5,8 @@ use std::time::Duration;
 use crate::receive::Codec;
 use crate::{g711, wav};
 
+/// The sample rate of prompts and of G.711, Hz.
+pub const SAMPLE_RATE: u32 = 8000;
 /// Samples in one 20 ms packet at 8 kHz (RFC 3551 §4.5: G.711's default packetisation).
 pub const FRAME_SAMPLES: usize = 160;
 /// The packet interval, 20 ms.

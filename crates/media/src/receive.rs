@@ -30,6 +30,7 @@ use crate::g711;
 use crate::merge::{Merger, PressId};
 use crate::reorder::{Admit, Reorder};
 use crate::rfc4733::{EventChange, EventPayload, EventReceiver};
+use crate::rtcp::{self, ReportBlock, ReportInterval, RtcpPacket};
 use crate::rtp::{RtpError, RtpPacket, timestamp_delta};
 use crate::stats::{Jitter, SeqStatus, Sequence};
 
@@ -185,6 +186,13 @@ pub struct StreamStats {
     pub malformed_events: u64,
     /// Key presses reported first by this SSRC (in-band or RFC 4733).
     pub digits: u64,
+    /// Packets expected and received since the first (or the sequence restart), RFC 3550 A.3:
+    /// what an RTCP report's "fraction lost" is computed from.
+    pub expected: u64,
+    pub received: u64,
+    /// The last RTCP sender report from this SSRC: middle 32 bits of its NTP timestamp, and
+    /// when it arrived (for LSR/DLSR, RFC 3550 §6.4.1).
+    pub last_sender_report: Option<(u32, Instant)>,
 }
 
 /// Receive statistics of a [`ReceivePath`].
@@ -196,7 +204,7 @@ pub struct ReceiveStats {
     pub dropped_source: u64,
     /// Datagrams that are not RTP (dropped).
     pub malformed: u64,
-    /// RTCP packets multiplexed on the RTP port (RFC 5761; not used).
+    /// RTCP datagrams, multiplexed on the RTP port (RFC 5761) or on their own.
     pub rtcp: u64,
     /// Packets of SSRCs beyond the number of streams tracked (dropped).
     pub dropped_streams: u64,
@@ -243,6 +251,7 @@ struct Stream {
     reorder: Reorder<Slot>,
     audio: Audio,
     events: Option<(EventReceiver, Option<PressId>)>,
+    interval: ReportInterval,
 }
 
 /// What `handle_rtp` does with a payload type.
@@ -308,7 +317,7 @@ impl ReceivePath {
         let packet = match RtpPacket::parse(datagram) {
             Ok(p) => p,
             Err(RtpError::Rtcp { .. }) => {
-                self.stats.rtcp += 1;
+                self.on_rtcp(now, datagram);
                 return;
             }
             Err(_) => {
@@ -369,15 +378,21 @@ impl ReceivePath {
                 on_event_packet(now, stream, st, merger, &packet, clock);
             }
             Kind::Audio(codec) => {
+                if st
+                    .codec
+                    .is_some_and(|c| c.clock_rate() != codec.clock_rate())
+                {
+                    // A.8 transit times at another clock are not comparable.
+                    stream.jitter.reset();
+                }
                 st.codec = Some(codec);
-                if codec.is_decodable() {
-                    if !matches!(status, SeqStatus::Duplicate | SeqStatus::TooOld) {
-                        stream
-                            .jitter
-                            .update(now, packet.timestamp, codec.clock_rate());
-                    }
-                } else {
+                if !codec.is_decodable() {
                     st.undecoded += 1;
+                }
+                if !matches!(status, SeqStatus::Duplicate | SeqStatus::TooOld) {
+                    stream
+                        .jitter
+                        .update(now, packet.timestamp, codec.clock_rate());
                 }
             }
             Kind::Other => st.dropped_payload_type += 1,
@@ -421,10 +436,48 @@ impl ReceivePath {
             }
         }
         st.lost = stream.sequence.lost();
+        st.expected = stream.sequence.expected();
+        st.received = stream.sequence.received();
         st.extended_max_seq = stream.sequence.extended_max();
         st.jitter = stream.jitter.units();
         st.jitter_ms = f64::from(st.jitter) * 1000.0
             / f64::from(st.codec.map(Codec::clock_rate).unwrap_or(8000));
+    }
+
+    /// Handles a datagram received on the RTCP port (RTP port + 1). Sender reports are noted
+    /// for the LSR/DLSR of our receiver reports; the latch compares the IP address only.
+    pub fn handle_rtcp(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
+        if self.config.source.is_some_and(|s| s.ip() != source.ip()) {
+            self.stats.dropped_source += 1;
+            return;
+        }
+        self.on_rtcp(now, datagram);
+    }
+
+    fn on_rtcp(&mut self, now: Instant, datagram: &[u8]) {
+        let Ok(packets) = rtcp::parse(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        self.stats.rtcp += 1;
+        for p in packets {
+            if let RtcpPacket::SenderReport { ssrc, info, .. } = p
+                && let Some(st) = self.stats.streams.iter_mut().find(|s| s.ssrc == ssrc)
+            {
+                st.last_sender_report = Some((rtcp::ntp_middle(info.ntp), now));
+            }
+        }
+    }
+
+    /// Report blocks for every SSRC received, for an RTCP SR or RR sent at `now` (each call
+    /// starts a new interval for "fraction lost").
+    pub fn report_blocks(&mut self, now: Instant) -> Vec<ReportBlock> {
+        self.streams
+            .iter_mut()
+            .zip(&self.stats.streams)
+            .take(rtcp::MAX_BLOCKS)
+            .map(|(stream, st)| stream.interval.report(now, st))
+            .collect()
     }
 
     /// The stream of `ssrc`, created on first sight (None when too many are tracked).
@@ -446,6 +499,7 @@ impl ReceivePath {
                 press: None,
             },
             events: None,
+            interval: ReportInterval::default(),
         });
         self.stats.streams.push(StreamStats {
             ssrc,

@@ -34,6 +34,7 @@ use crate::prompt::{FRAME_DURATION, FRAME_SAMPLES, Prompt};
 use crate::receive::{Codec, DigitReport, ReceiveConfig, ReceivePath, ReceiveStats};
 use crate::rfc4733::{EventSchedule, SEND_VOLUME};
 use crate::rng::SplitMix64;
+use crate::rtcp::{self, RtcpPacket, SenderInfo};
 use crate::rtp::PacketSpec;
 
 /// Clock rate of the telephone-events this session sends and expects, Hz (RFC 4733 §7.1.1,
@@ -487,6 +488,38 @@ impl Session {
     /// The receive path (statistics, latch changes).
     pub fn receive(&mut self) -> &mut ReceivePath {
         &mut self.receive
+    }
+
+    /// A compound RTCP report to send at `now` (RFC 3550 §6.4.1): an SR for our stream with a
+    /// report block per SSRC received, and our CNAME (§6.5.1). `ntp` is the wall clock in NTP
+    /// format (the core has no clock); the runtime sends it to the RTCP port about every 5 s
+    /// (§6.2).
+    pub fn rtcp_report(&mut self, now: Instant, ntp: u64, cname: &str) -> Vec<u8> {
+        let elapsed = now.saturating_duration_since(self.origin);
+        let units =
+            (elapsed.as_nanos() * u128::from(crate::prompt::SAMPLE_RATE) / 1_000_000_000) as u32;
+        let sr = RtcpPacket::SenderReport {
+            ssrc: self.ssrc,
+            info: SenderInfo {
+                ntp,
+                rtp_timestamp: self.first_ts.wrapping_add(units),
+                packets: self.stats.packets_sent as u32,
+                octets: self.stats.bytes_sent as u32,
+            },
+            reports: self.receive.report_blocks(now),
+        };
+        let cname = RtcpPacket::Cname {
+            ssrc: self.ssrc,
+            cname: cname.to_owned(),
+        };
+        rtcp::write_compound(&[sr, cname])
+    }
+
+    /// A BYE for our SSRC (RFC 3550 §6.6), to send when the call ends.
+    pub fn rtcp_bye(&self) -> Vec<u8> {
+        rtcp::write_compound(&[RtcpPacket::Bye {
+            ssrcs: vec![self.ssrc],
+        }])
     }
 
     /// The fixed origin of the send grid (packet `n` is due at `origin + n × 20 ms`).

@@ -330,13 +330,16 @@ fn malformed_and_rtcp_are_counted() {
     let t0 = Instant::now();
     for bytes in [
         &b"\x00\x01\x00\x00"[..],
+        // An RTCP SR whose length runs past the datagram.
         &[0x80, 0xc8, 0, 6, 0, 0, 0, 1],
         &[0x40; 20],
         &[0x8f; 20],
+        // A receiver report with no blocks (RFC 5761 multiplexing).
+        &[0x80, 0xc9, 0, 1, 0, 0, 0, 1],
     ] {
         path.handle_rtp(t0, addr(PHONE), bytes);
     }
-    assert_eq!(path.stats().malformed, 3);
+    assert_eq!(path.stats().malformed, 4);
     assert_eq!(path.stats().rtcp, 1);
 }
 

@@ -451,3 +451,65 @@ fn two_sessions_over_an_impaired_link() {
         assert!(rx.streams[0].jitter_ms > 0.0);
     }
 }
+
+#[test]
+fn rtcp_reports_what_arrives() {
+    use media::rtcp::{self, RtcpPacket, SenderInfo};
+    let t0 = Instant::now();
+    let mut s = session(t0, Codec::Pcmu, Some(101), 10);
+    // One second of the phone's audio with packet 10 lost, then its SR on the RTCP port.
+    let mut phone = Phone::new(Codec::Pcmu, 0);
+    phone.silence(1000);
+    let mut packets = phone.packets();
+    packets.remove(10);
+    for p in &packets {
+        s.handle_datagram(t0 + p.at, addr(PHONE), &p.bytes);
+    }
+    let sr = rtcp::write_compound(&[RtcpPacket::SenderReport {
+        ssrc: phone.ssrc,
+        info: SenderInfo {
+            ntp: 0x0000_1234_5678_0000,
+            ..SenderInfo::default()
+        },
+        reports: vec![],
+    }]);
+    let mut rtcp_port = addr(PHONE);
+    rtcp_port.set_port(rtcp_port.port() + 1);
+    s.receive().handle_rtcp(t0 + ms(1000), rtcp_port, &sr);
+    let mut sent = Vec::new();
+    let mut events = Vec::new();
+    drive(&mut s, t0 + ms(1000), &mut sent, &mut events);
+    let report = s.rtcp_report(t0 + ms(1500), 0xe000_0000_0000_0000, "callverify@test");
+    let parsed = rtcp::parse(&report).unwrap();
+    let RtcpPacket::SenderReport {
+        ssrc,
+        info,
+        reports,
+    } = &parsed[0]
+    else {
+        panic!("{parsed:?}");
+    };
+    assert_eq!(*ssrc, s.stats().ssrc);
+    assert_eq!(info.packets, 51);
+    assert_eq!(info.octets, 51 * 160);
+    assert_eq!(reports.len(), 1);
+    let b = reports[0];
+    assert_eq!(b.ssrc, phone.ssrc);
+    assert_eq!(b.cumulative_lost, 1);
+    assert_eq!(b.fraction_lost, (256 / 50) as u8);
+    assert_eq!(b.last_sr, 0x1234_5678);
+    assert_eq!(b.delay_since_last_sr, 32768);
+    assert_eq!(
+        parsed[1],
+        RtcpPacket::Cname {
+            ssrc: s.stats().ssrc,
+            cname: "callverify@test".into()
+        }
+    );
+    assert_eq!(
+        rtcp::parse(&s.rtcp_bye()).unwrap(),
+        [RtcpPacket::Bye {
+            ssrcs: vec![s.stats().ssrc]
+        }]
+    );
+}
