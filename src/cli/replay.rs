@@ -89,7 +89,10 @@ pub fn run(args: Args) -> ExitCode {
         Format::Text => write_text(&mut out, &args.file, &capture, &replays),
         Format::Jsonl => write_jsonl(&mut out, &args.file, &capture, &replays),
     };
-    if let Err(e) = written.and_then(|()| out.flush()) {
+    if let Err(e) = written.and_then(|()| out.flush())
+        // The reader went away (`| head`): not an error of ours, nothing left to say.
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
         eprintln!("callverify replay: cannot write the output: {e}");
         return ExitCode::from(super::EXIT_USAGE);
     }
