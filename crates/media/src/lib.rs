@@ -1,5 +1,44 @@
 //! The media path of a call as a sans-IO core: RTP, G.711, RFC 4733 telephone-events,
-//! reorder buffer, DTMF receive path, paced prompt sending.
+//! reorder buffer, DTMF receive path, paced prompt sending. No sockets, no clock, no threads:
+//! every input comes with `now`, every output is polled.
+//!
+//! * [`ReceivePath`]: one direction of RTP (a live call's, or one flow of a capture) into one
+//!   digit stream ([`DigitReport`]), with per-SSRC statistics ([`ReceiveStats`]).
+//! * [`Session`]: a live call's media: a `ReceivePath` latched to the far end, plus prompts,
+//!   comfort silence and dialled keys sent as 20 ms packets on a fixed grid.
+//! * [`Prompt`]: a recording decoded once ([`wav`]) and pre-encoded to PCMU and PCMA frames.
+//! * Building blocks: [`rtp`], [`rtcp`], [`rfc4733`], [`g711`], [`stats`] (RFC 3550 A.1/A.3/A.8),
+//!   [`reorder`], [`merge`] (the one-press-one-digit rule), [`rng`].
+//!
+//! Driving a session (what the runtime does, one timer per call):
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use media::{Codec, DialMethod, MediaEvent, Session, SessionConfig};
+//!
+//! let t0 = Instant::now();
+//! let mut s = Session::new(t0, SessionConfig {
+//!     remote: "192.0.2.1:4000".parse().unwrap(),
+//!     codec: Codec::Pcmu,
+//!     audio_pt: 0,
+//!     telephone_event_pt: Some(101),
+//!     seed: 42,
+//! });
+//! s.dial(t0, "5678", DialMethod::Rfc4733);
+//! let mut packets = 0;
+//! while let Some(t) = s.poll_timeout().filter(|t| *t <= t0 + Duration::from_secs(2)) {
+//!     s.handle_timeout(t); // at exactly the instant asked for
+//!     while let Some(tx) = s.poll_transmit() {
+//!         packets += 1; // socket.send_to(&tx.payload, tx.destination)
+//!     }
+//!     while let Some(event) = s.poll_event() {
+//!         if let MediaEvent::Digit(d) = event {
+//!             println!("{} by {}", d.digit, d.method.as_str());
+//!         }
+//!     }
+//! }
+//! assert_eq!(packets, 101); // one every 20 ms, t0 included
+//! ```
 
 /// How a digit reached us.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

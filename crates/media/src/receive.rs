@@ -367,6 +367,7 @@ impl ReceivePath {
                     play(now, stream, st, merger, scratch, slot);
                 }
                 stream.reorder.reset();
+                stream.jitter.reset();
             }
             SeqStatus::Reordered => st.reordered += 1,
             SeqStatus::Ahead | SeqStatus::Duplicate | SeqStatus::TooOld => {}

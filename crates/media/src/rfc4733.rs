@@ -493,6 +493,44 @@ mod tests {
         );
     }
 
+    /// A whole event packet: the second end packet of a '#' held 280 ms (2240 units at 8 kHz).
+    const END_PACKET: [u8; 16] = [
+        0x80, 0x65, 0x20, 0xfb, // V=2, no marker, PT 101, seq 8443
+        0x00, 0x00, 0x33, 0xe0, // timestamp 13280 (the event's start)
+        0x0e, 0x05, 0x38, 0x4e, // SSRC
+        0x0b, 0x8a, 0x08, 0xc0, // '#', E, volume 10, duration 2240
+    ];
+
+    #[test]
+    fn whole_event_packet_bytes() {
+        let p = crate::rtp::RtpPacket::parse(&END_PACKET).unwrap();
+        assert_eq!(
+            (p.marker, p.payload_type, p.sequence.0, p.timestamp, p.ssrc),
+            (false, 101, 8443, 13280, 0x0e05_384e)
+        );
+        let e = EventPayload::parse(p.payload).unwrap();
+        assert_eq!(
+            e,
+            EventPayload {
+                event: 11,
+                end: true,
+                volume: 10,
+                duration: 2240
+            }
+        );
+        let rebuilt = crate::rtp::PacketSpec {
+            payload_type: 101,
+            sequence: 8443,
+            timestamp: 13280,
+            ssrc: 0x0e05_384e,
+            payload: &e.to_bytes(),
+            ..crate::rtp::PacketSpec::default()
+        }
+        .to_vec()
+        .unwrap();
+        assert_eq!(rebuilt, END_PACKET);
+    }
+
     #[test]
     fn packed_blocks_follow_each_other() {
         let payload = [1, 0x8a, 0x03, 0x20, 2, 0x0a, 0x00, 0xa0, 9];

@@ -260,10 +260,12 @@ impl Session {
             match item {
                 Item::Prompt { prompt, frame } => {
                     let Some(samples) = prompt.frame(codec, *frame).copied() else {
+                        // An empty prompt (or a codec prompts are not encoded for) still
+                        // starts and finishes, so that the call flow moves on.
                         let name = prompt.name().to_owned();
-                        if *frame > 0 {
-                            self.events.push_back(MediaEvent::PromptFinished(name));
-                        }
+                        self.events
+                            .push_back(MediaEvent::PromptStarted(name.clone()));
+                        self.events.push_back(MediaEvent::PromptFinished(name));
                         self.queue.pop_front();
                         continue;
                     };

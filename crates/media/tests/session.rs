@@ -513,3 +513,21 @@ fn rtcp_reports_what_arrives() {
         }]
     );
 }
+
+#[test]
+fn an_empty_prompt_still_starts_and_finishes() {
+    let t0 = Instant::now();
+    let mut s = session(t0, Codec::Pcmu, None, 11);
+    s.play(t0, Arc::new(Prompt::from_samples("empty", &[])));
+    let mut sent = Vec::new();
+    let mut events = Vec::new();
+    drive(&mut s, t0 + ms(40), &mut sent, &mut events);
+    assert_eq!(
+        events,
+        [
+            MediaEvent::PromptStarted("empty".into()),
+            MediaEvent::PromptFinished("empty".into())
+        ]
+    );
+    assert_eq!(sent.len(), 3);
+}
