@@ -223,10 +223,11 @@ pub(crate) struct Collecting<M> {
     replays_left: u32,
 }
 
-/// The closing prompt plays.
+/// The closing prompts play.
 pub(crate) struct Closing<M> {
     live: Live<M>,
     result: CallResult,
+    /// The last closing prompt: BYE when it ends.
     prompt: PromptKind,
     until: Instant,
 }
@@ -474,7 +475,7 @@ impl<M: Media> Stage<M> {
             (Stage::Extension(mut e), MediaEvent::DialFinished) => {
                 core.log(now, TimelineEvent::ExtensionSent);
                 let prompt = core.opening_prompt();
-                e.live.media.play(now, prompt);
+                e.live.media.play(now, &[prompt]);
                 Stage::Prompting(Prompting {
                     live: e.live,
                     prompt,
@@ -635,8 +636,9 @@ impl<M: Media> Stage<M> {
             Stage::Collecting(mut c) if now >= c.deadline => {
                 if c.entry.is_empty() && c.replays_left > 0 {
                     core.log(now, timeout("response"));
+                    // "Sorry, we did not receive your answer", then the prompt again.
                     let prompt = core.opening_prompt();
-                    c.live.media.play(now, prompt);
+                    c.live.media.play(now, &[PromptKind::NoInput, prompt]);
                     Stage::Prompting(Prompting {
                         live: c.live,
                         prompt,
@@ -714,14 +716,23 @@ fn hang_up<M, F>(
     hanging_up(now, result)
 }
 
-/// Decided while the callee is on the line: play the closing prompt, then BYE.
+/// The closing prompts of a decision taken while the callee is on the line.
+fn closing_prompts(result: CallResult) -> &'static [PromptKind] {
+    use PromptKind as P;
+    match result {
+        CallResult::Confirmed => &[P::Thanks, P::Goodbye],
+        CallResult::FraudReported => &[P::FraudAck, P::Goodbye],
+        CallResult::WrongDigits => &[P::Invalid, P::Goodbye],
+        CallResult::NoInput | CallResult::IncompleteInput => &[P::NoInput, P::Goodbye],
+        _ => &[P::Goodbye],
+    }
+}
+
+/// Decided while the callee is on the line: play the closing prompts, then BYE.
 fn decide<M: Media>(now: Instant, mut live: Live<M>, result: CallResult) -> Stage<M> {
-    let prompt = match result {
-        CallResult::Confirmed => PromptKind::Thanks,
-        CallResult::FraudReported => PromptKind::FraudAck,
-        _ => PromptKind::Goodbye,
-    };
-    live.media.play(now, prompt);
+    let prompts = closing_prompts(result);
+    live.media.play(now, prompts);
+    let prompt = prompts[prompts.len() - 1];
     Stage::Closing(Closing {
         live,
         result,
@@ -835,7 +846,7 @@ fn answered<M: Media, F: MediaFactory<Media = M>>(
         }
         None => {
             let prompt = core.opening_prompt();
-            media.play(now, prompt);
+            media.play(now, &[prompt]);
             Stage::Prompting(Prompting {
                 live: live(media),
                 prompt,

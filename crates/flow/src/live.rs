@@ -79,6 +79,7 @@ impl MediaFactory for LiveFactory {
             book: Arc::clone(&self.book),
             language: setup.language.clone(),
             synthetic: VecDeque::new(),
+            finish_alias: None,
         }
     }
 }
@@ -92,6 +93,8 @@ pub struct LiveMedia {
     /// Events for prompts the book lacks (reported as started and finished at once, so the
     /// flow never waits on audio that does not exist).
     synthetic: VecDeque<MediaEvent>,
+    /// (last prompt queued, last prompt asked for) when the latter is missing.
+    finish_alias: Option<(PromptKind, PromptKind)>,
 }
 
 impl LiveMedia {
@@ -147,7 +150,15 @@ impl Media for LiveMedia {
                 },
                 media::MediaEvent::PromptFinished(name)
                 | media::MediaEvent::PromptStopped(name) => match kind_of(&name) {
-                    Some(k) => MediaEvent::PromptFinished(k),
+                    Some(k) => {
+                        if let Some((real, asked)) = self.finish_alias
+                            && real == k
+                        {
+                            self.finish_alias = None;
+                            self.synthetic.push_back(MediaEvent::PromptFinished(asked));
+                        }
+                        MediaEvent::PromptFinished(k)
+                    }
                     None => continue,
                 },
                 media::MediaEvent::DialFinished => MediaEvent::DialFinished,
@@ -156,14 +167,30 @@ impl Media for LiveMedia {
         }
     }
 
-    fn play(&mut self, now: Instant, prompt: PromptKind) {
-        // One prompt at a time: a new one replaces what plays.
+    fn play(&mut self, now: Instant, prompts: &[PromptKind]) {
+        self.finish_alias = None;
         self.session.stop_playback(now);
-        match self.book.get(&self.language, prompt) {
-            Some(p) => self.session.play(now, p),
+        let found: Vec<_> = prompts
+            .iter()
+            .filter_map(|k| self.book.get(&self.language, *k).map(|p| (*k, p)))
+            .collect();
+        let Some(&last) = prompts.last() else {
+            return;
+        };
+        match found.last() {
             None => {
-                self.synthetic.push_back(MediaEvent::PromptStarted(prompt));
-                self.synthetic.push_back(MediaEvent::PromptFinished(prompt));
+                // Nothing to play at all: say so at once, so the flow never waits on audio
+                // that does not exist.
+                self.synthetic.push_back(MediaEvent::PromptStarted(last));
+                self.synthetic.push_back(MediaEvent::PromptFinished(last));
+            }
+            Some((real_last, _)) => {
+                // The flow waits for the last prompt it asked for; if that one is missing,
+                // the end of the last one that exists stands in for it.
+                self.finish_alias = (*real_last != last).then_some((*real_last, last));
+                for (_, p) in found {
+                    self.session.play(now, p);
+                }
             }
         }
     }

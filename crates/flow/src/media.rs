@@ -26,19 +26,25 @@ pub enum PromptKind {
     Thanks,
     /// After `fraud_reported`.
     FraudAck,
-    /// After any other decision taken while the callee is on the line.
+    /// Last words of every call decided while the callee is on the line.
     Goodbye,
+    /// "Sorry, we did not receive your answer" (before the replay, and on no input).
+    NoInput,
+    /// "Sorry, that is not correct" (wrong PIN or challenge digits).
+    Invalid,
 }
 
 impl PromptKind {
     /// Every prompt.
-    pub const ALL: [PromptKind; 6] = [
+    pub const ALL: [PromptKind; 8] = [
         PromptKind::Greeting,
         PromptKind::Pin,
         PromptKind::Challenge,
         PromptKind::Thanks,
         PromptKind::FraudAck,
         PromptKind::Goodbye,
+        PromptKind::NoInput,
+        PromptKind::Invalid,
     ];
 
     /// File stem in the prompts folder (`greeting` → `audio/en/greeting.wav`).
@@ -50,6 +56,8 @@ impl PromptKind {
             PromptKind::Thanks => "thanks",
             PromptKind::FraudAck => "fraud-ack",
             PromptKind::Goodbye => "goodbye",
+            PromptKind::NoInput => "no-input",
+            PromptKind::Invalid => "invalid",
         }
     }
 }
@@ -113,9 +121,11 @@ pub trait Media {
     fn poll_transmit(&mut self) -> Option<RtpTransmit>;
     /// The next event.
     fn poll_event(&mut self) -> Option<MediaEvent>;
-    /// Starts playing a prompt (replacing any playing one).
-    fn play(&mut self, now: Instant, prompt: PromptKind);
-    /// Stops the prompt playing now (barge-in).
+    /// Plays these prompts one after the other, replacing whatever plays. Each reports
+    /// [`MediaEvent::PromptStarted`] and [`MediaEvent::PromptFinished`]; the flow waits for
+    /// the last one.
+    fn play(&mut self, now: Instant, prompts: &[PromptKind]);
+    /// Stops what plays now, queued prompts included (barge-in).
     fn stop_playback(&mut self, now: Instant);
     /// Sends keys (`,` = one second pause).
     fn dial(&mut self, now: Instant, keys: &str, method: DialMethod);

@@ -58,10 +58,30 @@ pub struct ScriptMedia {
     t0: Instant,
     script: Rc<RefCell<Script>>,
     playing: Option<(PromptKind, Instant)>,
+    queue: VecDeque<PromptKind>,
     dialling: Option<Instant>,
     events: VecDeque<MediaEvent>,
     transmits: VecDeque<RtpTransmit>,
     remote: SocketAddr,
+}
+
+impl ScriptMedia {
+    fn next_prompt(&mut self, now: Instant) {
+        let Some(prompt) = self.queue.pop_front() else {
+            return;
+        };
+        let len = self.script.borrow().prompt_len.unwrap_or(PROMPT_LEN);
+        self.script
+            .borrow_mut()
+            .played
+            .push((now - self.t0, prompt));
+        self.playing = Some((prompt, now + len));
+        self.events.push_back(MediaEvent::PromptStarted(prompt));
+        self.transmits.push_back(RtpTransmit {
+            destination: self.remote,
+            payload: vec![0x80, 0, 0, 1],
+        });
+    }
 }
 
 impl Media for ScriptMedia {
@@ -82,6 +102,7 @@ impl Media for ScriptMedia {
         {
             self.playing = None;
             self.events.push_back(MediaEvent::PromptFinished(kind));
+            self.next_prompt(end);
         }
         if self.dialling.is_some_and(|d| d <= now) {
             self.dialling = None;
@@ -114,23 +135,13 @@ impl Media for ScriptMedia {
     fn poll_event(&mut self) -> Option<MediaEvent> {
         self.events.pop_front()
     }
-    fn play(&mut self, now: Instant, prompt: PromptKind) {
-        if let Some((kind, _)) = self.playing.take() {
-            self.events.push_back(MediaEvent::PromptFinished(kind));
-        }
-        let len = self.script.borrow().prompt_len.unwrap_or(PROMPT_LEN);
-        self.script
-            .borrow_mut()
-            .played
-            .push((now - self.t0, prompt));
-        self.playing = Some((prompt, now + len));
-        self.events.push_back(MediaEvent::PromptStarted(prompt));
-        self.transmits.push_back(RtpTransmit {
-            destination: self.remote,
-            payload: vec![0x80, 0, 0, 1],
-        });
+    fn play(&mut self, now: Instant, prompts: &[PromptKind]) {
+        self.stop_playback(now);
+        self.queue.extend(prompts.iter().copied());
+        self.next_prompt(now);
     }
     fn stop_playback(&mut self, _now: Instant) {
+        self.queue.clear();
         if let Some((kind, _)) = self.playing.take() {
             self.events.push_back(MediaEvent::PromptFinished(kind));
         }
@@ -160,6 +171,7 @@ impl MediaFactory for ScriptFactory {
             t0: self.t0,
             script: Rc::clone(&self.script),
             playing: None,
+            queue: VecDeque::new(),
             dialling: None,
             events: VecDeque::new(),
             transmits: VecDeque::new(),
