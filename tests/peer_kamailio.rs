@@ -71,9 +71,9 @@ fn kamailio_sha256_digest() {
 }
 
 #[test]
-fn kamailio_wrong_password_fails_with_the_reason() {
+fn kamailio_wrong_password_is_rejected_with_the_reason() {
     let (out, _sipp) = through_proxy(2, None, "wrong");
-    out.assert("failed", None);
+    out.assert("rejected", None);
     let failed = out.events("auth_failed");
     assert_eq!(failed.len(), 1, "{out:#?}");
     assert!(

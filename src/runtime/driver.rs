@@ -404,6 +404,13 @@ impl Driver {
             Event::DetectorLatency(d) => CallProgress::DetectorLatency(d),
             Event::Finished(report) => {
                 tracing::info!(call = %id, result = %report.result, "call finished");
+                if let Some(reason) = report.timeline.iter().find_map(|e| match &e.event {
+                    flow::TimelineEvent::AuthFailed { reason, .. } => Some(reason),
+                    _ => None,
+                }) {
+                    // Our configuration, not the callee: say it where operators look.
+                    tracing::error!(call = %id, %reason, "digest authentication failed");
+                }
                 if let Some(done) = call.done.take() {
                     let _ = done.send(CallReport {
                         result: report.result,

@@ -61,13 +61,16 @@ pub struct Report {
 /// |---|---|
 /// | 486 Busy Here, 600 Busy Everywhere | `busy` |
 /// | 408 Request Timeout, 480 Temporarily Unavailable, 487 (terminated by the far side) | `no_answer` |
-/// | 404, 410, 484, 604, any 5xx | `unreachable` |
-/// | 603 Decline and any other final refusal (3xx, 4xx, 6xx) | `rejected` |
+/// | 404 Not Found, 410 Gone, 482 Loop Detected, 483 Too Many Hops, 484 Address Incomplete, 485 Ambiguous, 604 Does Not Exist Anywhere, any 5xx | `unreachable` |
+/// | 603 Decline and any other final refusal (3xx: redirects are not followed, 4xx, 6xx) | `rejected` |
+///
+/// A digest challenge we cannot satisfy (no or wrong credentials) is a refusal too:
+/// `rejected`, with an `auth_failed` timeline entry saying that our configuration is at fault.
 pub fn result_for_status(status: u16) -> CallResult {
     match status {
         486 | 600 => CallResult::Busy,
         408 | 480 | 487 => CallResult::NoAnswer,
-        404 | 410 | 484 | 604 | 500..=599 => CallResult::Unreachable,
+        404 | 410 | 482..=485 | 604 | 500..=599 => CallResult::Unreachable,
         _ => CallResult::Rejected,
     }
 }
@@ -764,9 +767,9 @@ fn failed(core: &mut Core, now: Instant, failure: &Failure) -> CallResult {
                     reason,
                 },
             );
-            // Our configuration (or the trunk's account) is wrong, not the callee: an
-            // operator must look, so this is reported as `failed`.
-            CallResult::Failed
+            // A final refusal (DESIGN.md: "603 or other final refusal"); the timeline entry
+            // above tells the operator that our credentials are at fault.
+            CallResult::Rejected
         }
         Failure::Timeout => {
             core.log(

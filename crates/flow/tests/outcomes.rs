@@ -220,6 +220,13 @@ fn final_responses_map_to_results() {
         (500, CallResult::Unreachable),
         (480, CallResult::NoAnswer),
         (408, CallResult::NoAnswer),
+        (487, CallResult::NoAnswer),
+        (410, CallResult::Unreachable),
+        (483, CallResult::Unreachable),
+        (604, CallResult::Unreachable),
+        (302, CallResult::Rejected),
+        (488, CallResult::Rejected),
+        (606, CallResult::Rejected),
     ] {
         let mut sim = Sim::new(Phone::Reject {
             status,
@@ -491,4 +498,19 @@ fn many_calls_share_one_switchboard() {
         .count();
     assert_eq!(finished, 2);
     assert_eq!(sim.board.active_calls(), 0);
+}
+
+#[test]
+fn challenge_without_credentials_is_rejected_with_the_reason() {
+    let mut sim = Sim::new(Phone::Reject {
+        status: 407,
+        after: Duration::from_secs(1),
+    });
+    sim.place(spec(Mode::Standard, None, Rules::default()));
+    let r = sim.run(LIMIT);
+    assert_result(&r, CallResult::Rejected);
+    assert!(has(&r, |e| matches!(
+        e,
+        TimelineEvent::AuthFailed { code: 407, .. }
+    )));
 }
