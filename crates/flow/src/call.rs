@@ -29,6 +29,10 @@ use crate::media::{
 use crate::spec::{CLOSING_PROMPT_LIMIT, HANGUP_WAIT, Rules};
 use crate::{CallResult, Mode, TimelineEntry, TimelineEvent};
 
+/// On a far-end BYE, how far the media path is run ahead to release what it still holds
+/// (the reorder window is 60 ms in `media::Session`; a detector needs a few more blocks).
+const HANGUP_FLUSH: Duration = Duration::from_millis(200);
+
 /// What a call reports to the runtime, in order; [`Event::Finished`] is always last.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -427,8 +431,17 @@ impl<M: Media> Stage<M> {
                 self
             }
             E::RemoteHangup { .. } => {
+                // A key pressed just before hanging up may still sit in the reorder buffer:
+                // let the media path release what it holds before judging.
+                let mut s = self;
+                if matches!(s, Stage::Prompting(_) | Stage::Collecting(_))
+                    && let Some(media) = s.media_mut()
+                {
+                    media.handle_timeout(now + HANGUP_FLUSH);
+                    s = s.pump_media(core, cx, now);
+                }
                 core.log(now, TimelineEvent::ByeReceived);
-                match self {
+                match s {
                     Stage::Extension(_) | Stage::Prompting(_) | Stage::Collecting(_) => {
                         hanging_up(now, CallResult::HungUp)
                     }

@@ -50,6 +50,8 @@ struct Phone {
     media: Option<Session>,
     /// Keys to press: (time after answer, keys, method).
     press: Vec<(Duration, String, media::DialMethod)>,
+    /// Hang up this long after answer.
+    hangup: Option<Duration>,
     answered_at: Option<Instant>,
 }
 
@@ -80,6 +82,7 @@ impl Live {
                     .into_iter()
                     .map(|(d, k, m)| (d, k.to_string(), m))
                     .collect(),
+                hangup: None,
                 answered_at: None,
             },
             wire: Vec::new(),
@@ -181,12 +184,17 @@ impl Live {
                 .phone
                 .answered_at
                 .and_then(|a| self.phone.press.first().map(|p| a + p.0));
+            let hangup = self
+                .phone
+                .answered_at
+                .and_then(|a| self.phone.hangup.map(|h| a + h));
             let next = [
                 self.wire.iter().map(|w| w.0).min(),
                 self.board.poll_timeout(),
                 self.phone.ua.poll_timeout(),
                 self.phone.media.as_ref().and_then(|m| m.poll_timeout()),
                 press,
+                hangup,
             ]
             .into_iter()
             .flatten()
@@ -195,6 +203,14 @@ impl Live {
             assert!(next <= end, "no outcome: {:#?}", self.events);
             self.now = self.now.max(next);
             let now = self.now;
+            if hangup.is_some_and(|h| h <= now)
+                && let Some(call) = self.phone.call
+            {
+                self.phone.hangup = None;
+                let _ = self.phone.ua.hangup(now, call);
+                // Silence from here on.
+                self.phone.media = None;
+            }
             if press.is_some_and(|p| p <= now) {
                 let (_, keys, method) = self.phone.press.remove(0);
                 if let Some(m) = self.phone.media.as_mut() {
@@ -291,4 +307,36 @@ fn keys_in_the_guard_time_do_not_count_then_fraud() {
         &e.event,
         TimelineEvent::DigitIgnored { reason, .. } if reason.contains("guard")
     )));
+}
+
+#[test]
+fn pound_just_before_hanging_up_still_counts() {
+    // RFC 4733 '#' then BYE 60 ms later: the key is in the media path when the BYE lands.
+    let mut live = Live::new(vec![(
+        Duration::from_millis(2500),
+        "#",
+        media::DialMethod::Rfc4733,
+    )]);
+    live.phone.hangup = Some(Duration::from_millis(2560));
+    live.place(Mode::Standard, None);
+    let r = live.run(Duration::from_secs(120));
+    assert_eq!(r.result, CallResult::Confirmed, "{:#?}", r.timeline);
+    assert!(
+        r.timeline
+            .iter()
+            .any(|e| e.event == TimelineEvent::ByeReceived)
+    );
+}
+
+#[test]
+fn inband_pound_just_before_hanging_up_still_counts() {
+    let mut live = Live::new(vec![(
+        Duration::from_millis(2500),
+        "#",
+        media::DialMethod::Inband,
+    )]);
+    live.phone.hangup = Some(Duration::from_millis(2580));
+    live.place(Mode::Standard, None);
+    let r = live.run(Duration::from_secs(120));
+    assert_eq!(r.result, CallResult::Confirmed, "{:#?}", r.timeline);
 }
