@@ -247,6 +247,19 @@ impl Runtime {
                 return not_placed(&e);
             }
         };
+        if cancel.is_cancelled() {
+            // Hung up before anything went out (DNS was still resolving): nothing to CANCEL.
+            return CallReport {
+                result: CallResult::Cancelled,
+                dtmf_method: None,
+                timeline: vec![TimelineEntry {
+                    at_ms: 0,
+                    event: TimelineEvent::Outcome {
+                        result: CallResult::Cancelled,
+                    },
+                }],
+            };
+        }
         let (done, report) = oneshot::channel();
         let ticket = driver::Ticket::next();
         if self
