@@ -345,3 +345,14 @@ fn callee_demanding_digest_auth() {
     assert_eq!(auth[0]["code"], 401);
     sipp_exit_ok(&mut sipp);
 }
+
+#[test]
+fn sip_info_application_dtmf() {
+    let w = Work::new();
+    let scenario = w.scenario("uas_info_dtmf.xml", &[]);
+    let mut sipp = sipp_uas(&w, &scenario, 25221, 26410);
+    let cfg = w.config(40420, "sip_info_dtmf = true", "");
+    let out = call(&[&uri(25221)], Some(&cfg), &[]);
+    out.assert("confirmed", Some("sip_info"));
+    sipp_exit_ok(&mut sipp);
+}
