@@ -204,6 +204,9 @@ pub struct CallConfig {
     pub fraud_code: String,
     /// How many digits the service picks in `challenge` mode.
     pub challenge_digits: usize,
+    /// Keys pressed within this many milliseconds after answer do not count (a key held
+    /// while picking up, a voicemail beep).
+    pub answer_guard_ms: u64,
 }
 
 impl Default for CallConfig {
@@ -216,6 +219,7 @@ impl Default for CallConfig {
             challenge_timeout_secs: 180,
             fraud_code: "0#".to_owned(),
             challenge_digits: 6,
+            answer_guard_ms: 1000,
         }
     }
 }
@@ -444,6 +448,9 @@ impl Config {
                 ));
             }
         }
+        if self.call.answer_guard_ms > 10_000 {
+            return Err(invalid("call.answer_guard_ms", "at most 10000"));
+        }
         if self.call.challenge_digits < 4 || self.call.challenge_digits > 10 {
             return Err(invalid("call.challenge_digits", "must be between 4 and 10"));
         }
@@ -627,6 +634,9 @@ impl CallConfig {
     }
     pub fn challenge_timeout(&self) -> Duration {
         Duration::from_secs(self.challenge_timeout_secs)
+    }
+    pub fn answer_guard(&self) -> Duration {
+        Duration::from_millis(self.answer_guard_ms)
     }
 }
 

@@ -347,7 +347,7 @@ impl Runtime {
                 challenge_timeout: order.call.challenge_timeout(),
                 prompt_replays: order.call.prompt_replays,
                 fraud_code: order.call.fraud_code.clone(),
-                answer_guard: flow::spec::DEFAULT_ANSWER_GUARD,
+                answer_guard: order.call.answer_guard(),
                 sip_info_dtmf: cfg.sip_info_dtmf,
             },
         })
