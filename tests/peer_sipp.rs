@@ -126,7 +126,7 @@ fn ring_timeout_cancels_and_is_no_answer() {
     out.assert("no_answer", None);
     assert_eq!(out.events("cancel_sent").len(), 1, "{out:#?}");
     let at = out.events("cancel_sent")[0]["at_ms"].as_u64().unwrap();
-    assert!((3000..3500).contains(&at), "{at}");
+    assert!((3000..5000).contains(&at), "{at}");
     sipp_exit_ok(&mut sipp);
 }
 
