@@ -264,21 +264,20 @@ impl<F: MediaFactory> Switchboard<F> {
                 let Some(entry) = self.calls.get_mut(&h) else {
                     continue;
                 };
-                let h = &h;
                 if let Some(media) = entry.stage.as_mut().and_then(|s| s.media_mut()) {
                     while let Some(t) = media.poll_transmit() {
                         self.transmits.push_back(Transmit::Rtp {
-                            call: CallId(*h),
+                            call: CallId(h),
                             destination: t.destination,
                             payload: t.payload,
                         });
                     }
                 }
                 while let Some(e) = entry.core.events.pop_front() {
-                    self.events.push_back((CallId(*h), e));
+                    self.events.push_back((CallId(h), e));
                 }
                 if entry.stage.as_ref().is_none_or(|s| s.is_finished()) {
-                    finished.push(*h);
+                    finished.push(h);
                 }
             }
             for h in finished {
