@@ -442,7 +442,7 @@ impl ReceivePath {
         st.extended_max_seq = stream.sequence.extended_max();
         st.jitter = stream.jitter.units();
         st.jitter_ms = f64::from(st.jitter) * 1000.0
-            / f64::from(st.codec.map(Codec::clock_rate).unwrap_or(8000));
+            / f64::from(st.codec.map(Codec::clock_rate).unwrap_or(8000).max(1));
     }
 
     /// Handles a datagram received on the RTCP port (RTP port + 1). Sender reports are noted

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 /// this is 640 ms of audio, ten times a 60 ms window, so it only bounds memory under attack.
 pub const MAX_HELD: usize = 32;
 
+/// Longest reorder window accepted: waiting longer for a packet is no use to a call, and
+/// keeps deadline arithmetic far from `Instant` overflow whatever the configuration says.
+pub const MAX_WINDOW: Duration = Duration::from_secs(10);
+
 /// Where an offered packet stands.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Admit {
@@ -33,10 +37,10 @@ pub struct Reorder<T> {
 }
 
 impl<T> Reorder<T> {
-    /// A buffer that holds packets for at most `window`.
+    /// A buffer that holds packets for at most `window` (capped at [`MAX_WINDOW`]).
     pub fn new(window: Duration) -> Reorder<T> {
         Reorder {
-            window,
+            window: window.min(MAX_WINDOW),
             next: None,
             held: BTreeMap::new(),
         }
