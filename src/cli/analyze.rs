@@ -49,9 +49,6 @@ pub struct Args {
 const FLOOR_DBM0: f64 = -70.0;
 /// Highest level drawn, dBm0 (G.711 full scale is +3.14 dBm0).
 const CEILING_DBM0: f64 = 5.0;
-/// The receiver's minimum level per tone, dBm0 (`dtmf` receiver `MIN_LEVEL_DBM0`; Q.24
-/// acceptance spans about 0 to -36 dBm0 per tone, the receiver accepts down to -45).
-const RECEIVER_MIN_DBM0: f64 = -45.0;
 /// Smallest and largest picture, pixels.
 const MIN_SIZE: (u32, u32) = (400, 300);
 const MAX_SIZE: (u32, u32) = (10_000, 4_000);
@@ -415,8 +412,8 @@ fn draw(a: &Analysis, output: &Path, size: (u32, u32)) -> Result<(), String> {
     bands
         .draw_series(DashedLineSeries::new(
             [
-                (x_range.start, RECEIVER_MIN_DBM0),
-                (x_range.end, RECEIVER_MIN_DBM0),
+                (x_range.start, dtmf::MIN_LEVEL_DBM0),
+                (x_range.end, dtmf::MIN_LEVEL_DBM0),
             ],
             6,
             4,

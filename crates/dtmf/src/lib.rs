@@ -26,7 +26,7 @@ mod window;
 
 pub use digit::{Digit, ParseDigitError};
 pub use generator::{Generator, ToneSpec, generate, generate_digits, try_generate};
-pub use receiver::{Event, Receiver};
+pub use receiver::{Event, MIN_LEVEL_DBM0, Receiver};
 pub use window::{BAND_FREQUENCIES_HZ, WINDOW_HOP, WINDOW_LEN, WindowReport};
 
 /// The sample rate of everything in this crate, in Hz (G.711 narrowband telephony).
