@@ -94,7 +94,7 @@ fn baresip_pound_inband() {
         Some(&config(&w, 0)),
         &[],
     );
-    out.assert("confirmed", Some("inband"));
+    out.assert_in(&w, "confirmed", Some("inband"));
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn baresip_pound_rfc4733() {
         &[],
     );
     presser.join().unwrap();
-    out.assert("confirmed", Some("rfc4733"));
+    out.assert_in(&w, "confirmed", Some("rfc4733"));
 }
 
 /// A private CA and a certificate for 127.0.0.1 signed by it (openssl): returns the CA file
@@ -209,11 +209,11 @@ fn baresip_over_tls_with_a_private_ca() {
     let target = format!("sip:peer@127.0.0.1:{};transport=tls", sip + 1);
     let cfg = w.config(40440, &format!("tls_ca = \"{}\"", ca.display()), "");
     let out = call(&[&target], Some(&cfg), &[]);
-    out.assert("confirmed", Some("inband"));
+    out.assert_in(&w, "confirmed", Some("inband"));
     // Without the CA the certificate is not trusted: the transport fails, nobody is called.
     let cfg = w.config(40440, "", "");
     let out = call(&[&target], Some(&cfg), &[]);
-    out.assert("unreachable", None);
+    out.assert_in(&w, "unreachable", None);
     assert_eq!(out.events("no_response").len(), 1, "{out:#?}");
     assert!(out.events("answered").is_empty());
 }

@@ -48,7 +48,7 @@ fn pound_inband_then_rfc4733_is_confirmed_inband() {
     let out = call(&[&uri(25200)], Some(&cfg), &[]);
     // In-band '#' comes first (the first tone falls in the guard time after answer, the
     // second counts); the RFC 4733 '#' after it arrives after the decision.
-    out.assert("confirmed", Some("inband"));
+    out.assert_in(&w, "confirmed", Some("inband"));
     assert_eq!(out.events("digit").len(), 1, "{out:#?}");
     assert!(!out.events("bye_sent").is_empty());
     // Not sipp's exit status: the recipe only expects our BYE after its RFC 4733 replay, and
@@ -63,7 +63,7 @@ fn early_media_then_answer_confirmed_by_rfc4733() {
     let mut sipp = sipp_uas(&w, &scenario, 25201, 26210);
     let cfg = w.config(40020, "", "");
     let out = call(&[&uri(25201)], Some(&cfg), &[]);
-    out.assert("confirmed", Some("rfc4733"));
+    out.assert_in(&w, "confirmed", Some("rfc4733"));
     assert!(
         out.events("provisional").iter().any(|e| e["code"] == 183),
         "{out:#?}"
@@ -77,7 +77,7 @@ fn refused(n: u16, status: &str, reason: &str, result: &str) {
     let mut sipp = sipp_uas(&w, &scenario, 25200 + n, 26200 + 10 * n);
     let cfg = w.config(40000 + 20 * n, "", "");
     let out = call(&[&uri(25200 + n)], Some(&cfg), &[]);
-    out.assert(result, None);
+    out.assert_in(&w, result, None);
     let code: u16 = status.parse().unwrap();
     assert!(
         out.events("rejected").iter().any(|e| e["code"] == code),
@@ -123,7 +123,7 @@ fn ring_timeout_cancels_and_is_no_answer() {
     let mut sipp = sipp_uas(&w, &scenario, 25208, 26280);
     let cfg = w.config(40160, "", "ring_timeout_secs = 3");
     let out = call(&[&uri(25208)], Some(&cfg), &[]);
-    out.assert("no_answer", None);
+    out.assert_in(&w, "no_answer", None);
     assert_eq!(out.events("cancel_sent").len(), 1, "{out:#?}");
     let at = out.events("cancel_sent")[0]["at_ms"].as_u64().unwrap();
     assert!((3000..5000).contains(&at), "{at}");
@@ -137,7 +137,7 @@ fn callee_hangs_up_before_confirming() {
     let mut sipp = sipp_uas(&w, &scenario, 25209, 26290);
     let cfg = w.config(40180, "", "");
     let out = call(&[&uri(25209)], Some(&cfg), &[]);
-    out.assert("hung_up", None);
+    out.assert_in(&w, "hung_up", None);
     assert_eq!(out.events("bye_received").len(), 1, "{out:#?}");
     assert!(out.events("bye_sent").is_empty());
     sipp_exit_ok(&mut sipp);
@@ -150,7 +150,7 @@ fn no_key_is_no_input_after_one_replay() {
     let mut sipp = sipp_uas(&w, &scenario, 25210, 26300);
     let cfg = w.config(40200, "", "response_timeout_secs = 2");
     let out = call(&[&uri(25210)], Some(&cfg), &[]);
-    out.assert("no_input", None);
+    out.assert_in(&w, "no_input", None);
     let greetings = out
         .events("prompt_started")
         .iter()
@@ -170,7 +170,7 @@ fn keys_inband(n: u16, keys: &str, args: &[&str], result: &str) -> Outcome {
     let mut all = vec![target.as_str()];
     all.extend_from_slice(args);
     let out = call(&all, Some(&cfg), &[]);
-    out.assert(result, Some("inband"));
+    out.assert_in(&w, result, Some("inband"));
     sipp_exit_ok(&mut sipp);
     out
 }
@@ -184,7 +184,7 @@ fn keys_rfc4733(n: u16, keys: &str, args: &[&str], result: &str) -> Outcome {
     let mut all = vec![target.as_str()];
     all.extend_from_slice(args);
     let out = call(&all, Some(&cfg), &[]);
-    out.assert(result, Some("rfc4733"));
+    out.assert_in(&w, result, Some("rfc4733"));
     sipp_exit_ok(&mut sipp);
     out
 }
@@ -262,7 +262,7 @@ fn phone_number_through_the_trunk_without_a_config_file() {
     let mut sipp = sipp_uas(&w, &scenario, 25217, 26370);
     let trunk = "sip:127.0.0.1:25217";
     let out = call(&["+14255550123", "--trunk", trunk], None, &[]);
-    out.assert("confirmed", Some("inband"));
+    out.assert_in(&w, "confirmed", Some("inband"));
     // sipp writes its message trace as it goes; give it a moment to finish (see above for
     // why its exit status is not checked with this recipe).
     let _ = sipp.wait_exit(Duration::from_secs(5));
@@ -284,11 +284,11 @@ fn nobody_there_is_unreachable() {
     let w = Work::new();
     let cfg = w.config(40360, "", "ring_timeout_secs = 2");
     let out = call(&[&uri(25218)], Some(&cfg), &[]);
-    out.assert("unreachable", None);
+    out.assert_in(&w, "unreachable", None);
     // Timer B with a short T1 (64 × 20 ms) comes before the ring timeout.
     let cfg = w.config(40360, "t1_ms = 20", "");
     let out = call(&[&uri(25218)], Some(&cfg), &[]);
-    out.assert("unreachable", None);
+    out.assert_in(&w, "unreachable", None);
     assert_eq!(out.events("no_response").len(), 1, "{out:#?}");
 }
 
@@ -328,7 +328,7 @@ fn sip_over_tcp() {
     }
     let cfg = w.config(40380, "", "");
     let out = call(&["sip:peer@127.0.0.1:25219;transport=tcp"], Some(&cfg), &[]);
-    out.assert("confirmed", Some("rfc4733"));
+    out.assert_in(&w, "confirmed", Some("rfc4733"));
     assert_eq!(out.events("bye_sent").len(), 1);
 }
 
@@ -339,7 +339,7 @@ fn callee_demanding_digest_auth() {
     let mut sipp = sipp_uas(&w, &scenario, 25220, 26400);
     let cfg = w.config(40400, "username = \"verifier\"\npassword = \"s3cret\"", "");
     let out = call(&[&uri(25220)], Some(&cfg), &[]);
-    out.assert("confirmed", Some("rfc4733"));
+    out.assert_in(&w, "confirmed", Some("rfc4733"));
     let auth = out.events("authenticating");
     assert_eq!(auth.len(), 1, "{out:#?}");
     assert_eq!(auth[0]["code"], 401);
@@ -353,6 +353,6 @@ fn sip_info_application_dtmf() {
     let mut sipp = sipp_uas(&w, &scenario, 25221, 26410);
     let cfg = w.config(40420, "sip_info_dtmf = true", "");
     let out = call(&[&uri(25221)], Some(&cfg), &[]);
-    out.assert("confirmed", Some("sip_info"));
+    out.assert_in(&w, "confirmed", Some("sip_info"));
     sipp_exit_ok(&mut sipp);
 }

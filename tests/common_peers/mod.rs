@@ -48,6 +48,27 @@ impl Work {
         path
     }
 
+    /// Every log the peers wrote in this directory (the last 6000 characters of each).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let Ok(dir) = std::fs::read_dir(self.path()) else {
+            return out;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.ends_with(".log") && !name.ends_with(".out") {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: String = {
+                let chars: Vec<char> = text.chars().collect();
+                chars[chars.len().saturating_sub(6000)..].iter().collect()
+            };
+            out.push_str(&format!("=== {name}\n{tail}\n"));
+        }
+        out
+    }
+
     /// Copies a scenario from tests/scenarios, replacing `@NAME@` placeholders.
     pub fn scenario(&self, name: &str, replace: &[(&str, &str)]) -> PathBuf {
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -245,7 +266,11 @@ pub fn sipp_uas(work: &Work, scenario: &Path, sip_port: u16, media_port: u16) ->
         .arg(scenario)
         .args(["-i", "127.0.0.1", "-p", &sip_port.to_string()])
         .args(["-mp", &media_port.to_string()])
-        .args(["-m", "1", "-nostdin", "-trace_err", "-trace_msg"]);
+        .args(["-m", "1", "-nostdin", "-trace_err", "-trace_msg"])
+        // A retransmission arriving while the scenario pauses (a proxy re-sending the INVITE
+        // under load, our BYE before the scenario's last pause ends) must not abort the call:
+        // the sender retransmits and the scenario takes it when it is ready.
+        .arg("-pause_msg_ign");
     let mut peer = Peer::spawn("sipp", work.path(), &mut cmd);
     peer.wait_udp(sip_port);
     peer
@@ -275,6 +300,19 @@ impl Outcome {
             .as_array()
             .map(|a| a.iter().filter(|e| e["event"] == event).collect())
             .unwrap_or_default()
+    }
+
+    /// [`Outcome::assert`], with the peers' logs from `work` in the failure message.
+    pub fn assert_in(&self, work: &Work, result: &str, method: Option<&str>) {
+        if self.result() != result || self.method() != method {
+            panic!(
+                "expected {result} by {method:?}, got {} by {:?}\n{self:#?}\n--- peer logs ---\n{}",
+                self.result(),
+                self.method(),
+                work.logs()
+            );
+        }
+        self.assert(result, method);
     }
 
     /// Asserts result, approval, exit code and the method that carried the keys.
