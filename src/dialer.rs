@@ -89,61 +89,15 @@ pub trait CallPlacer: Send + Sync + 'static {
 }
 
 /// The placer `serve` uses: the SIP runtime ([`crate::runtime`]). Must be called inside a
-/// tokio runtime. When the runtime cannot start (SIP port taken, broken prompt file, bad
-/// `sip.trunk`), the error is logged and every call ends `failed` with the reason in its
-/// timeline, so the API keeps answering and the operator sees why.
-pub fn runtime_call_placer(config: &Config) -> Arc<dyn CallPlacer> {
-    let started =
-        crate::runtime::RuntimeConfig::from_config(config).and_then(crate::runtime::Runtime::start);
-    match started {
-        Ok(runtime) => Arc::new(crate::runtime::RuntimePlacer::new(runtime)),
-        Err(e) => {
-            tracing::error!(error = %e, "the SIP runtime cannot start: every call will fail");
-            Arc::new(Unavailable {
-                reason: e.to_string(),
-            })
-        }
-    }
-}
-
-/// Stands in for a SIP runtime that could not start.
-struct Unavailable {
-    reason: String,
-}
-
-impl CallPlacer for Unavailable {
-    fn place(
-        &self,
-        call: CallRequest,
-        _progress: mpsc::UnboundedSender<CallProgress>,
-        _cancel: CancellationToken,
-    ) -> BoxFuture<'static, CallReport> {
-        tracing::error!(
-            id = %call.id,
-            destination = %call.destination,
-            reason = %self.reason,
-            "the SIP runtime is not running: call not placed"
-        );
-        let reason = self.reason.clone();
-        Box::pin(async move {
-            CallReport {
-                result: CallResult::Failed,
-                dtmf_method: None,
-                timeline: vec![
-                    TimelineEntry {
-                        at_ms: 0,
-                        event: TimelineEvent::NoResponse { reason },
-                    },
-                    TimelineEntry {
-                        at_ms: 0,
-                        event: TimelineEvent::Outcome {
-                            result: CallResult::Failed,
-                        },
-                    },
-                ],
-            }
-        })
-    }
+/// tokio runtime. A runtime that cannot start (SIP port taken, unreadable prompts, a bad
+/// `sip.trunk`) is an error for the caller to report: a service that accepted verifications
+/// it could never place would fail every sign-in quietly.
+pub fn runtime_call_placer(
+    config: &Config,
+) -> Result<Arc<dyn CallPlacer>, crate::runtime::RuntimeError> {
+    let runtime = crate::runtime::RuntimeConfig::from_config(config)
+        .and_then(crate::runtime::Runtime::start)?;
+    Ok(Arc::new(crate::runtime::RuntimePlacer::new(runtime)))
 }
 
 /// Shared between the dialer and the API: wake-ups and the hang-up handles of live calls.

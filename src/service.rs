@@ -37,6 +37,8 @@ pub enum ServiceError {
     Http(std::io::Error),
     #[error("a service task panicked: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("the SIP runtime cannot start: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
 }
 
 /// A service ready to start: the store is open and recovered.

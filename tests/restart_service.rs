@@ -297,7 +297,10 @@ listen = "127.0.0.1:{port}"
 name = "auth"
 key = "{KEY}"
 [sip]
+listen = "127.0.0.1:0"
+# Nobody answers there: with T1 = 20 ms Timer B ends the call as unreachable in 1.3 s.
 trunk = "sip:127.0.0.1:9"
+t1_ms = 20
 [store]
 url = "sqlite://{db}"
 [limits]
@@ -324,7 +327,7 @@ countries = ["US"]
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
     let done: serde_json::Value = http
-        .get(format!("{base}/v1/verifications/{id}?wait=10"))
+        .get(format!("{base}/v1/verifications/{id}?wait=20"))
         .bearer_auth(KEY)
         .send()
         .await

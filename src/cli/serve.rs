@@ -23,6 +23,13 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
+    if config.sip.trunk.trim().is_empty() && !config.sip.allow_sip_uris {
+        eprintln!(
+            "callverify serve: configuration key `sip.trunk` is empty: every call goes through the \
+             trunk (set sip.trunk, or sip.allow_sip_uris for SIP URI destinations only)"
+        );
+        return ExitCode::from(super::EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,7 +42,9 @@ pub fn run(args: Args) -> ExitCode {
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ (ServiceError::Config(_) | ServiceError::Bind { .. })) => {
+        Err(
+            e @ (ServiceError::Config(_) | ServiceError::Bind { .. } | ServiceError::Runtime(_)),
+        ) => {
             eprintln!("callverify serve: {e}");
             ExitCode::from(super::EXIT_USAGE)
         }
@@ -47,7 +56,7 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), ServiceError> {
-    let placer = runtime_call_placer(&config);
+    let placer = runtime_call_placer(&config)?;
     let running = Service::open(config, placer).await?.start().await?;
     shutdown_signal().await;
     running.shutdown().await
