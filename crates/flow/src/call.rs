@@ -579,13 +579,8 @@ impl<M: Media> Stage<M> {
             },
         );
         core.method.get_or_insert(key.method);
-        if let Some(d) = key.duration
-            && key.method != DtmfMethod::SipInfo
-        {
-            let released = key.at + d;
-            core.events.push_back(Event::DetectorLatency(
-                now.saturating_duration_since(released),
-            ));
+        if let Some(latency) = key.latency {
+            core.events.push_back(Event::DetectorLatency(latency));
         }
         let (live, mut entry, replays_left) = match self {
             Stage::Prompting(mut p) => {

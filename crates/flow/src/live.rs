@@ -143,6 +143,7 @@ impl Media for LiveMedia {
                     method: d.method,
                     at: d.at,
                     duration: d.duration,
+                    latency: d.latency,
                 }),
                 media::MediaEvent::PromptStarted(name) => match kind_of(&name) {
                     Some(k) => MediaEvent::PromptStarted(k),

@@ -83,6 +83,8 @@ pub struct KeyPress {
     pub at: Instant,
     /// How long it was held, when known.
     pub duration: Option<Duration>,
+    /// How long it had been down when it was recognised (detector latency), when known.
+    pub latency: Option<Duration>,
 }
 
 /// What the media path tells the flow.

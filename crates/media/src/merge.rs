@@ -80,8 +80,10 @@ pub struct Merger {
 impl Merger {
     /// A key went down according to `method` (on `ssrc`) at `now`. `holds` is true when the
     /// method will report the key's release with [`Merger::key_up`]; otherwise the press is
-    /// deemed to last `duration` (SIP INFO). Returns the press it belongs to, and whether that
-    /// is a new press (reported) rather than one already reported by another method.
+    /// deemed to last `duration` (SIP INFO). `latency` is how long the key had already been
+    /// down when `method` recognised it. Returns the press it belongs to, and whether that is
+    /// a new press (reported) rather than one already reported by another method.
+    #[allow(clippy::too_many_arguments)]
     pub fn key_down(
         &mut self,
         now: Instant,
@@ -90,6 +92,7 @@ impl Merger {
         ssrc: Option<u32>,
         holds: bool,
         duration: Option<Duration>,
+        latency: Option<Duration>,
     ) -> (PressId, bool) {
         let m = bit(method);
         let found = self.presses.iter_mut().rev().find(|p| {
@@ -134,6 +137,7 @@ impl Merger {
             ssrc,
             at: now,
             duration,
+            latency,
         });
         (id, true)
     }
@@ -171,12 +175,12 @@ mod tests {
     fn event_with_inband_tail_counts_once() {
         let t0 = Instant::now();
         let mut m = Merger::default();
-        let (ev, _) = m.key_down(t0, Digit::D2, Rfc4733, Some(1), true, None);
+        let (ev, _) = m.key_down(t0, Digit::D2, Rfc4733, Some(1), true, None, None);
         m.key_up(ms(t0, 200), ev);
         // Tail detected 70 ms after the end packet, then once more after a dip.
-        let (a, _) = m.key_down(ms(t0, 270), Digit::D2, Inband, Some(1), true, None);
+        let (a, _) = m.key_down(ms(t0, 270), Digit::D2, Inband, Some(1), true, None, None);
         m.key_up(ms(t0, 330), a);
-        let (b, _) = m.key_down(ms(t0, 370), Digit::D2, Inband, Some(1), true, None);
+        let (b, _) = m.key_down(ms(t0, 370), Digit::D2, Inband, Some(1), true, None, None);
         m.key_up(ms(t0, 400), b);
         assert_eq!(drain(&mut m), [(Digit::D2, Rfc4733)]);
     }
@@ -186,9 +190,9 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Merger::default();
         for method in [Inband, Rfc4733, SipInfo] {
-            let (a, _) = m.key_down(ms(t0, 0), Digit::Pound, method, None, true, None);
+            let (a, _) = m.key_down(ms(t0, 0), Digit::Pound, method, None, true, None, None);
             m.key_up(ms(t0, 60), a);
-            let (b, _) = m.key_down(ms(t0, 100), Digit::Pound, method, None, true, None);
+            let (b, _) = m.key_down(ms(t0, 100), Digit::Pound, method, None, true, None, None);
             m.key_up(ms(t0, 160), b);
             assert_eq!(drain(&mut m).len(), 2, "{method:?}");
             m = Merger::default();
@@ -202,8 +206,8 @@ mod tests {
         // Each press: event at t, in-band detected 28 ms later; presses 140 ms apart.
         for i in 0..3 {
             let t = 140 * i;
-            let (e, _) = m.key_down(ms(t0, t), Digit::D5, Rfc4733, Some(7), true, None);
-            let (b, _) = m.key_down(ms(t0, t + 28), Digit::D5, Inband, Some(7), true, None);
+            let (e, _) = m.key_down(ms(t0, t), Digit::D5, Rfc4733, Some(7), true, None, None);
+            let (b, _) = m.key_down(ms(t0, t + 28), Digit::D5, Inband, Some(7), true, None, None);
             m.key_up(ms(t0, t + 100), e);
             m.key_up(ms(t0, t + 104), b);
         }
@@ -214,9 +218,9 @@ mod tests {
     fn inband_first_then_late_event_and_sip_info() {
         let t0 = Instant::now();
         let mut m = Merger::default();
-        let (a, _) = m.key_down(t0, Digit::D0, Inband, Some(1), true, None);
+        let (a, _) = m.key_down(t0, Digit::D0, Inband, Some(1), true, None, None);
         m.key_up(ms(t0, 100), a);
-        m.key_down(ms(t0, 180), Digit::D0, Rfc4733, Some(2), true, None);
+        m.key_down(ms(t0, 180), Digit::D0, Rfc4733, Some(2), true, None, None);
         m.key_down(
             ms(t0, 200),
             Digit::D0,
@@ -224,12 +228,13 @@ mod tests {
             None,
             false,
             Some(Duration::from_millis(100)),
+            None,
         );
         assert_eq!(drain(&mut m), [(Digit::D0, Inband)]);
         // Another key is another press.
-        m.key_down(ms(t0, 210), Digit::D1, SipInfo, None, false, None);
+        m.key_down(ms(t0, 210), Digit::D1, SipInfo, None, false, None, None);
         // Long after (the event never ended: held at most MAX_HOLD): a new press.
-        m.key_down(ms(t0, 2500), Digit::D0, Inband, None, true, None);
+        m.key_down(ms(t0, 2500), Digit::D0, Inband, None, true, None, None);
         assert_eq!(drain(&mut m), [(Digit::D1, SipInfo), (Digit::D0, Inband)]);
     }
 }

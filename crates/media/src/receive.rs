@@ -138,6 +138,10 @@ pub struct DigitReport {
     /// Duration known at report time: SIP INFO's `Duration`; None for in-band and RFC 4733,
     /// which are reported when the key goes down.
     pub duration: Option<Duration>,
+    /// How long the key had been down when it was reported (detector latency): from the
+    /// tone's onset to the Goertzel receiver's decision (in-band), or the sender's duration in
+    /// the event's first packet (RFC 4733). None for SIP INFO, which says nothing of it.
+    pub latency: Option<Duration>,
 }
 
 /// Receive statistics of one SSRC.
@@ -514,7 +518,7 @@ impl ReceivePath {
         self.handle_timeout(now);
         self.stats.sip_info += 1;
         self.merger
-            .key_down(now, key, DtmfMethod::SipInfo, None, false, duration);
+            .key_down(now, key, DtmfMethod::SipInfo, None, false, duration, None);
     }
 
     /// Runs the timers that are due at `now` (reorder window, event timeouts).
@@ -687,8 +691,23 @@ fn on_inband(
     event: dtmf::Event,
 ) {
     match event {
-        dtmf::Event::Start { digit, .. } => {
-            let (id, new) = merger.key_down(now, digit, DtmfMethod::Inband, Some(ssrc), true, None);
+        dtmf::Event::Start {
+            digit,
+            start,
+            reported_at,
+        } => {
+            let latency = Duration::from_micros(
+                reported_at.saturating_sub(start) * 1_000_000 / u64::from(dtmf::SAMPLE_RATE),
+            );
+            let (id, new) = merger.key_down(
+                now,
+                digit,
+                DtmfMethod::Inband,
+                Some(ssrc),
+                true,
+                None,
+                Some(latency),
+            );
             st.digits += u64::from(new);
             if let Some(old) = press.replace(id) {
                 merger.key_up(now, old);
@@ -737,9 +756,16 @@ fn on_change(
     change: EventChange,
 ) {
     match change {
-        EventChange::Started { digit, .. } => {
-            let (id, new) =
-                merger.key_down(now, digit, DtmfMethod::Rfc4733, Some(st.ssrc), true, None);
+        EventChange::Started { digit, elapsed, .. } => {
+            let (id, new) = merger.key_down(
+                now,
+                digit,
+                DtmfMethod::Rfc4733,
+                Some(st.ssrc),
+                true,
+                None,
+                Some(elapsed),
+            );
             st.digits += u64::from(new);
             if let Some(old) = press.replace(id) {
                 merger.key_up(now, old);

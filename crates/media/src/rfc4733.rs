@@ -153,7 +153,13 @@ pub fn clock_to_duration(units: u64, clock_hz: u32) -> Duration {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum EventChange {
     /// A key press began (report it now).
-    Started { digit: Digit, timestamp: u32 },
+    Started {
+        digit: Digit,
+        timestamp: u32,
+        /// How long the key had been down when its first packet was built (the sender's
+        /// duration field): the sender's share of the detection latency.
+        elapsed: Duration,
+    },
     /// The key press ended: by its E bit, by a newer event, or by timeout.
     Ended {
         digit: Digit,
@@ -342,7 +348,11 @@ impl EventReceiver {
             last_packet: now,
             ended: event.end.then_some(now),
         });
-        on_change(EventChange::Started { digit, timestamp });
+        on_change(EventChange::Started {
+            digit,
+            timestamp,
+            elapsed: self.duration(event.duration),
+        });
         if event.end {
             on_change(EventChange::Ended {
                 digit,

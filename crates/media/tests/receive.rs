@@ -53,6 +53,12 @@ fn reported_at_key_down_not_key_up() {
     assert_eq!(digits.len(), 1);
     assert_eq!(digits[0].at, t0 + ms(100));
     assert_eq!(digits[0].duration, None);
+    // The sender's duration field in that first packet is the sender's share of the latency.
+    assert!(
+        digits[0].latency.is_some_and(|l| l <= ms(20)),
+        "{:?}",
+        digits[0].latency
+    );
     // In-band: within 40 ms of the tone's start, long before its end.
     let mut phone = Phone::new(Codec::Pcmu, 0);
     phone.silence(100);
@@ -63,6 +69,14 @@ fn reported_at_key_down_not_key_up() {
     assert_eq!(digits.len(), 1);
     let latency = digits[0].at - (t0 + ms(100));
     assert!(latency <= ms(40), "{latency:?}");
+    // The receiver's own measure (tone onset to decision, in samples) agrees to a packet.
+    let measured = digits[0]
+        .latency
+        .expect("in-band reports carry their latency");
+    assert!(
+        measured <= ms(35) && latency.abs_diff(measured) <= ms(20),
+        "{measured:?} vs {latency:?}"
+    );
 }
 
 #[test]

@@ -94,6 +94,7 @@ impl Media for ScriptMedia {
             method: DtmfMethod::SipInfo,
             at: now,
             duration,
+            latency: None,
         }));
     }
     fn handle_timeout(&mut self, now: Instant) {
@@ -119,6 +120,8 @@ impl Media for ScriptMedia {
                 method,
                 at: self.t0 + at,
                 duration: Some(Duration::from_millis(100)),
+                // What the Goertzel receiver takes on a clean key press.
+                latency: Some(Duration::from_millis(27)),
             }));
         }
     }
