@@ -351,32 +351,40 @@ impl Receiver {
             return None;
         }
         let digit = Digit::from_position(row, col)?;
+        // Energy tests first, on the tones solved at the frequencies the raw bins suggest:
+        // they are cheap and reject most attempts that fail (a window only partly in tone).
         let omega = &tables().omega;
-        let (w_row, w_col) = (omega[row], omega[4 + col]);
-        let (d_row, d_col) = steady_offsets(windows, row, col)?;
+        let (d_row, _) = frequency_offset(windows.map(|w| to_f64(w.bin(row))), omega[row]);
+        let (d_col, _) = frequency_offset(windows.map(|w| to_f64(w.bin(4 + col))), omega[4 + col]);
+        let mut model = Model::new(row, col, d_row, d_col, FULL);
+        let amps = windows.map(|w| model.solve(w));
         let floor = dbm0_to_bin_energy(MIN_LEVEL_DBM0) as f64;
         let n2 = (WINDOW_LEN * WINDOW_LEN) as f64;
-        let (f_row, f_col) = (w_row + d_row, w_col + d_col);
         let (mut loudest, mut row_sum, mut col_sum) = (0f64, 0f64, 0f64);
-        for w in windows {
-            let (a, b) = solve_tones(w, row, col, d_row, d_col, FULL);
+        for (w, &(a, b)) in windows.iter().zip(&amps) {
             // A tone 2·Re(a·e^{jωn}) reads |a·N|² in its bin, the convention of `floor`.
             let (r, c) = (norm2(a) * n2, norm2(b) * n2);
-            let share = tones_energy(a, f_row, b, f_col) / w.total.max(1.0) as f64;
-            if share < TONE_SHARE as f64 || !peaks_stand_out(w, row, col, [(a, f_row), (b, f_col)])
-            {
+            if model.energy(a, b) < TONE_SHARE as f64 * w.total as f64 {
                 return None;
             }
             loudest = loudest.max(r.min(c));
             row_sum += r;
             col_sum += c;
         }
-        // Twist over the three windows together: noise moves a single window's weaker tone by
-        // a dB or more at 15 dB SNR.
-        if !twist_ok(row_sum as f32, col_sum as f32, 0.0) {
+        model.prepare_other_bins();
+        if !windows
+            .iter()
+            .zip(&amps)
+            .all(|(w, &(a, b))| model.peaks_stand_out(w, a, b))
+        {
             return None;
         }
-        (loudest >= floor).then_some((digit, row, col))
+        // Twist over the three windows together: noise moves a single window's weaker tone by
+        // a dB or more at 15 dB SNR.
+        if !twist_ok(row_sum as f32, col_sum as f32, 0.0) || loudest < floor {
+            return None;
+        }
+        steady(windows, row, col, (d_row, d_col), &model, amps).then_some((digit, row, col))
     }
 
     /// Onset of the digit just confirmed on the last three windows: the window before them
@@ -516,12 +524,16 @@ fn frequency_offset(z: [Complex; 3], omega: f64) -> (f64, f64) {
     ((fine + turns * std::f64::consts::TAU) / (2.0 * hop), drift)
 }
 
+/// Rounds of the offset/occupancy refinement (each shrinks the error about fivefold).
+const REFINEMENTS: usize = 2;
+
 /// The part of a window a tone occupies, as sample indices [from, to).
 type Span = (usize, usize);
 const FULL: Span = (0, WINDOW_LEN);
 
-/// Measures both tones' frequency offsets (radians per sample) over three consecutive windows
-/// and returns them if both are within [`MAX_FREQUENCY_ERROR`] and steady.
+/// Measures both tones' frequency offsets over three consecutive windows, starting from the
+/// raw estimate `(d_row, d_col)` (radians per sample) and the tones `full` solved with it by
+/// `first`: true if both are within [`MAX_FREQUENCY_ERROR`] and steady.
 ///
 /// The first window may hold the tone's onset and the last its end. Solving such a window as
 /// if the tone filled it skews the phase (a tone δ off its bin reads with the phase of the
@@ -529,18 +541,23 @@ const FULL: Span = (0, WINDOW_LEN);
 /// to fake half a percent of drift at ±1.5 %. So the occupancy of the outer windows is taken
 /// from their amplitude relative to the middle window (which the tone always fills: the outer
 /// ones hold 84 samples or more), and those windows are solved over the occupied part only.
-/// The offsets and the occupancy model depend on each other; three rounds settle them.
+/// The offsets and the occupancy model depend on each other; [`REFINEMENTS`] rounds settle
+/// them.
 ///
 /// "Steady" allows for noise: the drift limit widens with the phase noise the windows' residual
 /// energy implies, so that a clean signal must be steady to a fraction of a percent (a dual
 /// sweep of one octave per second drifts 0.44 % between window pairs) while a noisy one at the
 /// specification's 15 dB SNR may wander by its noise.
-fn steady_offsets(windows: [&Window; 3], row: usize, col: usize) -> Option<(f64, f64)> {
+fn steady(
+    windows: [&Window; 3],
+    row: usize,
+    col: usize,
+    (mut d_row, mut d_col): (f64, f64),
+    first: &Model,
+    full: [(Complex, Complex); 3],
+) -> bool {
     let omega = &tables().omega;
     let (w_row, w_col) = (omega[row], omega[4 + col]);
-    let (mut d_row, _) = frequency_offset(windows.map(|w| to_f64(w.bin(row))), w_row);
-    let (mut d_col, _) = frequency_offset(windows.map(|w| to_f64(w.bin(4 + col))), w_col);
-    let full = windows.map(|w| solve_tones(w, row, col, d_row, d_col, FULL));
     let strength = |z: (Complex, Complex)| (norm2(z.0) + norm2(z.1)).sqrt();
     let reference = strength(full[1]).max(1e-9);
     let missing =
@@ -552,8 +569,8 @@ fn steady_offsets(windows: [&Window; 3], row: usize, col: usize) -> Option<(f64,
     ];
     let (mut drift_row, mut drift_col) = (0.0, 0.0);
     let mut amps = full;
-    for _ in 0..3 {
-        amps = [0, 1, 2].map(|i| solve_tones(windows[i], row, col, d_row, d_col, spans[i]));
+    for _ in 0..REFINEMENTS {
+        amps = [0, 1, 2].map(|i| Model::new(row, col, d_row, d_col, spans[i]).solve(windows[i]));
         (d_row, drift_row) = frequency_offset(amps.map(|a| a.0), w_row);
         (d_col, drift_col) = frequency_offset(amps.map(|a| a.1), w_col);
     }
@@ -562,8 +579,7 @@ fn steady_offsets(windows: [&Window; 3], row: usize, col: usize) -> Option<(f64,
     let n2 = (WINDOW_LEN * WINDOW_LEN) as f64;
     let residual = [0, 1, 2].map(|i| {
         let (a, b) = full[i];
-        let w = windows[i];
-        (w.total as f64 - tones_energy(a, omega[row] + d_row, b, omega[4 + col] + d_col)).max(0.0)
+        (windows[i].total as f64 - first.energy(a, b)).max(0.0)
     });
     let drift_noise = |pick: fn(&(Complex, Complex)) -> Complex, w: f64| {
         let var = |i: usize| residual[i] / (2.0 * norm2(pick(&amps[i])).max(1e-9) * n2);
@@ -573,112 +589,160 @@ fn steady_offsets(windows: [&Window; 3], row: usize, col: usize) -> Option<(f64,
         (d_row, drift_row, w_row, drift_noise(|a| a.0, w_row)),
         (d_col, drift_col, w_col, drift_noise(|a| a.1, w_col)),
     ];
-    for (d, drift, w, noise) in checks {
+    checks.into_iter().all(|(d, drift, w, noise)| {
         let limit = (MIN_DRIFT_LIMIT + DRIFT_NOISE_FACTOR * noise).min(MAX_FREQUENCY_DRIFT);
-        if (d / w).abs() > MAX_FREQUENCY_ERROR || (drift / w).abs() > limit {
-            return None;
-        }
-    }
-    Some((d_row, d_col))
+        (d / w).abs() <= MAX_FREQUENCY_ERROR && (drift / w).abs() <= limit
+    })
 }
 
 /// Σ_{n∈span} e^{jΔn}: the response, at a bin, to a complex tone Δ away from it that occupies
 /// `span` of the window.
 fn response_over(delta: f64, span: Span) -> Complex {
-    let len = (span.1 - span.0) as f64;
-    let half = delta / 2.0;
-    let magnitude = if half.sin().abs() < 1e-12 {
-        len
+    // With w = e^{jΔ/2}: Σ_{n=a}^{b-1} e^{jΔn} = w^{a+b-1} · sin(LΔ/2) / sin(Δ/2), L = b - a.
+    // One sin_cos and complex powers cost a fraction of the four transcendental calls.
+    let len = span.1 - span.0;
+    let (sin, cos) = (delta / 2.0).sin_cos();
+    let w = (cos, sin);
+    let magnitude = if sin.abs() < 1e-12 {
+        len as f64
     } else {
-        (half * len).sin() / half.sin()
+        power(w, len).1 / sin
     };
-    let phase = half * (span.0 + span.1 - 1) as f64;
-    (magnitude * phase.cos(), magnitude * phase.sin())
+    let phase = power(w, span.0 + span.1 - 1);
+    (magnitude * phase.0, magnitude * phase.1)
 }
 
-/// Σ_{n<N} e^{jΔn}: the window's response, at a bin, to a complex tone Δ away from it.
-fn response(delta: f64) -> Complex {
-    response_over(delta, FULL)
+/// z^n by squaring (n ≤ 2·WINDOW_LEN here: at most eight squarings).
+fn power(mut z: Complex, mut n: usize) -> Complex {
+    let mut out = (1.0, 0.0);
+    while n > 0 {
+        if n & 1 == 1 {
+            out = times(out, z);
+        }
+        z = times(z, z);
+        n >>= 1;
+    }
+    out
 }
 
-/// Solves one window for the complex amplitudes (a, b) of a row tone at ω_r+δ_r and a column
-/// tone at ω_c+δ_c, x[n] = 2·Re(a·e^{j(ω_r+δ_r)n}) + 2·Re(b·e^{j(ω_c+δ_c)n}) for n in `span`
-/// (zero elsewhere), from the row and column bins.
+/// The two-tone model of one window: x[n] = 2·Re(a·e^{j·f_r·n}) + 2·Re(b·e^{j·f_c·n}) for n
+/// in `span` (zero elsewhere), with f_r and f_c the measured row and column frequencies.
 ///
-/// Each bin sees its own tone through the window response at the offset δ, and also the
+/// Each bin sees its own tone through the window response at the tone's offset, and also the
 /// other tone and both negative-frequency images through the response's sidelobes. With
 /// 8 dB of twist the louder tone's sidelobe moves the weaker tone's bin by ±1.5 dB; solving
 /// the 4×4 real system removes that, so twist and share are measured on the tones alone.
-fn solve_tones(
-    w: &Window,
+/// The responses depend only on the frequencies and the span, so one model serves all the
+/// windows that share them.
+struct Model {
     row: usize,
     col: usize,
-    d_row: f64,
-    d_col: f64,
+    /// Per bin (the two tones' bins, and the other six after
+    /// [`Model::prepare_other_bins`]): the response to [row tone, its image, column tone, its
+    /// image].
+    at_bin: [[Complex; 4]; 8],
+    /// Frequencies of [row tone, its image, column tone, its image], radians per sample.
+    freqs: [f64; 4],
     span: Span,
-) -> (Complex, Complex) {
-    let omega = &tables().omega;
-    let (fr, fc) = (omega[row] + d_row, omega[4 + col] + d_col);
-    let mut m = [[0f64; 5]; 4];
-    for (eq, bin) in [(0usize, row), (2, 4 + col)] {
-        let at = omega[bin];
-        let observed = to_f64(w.bin(bin));
-        // Coefficients of a, conj(a), b, conj(b).
-        let k = [
-            response_over(fr - at, span),
-            response_over(-fr - at, span),
-            response_over(fc - at, span),
-            response_over(-fc - at, span),
-        ];
-        for (unknown, (direct, image)) in [(0usize, (k[0], k[1])), (2, (k[2], k[3]))] {
-            // u·K + conj(u)·K' for u = ur + j·ui.
-            m[eq][unknown] = direct.0 + image.0;
-            m[eq][unknown + 1] = -direct.1 + image.1;
-            m[eq + 1][unknown] = direct.1 + image.1;
-            m[eq + 1][unknown + 1] = direct.0 - image.0;
-        }
-        m[eq][4] = observed.0;
-        m[eq + 1][4] = observed.1;
-    }
-    let u = solve4(m);
-    ((u[0], u[1]), (u[2], u[3]))
+    /// Σ_{n∈span} e^{j(ν_i-ν_j)n} for the four tone frequencies ν: what the energy of the
+    /// model is made of.
+    cross: [[Complex; 4]; 4],
 }
 
-/// Relative peak test on what the two solved tones leave in the other six bins: each must be
-/// [`RELATIVE_PEAK_DB`] below the tone of its group. (Raw bins cannot be used under strong
-/// twist: the louder tone's sidelobes land on the other group's bins.)
-fn peaks_stand_out(w: &Window, row: usize, col: usize, tones: [(Complex, f64); 2]) -> bool {
-    let omega = &tables().omega;
-    let n2 = (WINDOW_LEN * WINDOW_LEN) as f64;
-    let limit = 10f64.powf(-RELATIVE_PEAK_DB / 10.0);
-    let conj = |z: Complex| (z.0, -z.1);
-    (0..8).filter(|&i| i != row && i != 4 + col).all(|i| {
-        let mut residual = to_f64(w.bin(i));
-        for (c, f) in tones {
-            for (ci, fi) in [(c, f), (conj(c), -f)] {
-                let k = times(ci, response(fi - omega[i]));
-                residual = (residual.0 - k.0, residual.1 - k.1);
+impl Model {
+    /// The model for tones `d_row`/`d_col` off the row/column bins over `span`.
+    fn new(row: usize, col: usize, d_row: f64, d_col: f64, span: Span) -> Model {
+        let omega = &tables().omega;
+        let (fr, fc) = (omega[row] + d_row, omega[4 + col] + d_col);
+        let freqs = [fr, -fr, fc, -fc];
+        let mut at_bin = [[(0.0, 0.0); 4]; 8];
+        for bin in [row, 4 + col] {
+            at_bin[bin] = freqs.map(|f| response_over(f - omega[bin], span));
+        }
+        let mut cross = [[(0.0, 0.0); 4]; 4];
+        for i in 0..4 {
+            for j in i..4 {
+                let k = response_over(freqs[i] - freqs[j], span);
+                cross[i][j] = k;
+                cross[j][i] = (k.0, -k.1);
             }
         }
-        let own = if i < 4 { tones[0].0 } else { tones[1].0 };
-        norm2(residual) <= limit * norm2(own) * n2
-    })
-}
-
-/// Σ_{n<N} x[n]² of x[n] = 2·Re(a·e^{j·fa·n}) + 2·Re(b·e^{j·fb·n}): the energy the two solved
-/// tones account for in the window. Exact, so that a window fully in tone has a share of 1
-/// whatever the tones' phases (the plain 2|X|²/N estimate swings by ±5 % over 102 samples).
-fn tones_energy(a: Complex, fa: f64, b: Complex, fb: f64) -> f64 {
-    let conj = |z: Complex| (z.0, -z.1);
-    // x[n] = Σ_i c_i·e^{j·ν_i·n}
-    let terms = [(a, fa), (conj(a), -fa), (b, fb), (conj(b), -fb)];
-    let mut energy = 0.0;
-    for &(ci, vi) in &terms {
-        for &(cj, vj) in &terms {
-            energy += times(times_conj(ci, cj), response(vi - vj)).0;
+        Model {
+            row,
+            col,
+            at_bin,
+            cross,
+            freqs,
+            span,
         }
     }
-    energy
+
+    /// Adds the six other bins' responses, which only the relative peak test needs.
+    fn prepare_other_bins(&mut self) {
+        let omega = &tables().omega;
+        for bin in (0..8).filter(|&b| b != self.row && b != 4 + self.col) {
+            self.at_bin[bin] = self.freqs.map(|f| response_over(f - omega[bin], self.span));
+        }
+    }
+
+    /// Solves a window's row and column bins for the complex amplitudes (a, b).
+    fn solve(&self, w: &Window) -> (Complex, Complex) {
+        let mut m = [[0f64; 5]; 4];
+        for (eq, bin) in [(0usize, self.row), (2, 4 + self.col)] {
+            let k = self.at_bin[bin];
+            let observed = to_f64(w.bin(bin));
+            // Coefficients of a, conj(a), b, conj(b): u·K + conj(u)·K' for u = ur + j·ui.
+            for (unknown, (direct, image)) in [(0usize, (k[0], k[1])), (2, (k[2], k[3]))] {
+                m[eq][unknown] = direct.0 + image.0;
+                m[eq][unknown + 1] = -direct.1 + image.1;
+                m[eq + 1][unknown] = direct.1 + image.1;
+                m[eq + 1][unknown + 1] = direct.0 - image.0;
+            }
+            m[eq][4] = observed.0;
+            m[eq + 1][4] = observed.1;
+        }
+        let u = solve4(m);
+        ((u[0], u[1]), (u[2], u[3]))
+    }
+
+    /// The tones' complex exponentials with their coefficients, [a, ā, b, b̄].
+    fn terms(a: Complex, b: Complex) -> [Complex; 4] {
+        [a, (a.0, -a.1), b, (b.0, -b.1)]
+    }
+
+    /// Σ_{n∈span} x[n]² of the two solved tones: the energy they account for in the window.
+    /// Exact, so that a window fully in tone has a share of 1 whatever the tones' phases (the
+    /// plain 2|X|²/N estimate swings by ±5 % over 102 samples).
+    fn energy(&self, a: Complex, b: Complex) -> f64 {
+        let c = Model::terms(a, b);
+        let mut energy = 0.0;
+        for i in 0..4 {
+            for j in 0..4 {
+                energy += times(times_conj(c[i], c[j]), self.cross[i][j]).0;
+            }
+        }
+        energy
+    }
+
+    /// Relative peak test on what the two solved tones leave in the other six bins: each must
+    /// be [`RELATIVE_PEAK_DB`] below the tone of its group. (Raw bins cannot be used under
+    /// strong twist: the louder tone's sidelobes land on the other group's bins.)
+    fn peaks_stand_out(&self, w: &Window, a: Complex, b: Complex) -> bool {
+        let n2 = (WINDOW_LEN * WINDOW_LEN) as f64;
+        let limit = 10f64.powf(-RELATIVE_PEAK_DB / 10.0);
+        let c = Model::terms(a, b);
+        (0..8)
+            .filter(|&i| i != self.row && i != 4 + self.col)
+            .all(|i| {
+                let mut residual = to_f64(w.bin(i));
+                for (ci, k) in c.iter().zip(self.at_bin[i]) {
+                    let leak = times(*ci, k);
+                    residual = (residual.0 - leak.0, residual.1 - leak.1);
+                }
+                let own = if i < 4 { a } else { b };
+                norm2(residual) <= limit * norm2(own) * n2
+            })
+    }
 }
 
 /// Gaussian elimination with partial pivoting on an augmented 4×5 matrix. The systems here
