@@ -428,7 +428,12 @@ impl<M: Media> Stage<M> {
                         on_hold: media.on_hold(),
                     },
                 );
-                self
+                let mut s = self;
+                // On hold (0.0.0.0) there is nowhere new to send: keep the old address.
+                if let (Some(remote), Some(m)) = (media.remote, s.media_mut()) {
+                    m.redirect(now, remote);
+                }
+                s
             }
             E::RemoteHangup { .. } => {
                 // A key pressed just before hanging up may still sit in the reorder buffer:

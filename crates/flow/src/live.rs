@@ -109,6 +109,10 @@ fn kind_of(name: &str) -> Option<PromptKind> {
 }
 
 impl Media for LiveMedia {
+    fn redirect(&mut self, _now: Instant, remote: SocketAddr) {
+        self.session.redirect(remote);
+    }
+
     fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         self.session.handle_datagram(now, source, bytes);
     }

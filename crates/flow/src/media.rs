@@ -131,6 +131,8 @@ pub trait Media {
     fn stop_playback(&mut self, now: Instant);
     /// Sends keys (`,` = one second pause).
     fn dial(&mut self, now: Instant, keys: &str, method: DialMethod);
+    /// The far end moved its media to `remote` (re-INVITE, UPDATE).
+    fn redirect(&mut self, now: Instant, remote: SocketAddr);
 }
 
 /// What a media session is set up from, at answer.

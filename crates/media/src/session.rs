@@ -482,6 +482,13 @@ impl Session {
         }
     }
 
+    /// The far end moved its media (a re-INVITE or UPDATE with a new address): send there
+    /// from now on, and accept RTP only from there.
+    pub fn redirect(&mut self, remote: SocketAddr) {
+        self.config.remote = remote;
+        self.receive.set_source(Some(remote));
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &SessionConfig {
         &self.config

@@ -531,3 +531,33 @@ fn an_empty_prompt_still_starts_and_finishes() {
     );
     assert_eq!(sent.len(), 3);
 }
+
+#[test]
+fn a_re_invite_moves_the_media() {
+    let t0 = Instant::now();
+    let mut s = session(t0, Codec::Pcmu, Some(101), 5);
+    let moved = addr("198.51.100.77:41000");
+    s.redirect(moved);
+    s.handle_timeout(t0);
+    let tx = s.poll_transmit().expect("a packet is due at the origin");
+    assert_eq!(tx.destination, moved);
+    // RTP from the old address is dropped; from the new one it counts.
+    let packet = media::rtp::PacketSpec {
+        marker: false,
+        payload_type: 0,
+        sequence: 7,
+        timestamp: 160,
+        ssrc: 9,
+        csrcs: &[],
+        extension: None,
+        payload: &[0xff; 160],
+        padding: 0,
+    }
+    .to_vec()
+    .unwrap();
+    s.handle_datagram(t0, addr(PHONE), &packet);
+    assert_eq!(s.stats().receive.dropped_source, 1);
+    s.handle_datagram(t0, moved, &packet);
+    assert_eq!(s.stats().receive.dropped_source, 1);
+    assert_eq!(s.stats().receive.stream(9).map(|st| st.packets), Some(1));
+}

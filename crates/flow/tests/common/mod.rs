@@ -52,6 +52,8 @@ pub struct Script {
     pub datagrams: usize,
     /// Prompt length override per prompt.
     pub prompt_len: Option<Duration>,
+    /// Where the far end last moved its media (re-INVITE).
+    pub redirected: Option<SocketAddr>,
 }
 
 pub struct ScriptMedia {
@@ -85,6 +87,10 @@ impl ScriptMedia {
 }
 
 impl Media for ScriptMedia {
+    fn redirect(&mut self, _now: Instant, remote: SocketAddr) {
+        self.script.borrow_mut().redirected = Some(remote);
+    }
+
     fn handle_datagram(&mut self, _now: Instant, _source: SocketAddr, _bytes: &[u8]) {
         self.script.borrow_mut().datagrams += 1;
     }
