@@ -581,17 +581,7 @@ impl UserAgent {
         if !(101..=199).contains(&status) {
             return Err(UsageError::InvalidStatus(status));
         }
-        let call = self
-            .calls
-            .get_mut(&handle)
-            .ok_or(UsageError::UnknownCall(handle))?;
-        let key = callee_invite(call, handle, "provisional")?;
-        let Some(req) = self.ctx.servers.get(&key).map(|e| e.tx.request.clone()) else {
-            return Err(UsageError::InvalidState {
-                call: handle,
-                operation: "provisional",
-            });
-        };
+        let (call, key, req) = callee_invite(&mut self.calls, &self.ctx, handle, "provisional")?;
         let mut resp = self.ctx.response_to(&req, status, Some(&call.local_tag));
         resp.headers
             .push("Contact", self.ctx.contact(None, call.transport));
@@ -618,17 +608,7 @@ impl UserAgent {
         now: Instant,
         handle: CallHandle,
     ) -> Result<Option<Negotiated>, UsageError> {
-        let call = self
-            .calls
-            .get_mut(&handle)
-            .ok_or(UsageError::UnknownCall(handle))?;
-        let key = callee_invite(call, handle, "answer")?;
-        let Some(req) = self.ctx.servers.get(&key).map(|e| e.tx.request.clone()) else {
-            return Err(UsageError::InvalidState {
-                call: handle,
-                operation: "answer",
-            });
-        };
+        let (call, key, req) = callee_invite(&mut self.calls, &self.ctx, handle, "answer")?;
         call.sdp_version += 1;
         let (body, negotiated) = match &call.remote_offer {
             Some(offer) => {
@@ -672,17 +652,7 @@ impl UserAgent {
         if !(300..=699).contains(&status) {
             return Err(UsageError::InvalidStatus(status));
         }
-        let call = self
-            .calls
-            .get_mut(&handle)
-            .ok_or(UsageError::UnknownCall(handle))?;
-        let key = callee_invite(call, handle, "reject")?;
-        let Some(req) = self.ctx.servers.get(&key).map(|e| e.tx.request.clone()) else {
-            return Err(UsageError::InvalidState {
-                call: handle,
-                operation: "reject",
-            });
-        };
+        let (call, key, req) = callee_invite(&mut self.calls, &self.ctx, handle, "reject")?;
         let resp = self.ctx.response_to(&req, status, Some(&call.local_tag));
         self.ctx.respond(now, &key, &resp);
         end(
@@ -1257,18 +1227,31 @@ impl UserAgent {
     }
 }
 
-fn callee_invite(
-    call: &Call,
+/// The callee call `handle` with the INVITE it has not answered yet: its server transaction
+/// and the request, for `operation` (a response to it).
+fn callee_invite<'a>(
+    calls: &'a mut BTreeMap<CallHandle, Call>,
+    ctx: &Ctx,
     handle: CallHandle,
     operation: &'static str,
-) -> Result<ServerKey, UsageError> {
-    match (&call.invite_key, call.role, call.phase) {
-        (Some(k), Role::Callee, Phase::Early) => Ok(k.clone()),
-        _ => Err(UsageError::InvalidState {
-            call: handle,
-            operation,
-        }),
-    }
+) -> Result<(&'a mut Call, ServerKey, Request), UsageError> {
+    let call = calls
+        .get_mut(&handle)
+        .ok_or(UsageError::UnknownCall(handle))?;
+    let invalid = UsageError::InvalidState {
+        call: handle,
+        operation,
+    };
+    let key = match (&call.invite_key, call.role, call.phase) {
+        (Some(k), Role::Callee, Phase::Early) => k.clone(),
+        _ => return Err(invalid),
+    };
+    let req = ctx
+        .servers
+        .get(&key)
+        .map(|e| e.tx.request.clone())
+        .ok_or(invalid)?;
+    Ok((call, key, req))
 }
 
 /// Ends a call once: emits `Terminated` and keeps it 64·T1 for retransmissions.
