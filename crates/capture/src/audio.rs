@@ -8,16 +8,11 @@
 
 use std::collections::BTreeMap;
 
+use media::receive::Placement;
+
 use crate::Capture;
 use crate::payload::{Encoding, RtpHeader};
 use crate::streams::Stream;
-
-/// Longest gap kept as lost audio, samples (10 s at 8 kHz, as the receive path's MAX_FILL).
-const MAX_GAP: u64 = 8000 * 10;
-/// A backwards timestamp step larger than this (1 s at 8 kHz) is a restart, not an overlap.
-const MAX_OVERLAP: u32 = 8000;
-/// Gap assumed at a timestamp restart, samples (100 ms, as the receive path).
-const RESTART_GAP: u64 = 800;
 
 /// One piece of the timeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,22 +118,17 @@ pub fn decode(capture: &Capture, stream: &Stream) -> Option<StreamAudio> {
                 .collect(),
         };
         let total = samples.len() as u32;
-        let mut start = 0usize;
-        if let Some(expected) = next_ts {
-            let gap = timestamp.wrapping_sub(expected) as i32;
-            if gap > 0 {
-                pieces.push(Piece::Gap(u64::from(gap.unsigned_abs()).min(MAX_GAP)));
-            } else if gap < 0 {
-                let overlap = gap.unsigned_abs();
-                if overlap < total {
-                    start = overlap as usize;
-                } else if overlap <= MAX_OVERLAP {
-                    continue;
-                } else {
-                    pieces.push(Piece::Gap(RESTART_GAP));
+        // Laid out exactly as the live receive path feeds its Goertzel receiver.
+        let start = match media::receive::place(next_ts, timestamp, total) {
+            Placement::After { gap } | Placement::Restart { gap } => {
+                if gap > 0 {
+                    pieces.push(Piece::Gap(gap));
                 }
+                0
             }
-        }
+            Placement::Overlapping { skip } => skip,
+            Placement::Stale => continue,
+        };
         next_ts = Some(timestamp.wrapping_add(total));
         match pieces.last_mut() {
             Some(Piece::Samples(s)) => s.extend_from_slice(&samples[start..]),

@@ -48,6 +48,48 @@ const DISCONTINUITY_FILL: u64 = 8 * 100;
 /// analysed across a gap either way.
 const MAX_FILL: u64 = 8000 * 10;
 
+/// Where a packet's audio goes on the audio already played, by RTP timestamp.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Right after what was played; `gap` samples lost or absent before it (0: none).
+    /// Gaps are capped at 10 s: nothing is analysed across one either way.
+    After { gap: u64 },
+    /// Its first `skip` samples were already played (overlapping senders): play the rest.
+    Overlapping { skip: usize },
+    /// Entirely in the past: a stale copy, nothing new.
+    Stale,
+    /// The sender restarted its timestamps: count `gap` samples lost (enough to end a held
+    /// digit), then play it all.
+    Restart { gap: u64 },
+}
+
+/// Places a packet of `len` samples at RTP `timestamp` after audio that ended at `expected`
+/// (None: the first packet). The rule of the live receive path, also used to lay out a
+/// capture's audio for plots.
+pub fn place(expected: Option<u32>, timestamp: u32, len: u32) -> Placement {
+    let Some(expected) = expected else {
+        return Placement::After { gap: 0 };
+    };
+    let step = timestamp_delta(timestamp, expected);
+    if step >= 0 {
+        return Placement::After {
+            gap: u64::from(step.unsigned_abs()).min(MAX_FILL),
+        };
+    }
+    let overlap = step.unsigned_abs();
+    if overlap < len {
+        Placement::Overlapping {
+            skip: overlap as usize,
+        }
+    } else if overlap <= MAX_OVERLAP {
+        Placement::Stale
+    } else {
+        Placement::Restart {
+            gap: DISCONTINUITY_FILL,
+        }
+    }
+}
+
 /// An audio codec negotiated in SDP.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Codec {
@@ -651,34 +693,17 @@ fn feed(
     let ssrc = *ssrc;
     // G.711 is one sample per byte; a UDP payload is under 65536 bytes.
     let total = samples.len() as u32;
-    let mut start = 0;
-    if let Some(expected) = audio.next_ts {
-        let gap = timestamp_delta(timestamp, expected);
-        if gap > 0 {
-            let fill = u64::from(gap.unsigned_abs()).min(MAX_FILL);
-            audio.rx.fill_in(fill, |e| {
-                on_inband(now, merger, &mut audio.press, ssrc, st, e)
-            });
-        } else if gap < 0 {
-            let overlap = gap.unsigned_abs();
-            if overlap < total {
-                // The front of this packet was already played: play the rest.
-                start = overlap as usize;
-            } else if overlap <= MAX_OVERLAP {
-                // Entirely in the past (a stale copy): nothing new in it.
-                return;
-            } else {
-                // The sender restarted its timestamps.
-                audio.rx.fill_in(DISCONTINUITY_FILL, |e| {
-                    on_inband(now, merger, &mut audio.press, ssrc, st, e)
-                });
-            }
+    let mut on_event = |e| on_inband(now, merger, &mut audio.press, ssrc, st, e);
+    let start = match place(audio.next_ts, timestamp, total) {
+        Placement::After { gap } | Placement::Restart { gap } => {
+            audio.rx.fill_in(gap, &mut on_event);
+            0
         }
-    }
+        Placement::Overlapping { skip } => skip,
+        Placement::Stale => return,
+    };
     audio.next_ts = Some(timestamp.wrapping_add(total));
-    audio.rx.process(&samples[start..], |e| {
-        on_inband(now, merger, &mut audio.press, ssrc, st, e)
-    });
+    audio.rx.process(&samples[start..], on_event);
 }
 
 /// An in-band receiver event into the merger.
@@ -779,5 +804,43 @@ fn on_change(
         EventChange::EndRepeat => st.event_end_repeats += 1,
         EventChange::NotDtmf => st.ignored_events += 1,
         EventChange::Stale => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_are_placed_by_timestamp() {
+        assert_eq!(place(None, 1234, 160), Placement::After { gap: 0 });
+        assert_eq!(place(Some(1000), 1000, 160), Placement::After { gap: 0 });
+        // One 20 ms packet lost.
+        assert_eq!(place(Some(1000), 1160, 160), Placement::After { gap: 160 });
+        // Across the 32-bit wrap.
+        assert_eq!(
+            place(Some(u32::MAX - 79), 80, 160),
+            Placement::After { gap: 160 }
+        );
+        // A jump forward is capped at 10 s.
+        assert_eq!(
+            place(Some(0), 1 << 30, 160),
+            Placement::After { gap: MAX_FILL }
+        );
+        // 80 samples already played.
+        assert_eq!(
+            place(Some(1000), 920, 160),
+            Placement::Overlapping { skip: 80 }
+        );
+        // Old copies, up to a second back.
+        assert_eq!(place(Some(10_000), 9_000, 160), Placement::Stale);
+        assert_eq!(place(Some(10_000), 2_000, 160), Placement::Stale);
+        // Further back: the sender restarted.
+        assert_eq!(
+            place(Some(100_000), 5_000, 160),
+            Placement::Restart {
+                gap: DISCONTINUITY_FILL
+            }
+        );
     }
 }
