@@ -37,9 +37,15 @@ pub use live::{PromptError, Prompts};
 /// Why the runtime cannot start or a call cannot be placed. Each variant says whose fault it is.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// `sip.trunk` is not a usable SIP URI (our configuration).
+    /// `sip.trunk` is not a SIP URI (our configuration).
     #[error("configuration key `sip.trunk`: {0}")]
-    Trunk(String),
+    Trunk(#[source] sip::message::ParseError),
+    /// `sip.trunk` names a transport other than udp, tcp or tls (our configuration).
+    #[error("configuration key `sip.trunk`: transport must be udp, tcp or tls")]
+    TrunkTransport,
+    /// `sip.caller_id` or the trunk host cannot form our From URI (our configuration).
+    #[error("configuration key `sip.caller_id`: caller id or host unusable in From: {0}")]
+    CallerId(#[source] sip::message::ParseError),
     /// `media.rtp_ports` is malformed (our configuration).
     #[error("configuration key `media.rtp_ports`: {0}")]
     RtpPorts(&'static str),
@@ -89,15 +95,13 @@ pub struct Trunk {
 impl Trunk {
     /// Parses `sip:host[:port][;transport=udp|tcp|tls]` (or `sips:`).
     pub fn parse(uri: &str) -> Result<Trunk, RuntimeError> {
-        let parsed = Uri::parse(uri).map_err(|e| RuntimeError::Trunk(e.to_string()))?;
+        let parsed = Uri::parse(uri).map_err(RuntimeError::Trunk)?;
         let transport = match (parsed.is_sips(), parsed.transport()) {
             (true, _) | (_, Some(Transport::Tls)) => Transport::Tls,
             (false, Some(t)) => t,
             (false, None) => {
                 if parsed.param("transport").is_some() {
-                    return Err(RuntimeError::Trunk(
-                        "transport must be udp, tcp or tls".into(),
-                    ));
+                    return Err(RuntimeError::TrunkTransport);
                 }
                 Transport::Udp
             }
@@ -322,8 +326,8 @@ impl Runtime {
                 SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
                 SocketAddr::V4(v4) => v4.ip().to_string(),
             });
-        let from = Uri::parse(&format!("sip:{user}@{from_host}"))
-            .map_err(|e| RuntimeError::Trunk(format!("caller id or host unusable in From: {e}")))?;
+        let from =
+            Uri::parse(&format!("sip:{user}@{from_host}")).map_err(RuntimeError::CallerId)?;
         Ok(flow::CallSpec {
             target,
             from,
