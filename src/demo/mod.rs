@@ -33,6 +33,8 @@ const PHONE_NUMBER: &str = "+14255550123";
 /// How long the demo waits for the outcome and then for the webhook.
 const OUTCOME_WAIT: Duration = Duration::from_secs(90);
 const WEBHOOK_WAIT: Duration = Duration::from_secs(20);
+/// How often the demo looks at the verification's status.
+const STATUS_POLL: Duration = Duration::from_millis(200);
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -162,8 +164,8 @@ pub async fn run(
     writeln!(out, "← 201 {}", json!({"id": id, "status": body["status"]}))?;
     writeln!(out)?;
 
-    // Follow the status as an auth server's login page would, by long-polling, while telling
-    // what the phone does.
+    // Follow the status as an auth server's login page would, polling a few times a second
+    // (so ringing and answering show as they happen), while telling what the phone does.
     let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
     let mut last_status = String::new();
     let verification = loop {
@@ -171,7 +173,7 @@ pub async fn run(
             writeln!(out, "  {line}")?;
         }
         let poll = http
-            .get(format!("{base}/v1/verifications/{id}?wait=1"))
+            .get(format!("{base}/v1/verifications/{id}"))
             .bearer_auth(API_KEY)
             .send();
         let v = json_body(poll.await?).await?;
@@ -186,6 +188,7 @@ pub async fn run(
         if tokio::time::Instant::now() > deadline {
             return Err(DemoError::NoOutcome(OUTCOME_WAIT));
         }
+        tokio::time::sleep(STATUS_POLL).await;
     };
     // The phone's last words (the hang-up) arrive just after the outcome.
     tokio::time::sleep(Duration::from_millis(300)).await;
