@@ -450,3 +450,11 @@ impl Receiver {
         self.count() >= n
     }
 }
+
+/// POSTs `body` and asserts it is refused with `status` and error `code`; returns the reply
+/// for further checks of the message.
+pub async fn refused(router: &Router, body: &str, status: StatusCode, code: &str) -> Reply {
+    let r = post(router, body).await;
+    assert_eq!((r.status, r.code()), (status, code), "{body}: {}", r.text);
+    r
+}
