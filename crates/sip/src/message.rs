@@ -1018,21 +1018,19 @@ pub trait HeaderAccess {
     }
     /// From.
     fn header_from(&self) -> Result<NameAddr, ParseError> {
-        NameAddr::parse(
-            self.hdrs()
-                .get("From")
-                .ok_or(ParseError::MissingHeader("From"))?,
-        )
-        .map_err(|_| ParseError::InvalidHeader("From"))
+        self.name_addr("From")
     }
     /// To.
     fn header_to(&self) -> Result<NameAddr, ParseError> {
-        NameAddr::parse(
-            self.hdrs()
-                .get("To")
-                .ok_or(ParseError::MissingHeader("To"))?,
-        )
-        .map_err(|_| ParseError::InvalidHeader("To"))
+        self.name_addr("To")
+    }
+    /// A name-addr header (From, To).
+    fn name_addr(&self, name: &'static str) -> Result<NameAddr, ParseError> {
+        let value = self
+            .hdrs()
+            .get(name)
+            .ok_or(ParseError::MissingHeader(name))?;
+        NameAddr::parse(value).map_err(|_| ParseError::InvalidHeader(name))
     }
     /// The topmost Via entry.
     fn top_via(&self) -> Result<Via, ParseError> {
