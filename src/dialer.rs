@@ -12,19 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flow::{CallResult, Mode, TimelineEntry, TimelineEvent};
-use futures::future::BoxFuture;
-use media::DtmfMethod;
+use flow::{CallResult, TimelineEntry, TimelineEvent};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::{CallConfig, Config, Secret};
+use crate::call::{CallPlacer, CallProgress, CallReport, CallRequest};
+use crate::config::{CallConfig, Config};
 use crate::metrics::Metrics;
-use crate::store::{
-    Completion, Completions, Destination, Status, Store, Verification, VerificationId, now_ms,
-};
+use crate::store::{Completion, Completions, Status, Store, Verification, VerificationId, now_ms};
 use crate::webhook::OutboxWake;
 
 /// How often the dialer looks at the queue without being woken (other instances, missed wakes).
@@ -34,71 +31,6 @@ const QUEUE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const HANGUP_SETTLE: Duration = Duration::from_secs(5);
 /// Pause after a store error before claiming again.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
-
-/// One call for the SIP runtime to place.
-#[derive(Clone, Debug)]
-pub struct CallRequest {
-    pub id: VerificationId,
-    /// E.164 number or SIP URI; redacts itself in logs.
-    pub destination: Destination,
-    /// Digits, `*`, `#`, and `,` for a one-second pause, sent after answer.
-    pub extension: Option<String>,
-    pub mode: Mode,
-    /// The PIN (pin mode) or challenge digits (challenge mode), without the final `#`.
-    pub expected_digits: Option<Secret>,
-    /// Prompt language (`en`, `en-US`…), one of `media.languages`.
-    pub language: String,
-    /// Timeouts, fraud code, replays (`[call]`).
-    pub call: CallConfig,
-}
-
-/// What a call reports while it runs, in order.
-#[derive(Clone, Debug, PartialEq)]
-pub enum CallProgress {
-    /// 180/183 received.
-    Ringing,
-    /// 200 OK to the INVITE: the callee is on the line.
-    Answered,
-    /// One timeline entry, as it happens (the final report carries them all again).
-    Timeline(TimelineEntry),
-    /// A key press was detected this long after the key was released.
-    DetectorLatency(Duration),
-}
-
-/// How a call ended.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CallReport {
-    pub result: CallResult,
-    /// The method of the first key press that counted, if any.
-    pub dtmf_method: Option<DtmfMethod>,
-    /// Every event of the call, times relative to the start of the call.
-    pub timeline: Vec<TimelineEntry>,
-}
-
-/// Places calls: the SIP runtime implements this; tests use scripted placers.
-///
-/// `place` must finish soon after `cancel` fires (hang up or CANCEL, then report); a call
-/// cancelled through the API reports `cancelled`.
-pub trait CallPlacer: Send + Sync + 'static {
-    fn place(
-        &self,
-        call: CallRequest,
-        progress: mpsc::UnboundedSender<CallProgress>,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'static, CallReport>;
-}
-
-/// The placer `serve` uses: the SIP runtime ([`crate::runtime`]). Must be called inside a
-/// tokio runtime. A runtime that cannot start (SIP port taken, unreadable prompts, a bad
-/// `sip.trunk`) is an error for the caller to report: a service that accepted verifications
-/// it could never place would fail every sign-in quietly.
-pub fn runtime_call_placer(
-    config: &Config,
-) -> Result<Arc<dyn CallPlacer>, crate::runtime::RuntimeError> {
-    let runtime = crate::runtime::RuntimeConfig::from_config(config)
-        .and_then(crate::runtime::Runtime::start)?;
-    Ok(Arc::new(crate::runtime::RuntimePlacer::new(runtime)))
-}
 
 /// Shared between the dialer and the API: wake-ups and the hang-up handles of live calls.
 #[derive(Clone, Debug, Default)]

@@ -3,12 +3,15 @@
 
 pub mod api;
 pub mod audio;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dialer;
 pub mod metrics;
+pub mod model;
 pub mod runtime;
 pub mod service;
 pub mod store;
+pub mod view;
 pub mod webhook;

@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, app};
+use crate::call::CallPlacer;
 use crate::config::{Config, ConfigError};
-use crate::dialer::{CallPlacer, Dialer};
+use crate::dialer::Dialer;
 use crate::store::{self, Recovery, Store, StoreError, now_ms};
 use crate::webhook::{self, OutboxWorker, WebhookError};
 

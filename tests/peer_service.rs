@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use api_support::*;
 use axum::http::Method;
-use callverify::dialer::runtime_call_placer;
+use callverify::runtime::call_placer;
 use common_peers::{Work, sipp_uas};
 
 fn service_config(work: &Work, rtp_base: u16) -> callverify::config::Config {
@@ -47,7 +47,7 @@ async fn verification_through_the_api_is_confirmed_by_rfc4733() {
     let _sipp = sipp_uas(&w, &scenario, 25360, 26600);
     let config = service_config(&w, 40800);
     let (state, router) = api(config.clone()).await;
-    let placer = runtime_call_placer(&config).expect("the SIP runtime starts");
+    let placer = call_placer(&config).expect("the SIP runtime starts");
     let (stop, dialer) = spawn_dialer(&state, placer);
     let created = post(
         &router,
@@ -81,7 +81,7 @@ async fn api_cancel_while_ringing_sends_cancel() {
     let mut sipp = sipp_uas(&w, &scenario, 25361, 26610);
     let config = service_config(&w, 40820);
     let (state, router) = api(config.clone()).await;
-    let placer = runtime_call_placer(&config).expect("the SIP runtime starts");
+    let placer = call_placer(&config).expect("the SIP runtime starts");
     let (stop, dialer) = spawn_dialer(&state, placer);
     let created = post(&router, r#"{"phone_number": "sip:peer@127.0.0.1:25361"}"#).await;
     assert_eq!(created.status.as_u16(), 201, "{}", created.text);

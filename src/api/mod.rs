@@ -27,12 +27,11 @@ mod auth;
 mod error;
 mod ratelimit;
 pub mod validate;
-mod view;
 
+pub use crate::view::{VerificationView, rfc3339};
 pub use auth::{Caller, Client, Clients};
 pub use error::{AppError, ErrorBody, ErrorDetail};
 pub use ratelimit::{Limit, Limited, RateLimiter};
-pub use view::{VerificationView, rfc3339};
 
 use crate::config::{Config, ConfigError, DuplicatePolicy};
 use crate::dialer::DialerHandle;

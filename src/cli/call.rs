@@ -11,8 +11,8 @@ use flow::{Mode, TimelineEntry, TimelineEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::call::{CallProgress, CallReport};
 use crate::config::{Config, Secret};
-use crate::dialer::{CallProgress, CallReport};
 use crate::runtime::{CallOrder, Runtime, RuntimeConfig, Trunk};
 
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::dialer::runtime_call_placer;
+use crate::runtime::call_placer;
 use crate::service::{Service, ServiceError};
 
 #[derive(Debug, clap::Args)]
@@ -56,7 +56,7 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), ServiceError> {
-    let placer = runtime_call_placer(&config)?;
+    let placer = call_placer(&config)?;
     let running = Service::open(config, placer).await?.start().await?;
     shutdown_signal().await;
     running.shutdown().await

@@ -109,7 +109,7 @@ pub async fn run(
         .map_err(DemoError::Bind)?;
     let api_addr = api_listener.local_addr().map_err(DemoError::Bind)?;
     let config = demo_config(api_addr, phone.sip_addr, hook_addr, prompts)?;
-    let placer = crate::dialer::runtime_call_placer(&config).map_err(ServiceError::from)?;
+    let placer = crate::runtime::call_placer(&config).map_err(ServiceError::from)?;
     let service = Service::open(config, placer)
         .await?
         .start_on(api_listener)

@@ -18,7 +18,7 @@ use tokio_rustls::rustls;
 use super::live::Prompts;
 use super::net;
 use super::{RuntimeConfig, RuntimeError, advertised, not_placed};
-use crate::dialer::{CallProgress, CallReport};
+use crate::call::{CallProgress, CallReport};
 
 /// The driver never sleeps less than this after handling timers (a deadline stuck in the
 /// past would otherwise spin the task).

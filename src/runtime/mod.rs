@@ -29,8 +29,8 @@ use sip::{Transport, Uri};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::call::{CallPlacer, CallProgress, CallReport, CallRequest};
 use crate::config::{CallConfig, Config, Secret};
-use crate::dialer::{CallPlacer, CallProgress, CallReport, CallRequest};
 
 pub use live::{PromptError, Prompts};
 
@@ -435,6 +435,15 @@ fn advertised(bound: SocketAddr, probe: Option<SocketAddr>) -> SocketAddr {
         })
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     SocketAddr::new(ip, bound.port())
+}
+
+/// The placer `serve` uses: the SIP runtime. Must be called inside a tokio runtime. A
+/// runtime that cannot start (SIP port taken, unreadable prompts, a bad `sip.trunk`) is an
+/// error for the caller to report: a service that accepted verifications it could never place
+/// would fail every sign-in quietly.
+pub fn call_placer(config: &Config) -> Result<Arc<dyn CallPlacer>, RuntimeError> {
+    let runtime = RuntimeConfig::from_config(config).and_then(Runtime::start)?;
+    Ok(Arc::new(RuntimePlacer::new(runtime)))
 }
 
 /// The [`CallPlacer`] the service uses.

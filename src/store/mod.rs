@@ -10,11 +10,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-mod model;
 mod notify;
 mod sqlite;
 
-pub use model::*;
+pub use crate::model::*;
 pub use notify::Completions;
 pub use sqlite::SqliteStore;
 

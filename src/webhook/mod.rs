@@ -9,7 +9,7 @@ pub mod sign;
 
 pub use deliver::{Delivery, OutboxWorker, WebhookError, backoff, is_public};
 
-use crate::store::Verification;
+use crate::model::Verification;
 
 /// The webhook event type of a completed verification.
 pub const EVENT_COMPLETED: &str = "verification.completed";
@@ -17,10 +17,10 @@ pub const EVENT_COMPLETED: &str = "verification.completed";
 /// The body of the webhook for a completed verification (Standard Webhooks payload shape:
 /// `type`, `timestamp`, `data`), `data` being the same JSON as `GET /v1/verifications/{id}`.
 pub fn payload(v: &Verification) -> String {
-    let view = crate::api::VerificationView::from_record(v, false);
+    let view = crate::view::VerificationView::from_record(v, false);
     let body = serde_json::json!({
         "type": EVENT_COMPLETED,
-        "timestamp": crate::api::rfc3339(v.completed_at.unwrap_or(v.updated_at)),
+        "timestamp": crate::view::rfc3339(v.completed_at.unwrap_or(v.updated_at)),
         "data": view,
     });
     body.to_string()

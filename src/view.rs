@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
-use crate::store::{UnixMs, Verification};
+use crate::model::{UnixMs, Verification};
 
 /// RFC 3339 UTC time of a stored timestamp (`1970-01-01T00:00:00Z` if out of range).
 pub fn rfc3339(ms: UnixMs) -> String {
