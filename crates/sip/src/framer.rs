@@ -9,6 +9,9 @@
 
 use crate::message::{Limits, MAX_MESSAGE_BYTES};
 
+/// The empty line that ends the header section (RFC 3261 §7).
+const HEADER_END: &[u8; 4] = b"\r\n\r\n";
+
 /// Why the stream cannot be framed. The peer is at fault; close the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -69,7 +72,7 @@ impl StreamFramer {
             .take_while(|b| **b == b'\r' || **b == b'\n')
             .count();
         self.buf.drain(..skip);
-        let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        let Some(head_end) = self.buf.windows(4).position(|w| w == HEADER_END) else {
             if self.buf.len() > self.max {
                 return Some(self.fail(FrameError::TooLarge { max: self.max }));
             }
@@ -79,10 +82,15 @@ impl StreamFramer {
             Ok(n) => n,
             Err(e) => return Some(self.fail(e)),
         };
-        let total = head_end + 4 + length;
-        if total > self.max {
-            return Some(self.fail(FrameError::TooLarge { max: self.max }));
-        }
+        // Content-Length is the peer's number: `usize::MAX` must not wrap the sum into a
+        // small frame (checked, not wrapping, arithmetic).
+        let total = match head_end
+            .checked_add(HEADER_END.len())
+            .and_then(|n| n.checked_add(length))
+        {
+            Some(total) if total <= self.max => total,
+            _ => return Some(self.fail(FrameError::TooLarge { max: self.max })),
+        };
         if self.buf.len() < total {
             return None;
         }
@@ -133,6 +141,29 @@ mod tests {
         assert_eq!(f.next_message(), None);
         f.push(b"SIP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nab");
         assert_eq!(f.next_message(), None);
+    }
+
+    #[test]
+    fn huge_content_length_is_too_large_not_a_wrap() {
+        // 2^64 - 1 (and 2^64 - 4, which would wrap to a tiny frame after `+ 4`).
+        for length in [u64::MAX, u64::MAX - 3, u64::MAX - 40] {
+            let mut f = StreamFramer::new(&Limits::default());
+            f.push(format!("SIP/2.0 200 OK\r\nContent-Length: {length}\r\n\r\nabc").as_bytes());
+            assert_eq!(
+                f.next_message(),
+                Some(Err(FrameError::TooLarge {
+                    max: MAX_MESSAGE_BYTES
+                }))
+            );
+            assert_eq!(f.next_message(), None);
+        }
+        // One more than usize holds: not a number we accept.
+        let mut f = StreamFramer::new(&Limits::default());
+        f.push(b"SIP/2.0 200 OK\r\nl: 18446744073709551616\r\n\r\n");
+        assert_eq!(
+            f.next_message(),
+            Some(Err(FrameError::InvalidContentLength))
+        );
     }
 
     #[test]
