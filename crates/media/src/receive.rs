@@ -15,6 +15,12 @@
 //!                   one DigitReport per key press
 //! ```
 //!
+//! A latched path (a live call) listens to one SSRC at a time: the first one from the latched
+//! source is pinned, and another SSRC is dropped (never keys in parallel) until the pinned one
+//! has been quiet for [`SSRC_QUIET`]; then the new one takes over and the old one is over
+//! (real SBCs renumber mid-call; sipp replays RFC 4733 pcaps on their own SSRC after its audio
+//! stream ended). A capture (no latch) keeps every SSRC, as it always did.
+//!
 //! Audio timing follows RTP timestamps, not sequence numbers: a gap in the timestamps (lost
 //! packets, a pause in the audio while events are sent, silence suppression) is passed to the
 //! Goertzel receiver as [`dtmf::Receiver::fill_in`], so digit timing stays right and no tone is
@@ -37,6 +43,11 @@ use crate::stats::{Jitter, SeqStatus, Sequence};
 /// SSRCs tracked per path: a call has one or two (sipp sends events on a second one); the
 /// bound keeps a flood of forged SSRCs from growing memory.
 pub const MAX_STREAMS: usize = 8;
+/// How long the pinned SSRC of a latched path must have been silent before another SSRC from
+/// the latched source may take over: ten packet times of 20 ms audio (RFC 3551 §4.2 default
+/// packetization). A stream that is alive is never that quiet; sipp starts its RFC 4733 pcap
+/// 300 ms after its audio ends, SBCs renumber at re-INVITEs with a longer pause.
+pub const SSRC_QUIET: Duration = Duration::from_millis(200);
 /// A backwards timestamp step of more than this (in audio samples, 1 s) is a discontinuity
 /// (sender restart), not an overlap to trim.
 const MAX_OVERLAP: u32 = 8000;
@@ -254,6 +265,11 @@ pub struct ReceiveStats {
     pub rtcp: u64,
     /// Packets of SSRCs beyond the number of streams tracked (dropped).
     pub dropped_streams: u64,
+    /// Packets of another SSRC from the latched source while the pinned one was alive
+    /// (dropped: one SSRC keys at a time).
+    pub dropped_ssrc: u64,
+    /// Times another SSRC took over after the pinned one went quiet.
+    pub ssrc_changes: u64,
     /// SIP INFO digits received.
     pub sip_info: u64,
 }
@@ -314,6 +330,8 @@ pub struct ReceivePath {
     config: ReceiveConfig,
     stats: ReceiveStats,
     streams: Vec<Stream>,
+    /// Latched paths: the SSRC listened to and when its last packet arrived.
+    pinned: Option<(u32, Instant)>,
     merger: Merger,
     /// Decoded samples of one packet (reused).
     scratch: Vec<i16>,
@@ -326,6 +344,7 @@ impl ReceivePath {
             config,
             stats: ReceiveStats::default(),
             streams: Vec::new(),
+            pinned: None,
             merger: Merger::default(),
             scratch: Vec::with_capacity(320),
         }
@@ -336,8 +355,12 @@ impl ReceivePath {
         &self.config
     }
 
-    /// Changes the latched source (a re-INVITE moved the media; None accepts any).
+    /// Changes the latched source (a re-INVITE moved the media; None accepts any). The new
+    /// source's first SSRC is pinned afresh.
     pub fn set_source(&mut self, source: Option<SocketAddr>) {
+        if source != self.config.source {
+            self.pinned = None;
+        }
         self.config.source = source;
     }
 
@@ -371,6 +394,10 @@ impl ReceivePath {
                 return;
             }
         };
+        if self.config.source.is_some() && !self.pin(now, packet.ssrc) {
+            self.stats.dropped_ssrc += 1;
+            return;
+        }
         let kind = self.kind(packet.payload_type);
         let Some(index) = self.stream_index(packet.ssrc, packet.sequence.0) else {
             self.stats.dropped_streams += 1;
@@ -489,6 +516,48 @@ impl ReceivePath {
         st.jitter = stream.jitter.units();
         st.jitter_ms = f64::from(st.jitter) * 1000.0
             / f64::from(st.codec.map(Codec::clock_rate).unwrap_or(8000).max(1));
+    }
+
+    /// Whether a packet of `ssrc` from the latched source is listened to (see the module
+    /// documentation); a takeover ends what the old SSRC still held.
+    fn pin(&mut self, now: Instant, ssrc: u32) -> bool {
+        match self.pinned {
+            Some((pinned, _)) if pinned == ssrc => {}
+            Some((pinned, last)) => {
+                if now.saturating_duration_since(last) < SSRC_QUIET {
+                    return false;
+                }
+                self.stats.ssrc_changes += 1;
+                self.retire(now, pinned);
+            }
+            None => {}
+        }
+        self.pinned = Some((ssrc, now));
+        true
+    }
+
+    /// The stream of `ssrc` is over: release its held audio, end its held digits.
+    fn retire(&mut self, now: Instant, ssrc: u32) {
+        let ReceivePath {
+            stats,
+            streams,
+            merger,
+            scratch,
+            ..
+        } = self;
+        let Some(i) = streams.iter().position(|s| s.ssrc == ssrc) else {
+            return;
+        };
+        let (stream, st) = (&mut streams[i], &mut stats.streams[i]);
+        drain(now, stream, st, merger, scratch, true);
+        let Stream { audio, ssrc, .. } = stream;
+        audio
+            .rx
+            .finish(|e| on_inband(now, merger, &mut audio.press, *ssrc, st, e));
+        audio.next_ts = None;
+        if let Some((events, press)) = &mut stream.events {
+            events.finish(now, |change| on_change(now, merger, press, st, change));
+        }
     }
 
     /// Handles a datagram received on the RTCP port (RTP port + 1). Sender reports are noted
@@ -766,7 +835,7 @@ fn on_event_packet(
         }
     };
     for (timestamp, event) in blocks {
-        events.on_event(now, timestamp, packet.marker, event, |change| {
+        events.on_event(now, timestamp, packet.sequence.0, packet.marker, event, |change| {
             on_change(now, merger, press, st, change)
         });
     }
@@ -803,7 +872,7 @@ fn on_change(
         }
         EventChange::EndRepeat => st.event_end_repeats += 1,
         EventChange::NotDtmf => st.ignored_events += 1,
-        EventChange::Stale => {}
+        EventChange::Stale | EventChange::Pending | EventChange::Duplicate => {}
     }
 }
 

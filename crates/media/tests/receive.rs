@@ -44,18 +44,18 @@ fn inband_digits_pcmu_and_pcma() {
 #[test]
 fn reported_at_key_down_not_key_up() {
     let t0 = Instant::now();
-    // RFC 4733: reported on the first packet.
+    // RFC 4733: reported on the second packet (one packet alone is never a key).
     let mut phone = Phone::new(Codec::Pcmu, 0);
     phone.silence(100);
     phone.event(Digit::Pound, 400, Style::Standard);
     let mut path = pcmu_events();
     let digits = run(&mut path, t0, &phone.packets());
     assert_eq!(digits.len(), 1);
-    assert_eq!(digits[0].at, t0 + ms(100));
+    assert_eq!(digits[0].at, t0 + ms(120));
     assert_eq!(digits[0].duration, None);
-    // The sender's duration field in that first packet is the sender's share of the latency.
+    // The sender's duration field in that packet is the sender's share of the latency.
     assert!(
-        digits[0].latency.is_some_and(|l| l <= ms(20)),
+        digits[0].latency.is_some_and(|l| l <= ms(40)),
         "{:?}",
         digits[0].latency
     );
@@ -132,11 +132,60 @@ fn events_on_a_second_ssrc_beside_audio() {
         phone.event(d, 120, Style::SippSameSeq);
         phone.silence(200);
     }
-    let mut path = pcmu_events();
+    // A capture keeps every SSRC.
+    let mut cfg = config(&[(0, Codec::Pcmu)], Some((101, 8000)));
+    cfg.source = None;
+    let mut path = ReceivePath::new(cfg);
     let digits = run(&mut path, Instant::now(), &phone.packets());
     assert_eq!(keys(&digits), "123");
     assert!(digits.iter().all(|d| d.ssrc == Some(0x0e05_384e)));
     assert_eq!(path.stats().streams.len(), 2);
+    // A live call listens to the SSRC it pinned: a second one while the first is alive
+    // never keys (it is what a stranger spoofing the callee's address would send).
+    let mut path = pcmu_events();
+    let digits = run(&mut path, Instant::now(), &phone.packets());
+    assert_eq!(keys(&digits), "");
+    let st = path.stats();
+    assert_eq!(st.streams.len(), 1);
+    assert_eq!(st.streams[0].ssrc, phone.ssrc);
+    assert!(st.dropped_ssrc > 0);
+    assert_eq!(st.ssrc_changes, 0);
+}
+
+#[test]
+fn a_second_ssrc_after_the_first_went_quiet_takes_over() {
+    // sipp: in-band audio on its own SSRC, then 300 ms later an RFC 4733 pcap on another.
+    let t0 = Instant::now();
+    let mut audio = Phone::new(Codec::Pcmu, 0);
+    audio.silence(1000);
+    let mut pcap = Phone::new(Codec::Pcmu, 0);
+    pcap.ssrc = 0x0e05_384e;
+    pcap.send_audio = false;
+    pcap.t = audio.t + ms(300);
+    pcap.event(Digit::Pound, 280, Style::SippSameSeq);
+    let mut packets = audio.packets();
+    packets.extend(pcap.packets());
+    let mut path = pcmu_events();
+    let digits = run(&mut path, t0, &packets);
+    assert_eq!(keys(&digits), "#");
+    assert_eq!(digits[0].ssrc, Some(0x0e05_384e));
+    assert_eq!(path.stats().ssrc_changes, 1);
+    assert_eq!(path.stats().dropped_ssrc, 0);
+    // While the first stream flows, the newcomer is dropped, whenever it comes.
+    let mut alive = Phone::new(Codec::Pcmu, 0);
+    alive.silence(3000);
+    let mut pcap = Phone::new(Codec::Pcmu, 0);
+    pcap.ssrc = 0x0e05_384e;
+    pcap.send_audio = false;
+    pcap.t = ms(1300);
+    pcap.event(Digit::Pound, 280, Style::SippSameSeq);
+    let mut packets = alive.packets();
+    packets.extend(pcap.packets());
+    packets.sort_by_key(|p| p.at);
+    let mut path = pcmu_events();
+    assert_eq!(keys(&run(&mut path, t0, &packets)), "");
+    assert!(path.stats().dropped_ssrc > 0);
+    assert_eq!(path.stats().ssrc_changes, 0);
 }
 
 #[test]
@@ -395,7 +444,11 @@ fn same_press_by_three_methods_counts_once() {
         .collect();
     packets.extend(tones.packets());
     packets.sort_by_key(|p| p.at);
-    let mut path = pcmu_events();
+    // Events and audio on two SSRCs in parallel: a capture's rule (a live call would listen
+    // to one of them only).
+    let mut cfg = config(&[(0, Codec::Pcmu)], Some((101, 8000)));
+    cfg.source = None;
+    let mut path = ReceivePath::new(cfg);
     let mut digits = run(&mut path, t0, &packets);
     path.handle_sip_info(t0 + start + ms(80), Digit::D9, Some(ms(120)));
     digits.extend(std::iter::from_fn(|| path.poll_digit()));
