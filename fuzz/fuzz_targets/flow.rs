@@ -1,7 +1,8 @@
 //! The call flow (Switchboard with the real media path) against a far-end user agent the
 //! fuzzer drives: ring, answer, refuse with any status, hang up, SIP INFO keys, plus lost,
-//! corrupted and random SIP messages, random RTP, cancels and time steps. Nothing may panic;
-//! every call reports exactly one outcome, last; no deadline stays in the past.
+//! corrupted and random SIP messages, copies sent by a stranger, random RTP, cancels and time
+//! steps. Nothing may panic; every call reports exactly one outcome, last; no deadline stays in
+//! the past; a stranger's copy changes nothing.
 #![no_main]
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -21,10 +22,10 @@ fuzz_target!(|data: &[u8]| {
     let rtp: SocketAddr = "127.0.0.1:27000".parse().unwrap();
     let mut pc = Config::new(phone);
     pc.accept_incoming = true;
-    let mut far = UserAgent::new(pc, 2);
+    let mut far = UserAgent::new(pc, [2; 32]);
     let mut board = Switchboard::new(
         Config::new(us),
-        1,
+        [1; 32],
         LiveFactory::new(Arc::new(PromptBook::new("en"))),
     );
     let mut now = Instant::now();
@@ -45,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
                     from: Uri::parse("sip:+14255550100@127.0.0.1").unwrap(),
                     display_name: None,
                     next_hop: phone,
+                    peers: Vec::new(),
                     transport: Transport::Udp,
                     local_rtp: rtp,
                     credentials: None,
@@ -66,9 +68,19 @@ fuzz_target!(|data: &[u8]| {
                 let m = to_far.remove(pick(to_far.len()));
                 let _ = far.handle_input(now, Transport::Udp, us, &m);
             }
-            3 | 4 if !to_us.is_empty() => {
+            3 if !to_us.is_empty() => {
                 let m = to_us.remove(pick(to_us.len()));
                 let _ = board.handle_sip(now, Transport::Udp, phone, &m);
+            }
+            4 if !to_us.is_empty() => {
+                // A stranger who saw the message sends a copy from its own port: nothing
+                // may come of it (no packet, no event).
+                let m = to_us[pick(to_us.len())].clone();
+                let stranger: SocketAddr = "127.0.0.1:5099".parse().unwrap();
+                let r = board.handle_sip(now, Transport::Udp, stranger, &m);
+                assert_eq!(r, Err(sip::InputError::UntrustedSource));
+                assert!(board.poll_transmit().is_none(), "answered a stranger");
+                assert!(board.poll_event().is_none(), "a stranger moved a call");
             }
             5 if !to_us.is_empty() => {
                 // Corrupt one message on its way to us.

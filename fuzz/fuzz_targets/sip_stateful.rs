@@ -1,6 +1,8 @@
-//! Two user agents wired together; the fuzzer decides delivery order, loss, duplication,
-//! corruption, time steps and every API call. Nothing may panic, and after
-//! `handle_timeout(now)` no deadline may be in the past.
+//! Two user agents wired together, and strangers: the fuzzer decides delivery order, loss,
+//! duplication, corruption, time steps, every API call, and who each packet seems to come
+//! from (the real peer, the real peer over another transport, or a stranger who saw it all).
+//! Nothing may panic; after `handle_timeout(now)` no deadline may be in the past; and input
+//! from a source the caller does not know changes nothing: no packet out, no event, no state.
 #![no_main]
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,12 +11,26 @@ use libfuzzer_sys::fuzz_target;
 use sip::sdp::LocalMedia;
 use sip::{CallHandle, Config, Event, OutgoingCall, Transport, Uri, UserAgent};
 
+/// Where a delivered packet seems to come from.
+fn source(pick: u8, real: SocketAddr) -> (Transport, SocketAddr) {
+    match pick % 5 {
+        0 | 1 => (Transport::Udp, real),
+        2 => (Transport::Tcp, real),
+        3 => (Transport::Udp, "127.0.0.1:5099".parse().unwrap()),
+        _ => (Transport::Udp, "[2001:db8::66]:5070".parse().unwrap()),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let a_addr: SocketAddr = "127.0.0.1:5060".parse().unwrap();
     let b_addr: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+    let mut ca = Config::new(a_addr);
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        ca.trusted_peers = vec![b_addr];
+    }
     let mut cb = Config::new(b_addr);
     cb.accept_incoming = true;
-    let mut uas = [UserAgent::new(Config::new(a_addr), 1), UserAgent::new(cb, 2)];
+    let mut uas = [UserAgent::new(ca, [1; 32]), UserAgent::new(cb, [2; 32])];
     let addrs = [a_addr, b_addr];
     let mut now = Instant::now();
     let mut flight: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -23,10 +39,13 @@ fuzz_target!(|data: &[u8]| {
     while let Some(op) = bytes.next() {
         let arg = bytes.next().unwrap_or(0) as usize;
         let who = (op as usize >> 4) & 1;
-        match op % 12 {
-            0 | 1 | 2 if !flight.is_empty() => {
+        // (receiver, transport, source, payload) of a packet to deliver.
+        let mut deliver: Option<(usize, Transport, SocketAddr, Vec<u8>)> = None;
+        match op % 13 {
+            0..=2 if !flight.is_empty() => {
                 let (to, payload) = flight.remove(arg % flight.len());
-                let _ = uas[to].handle_input(now, Transport::Udp, addrs[1 - to], &payload);
+                let (t, from) = source(bytes.next().unwrap_or(0), addrs[1 - to]);
+                deliver = Some((to, t, from, payload));
             }
             3 if !flight.is_empty() => {
                 let i = arg % flight.len();
@@ -35,7 +54,8 @@ fuzz_target!(|data: &[u8]| {
                     let j = (arg * 31) % payload.len();
                     payload[j] ^= bytes.next().unwrap_or(1);
                 }
-                let _ = uas[to].handle_input(now, Transport::Udp, addrs[1 - to], &payload);
+                let (t, from) = source(bytes.next().unwrap_or(0), addrs[1 - to]);
+                deliver = Some((to, t, from, payload));
             }
             4 if !flight.is_empty() => {
                 flight.remove(arg % flight.len());
@@ -55,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
                     from: Uri::parse("sip:verifier@127.0.0.1").unwrap(),
                     display_name: None,
                     next_hop: addrs[1 - who],
+                    peers: Vec::new(),
                     transport: Transport::Udp,
                     media: LocalMedia::new("127.0.0.1:27000".parse().unwrap(), 1),
                     credentials: None,
@@ -63,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
             }
             7..=11 if !handles[who].is_empty() => {
                 let h = handles[who][arg % handles[who].len()];
-                let _ = match op % 12 {
+                let _ = match op % 13 {
                     7 => uas[who].hangup(now, h),
                     8 => uas[who].answer(now, h).map(|_| ()),
                     9 => uas[who].ringing(now, h),
@@ -71,7 +92,28 @@ fuzz_target!(|data: &[u8]| {
                     _ => uas[who].send_dtmf_info(now, h, '#', Duration::from_millis(100)),
                 };
             }
+            12 => {
+                // Raw bytes of the fuzzer's own, from anyone.
+                let len = bytes.next().unwrap_or(0) as usize;
+                let payload: Vec<u8> = bytes.by_ref().take(len).collect();
+                let (t, from) = source(arg as u8, addrs[1 - who]);
+                deliver = Some((who, t, from, payload));
+            }
             _ => {}
+        }
+        if let Some((to, transport, from, payload)) = deliver {
+            let stranger = !uas[to].knows(from);
+            let calls = uas[to].call_count();
+            let servers = uas[to].server_transactions();
+            let result = uas[to].handle_input(now, transport, from, &payload);
+            if stranger && to == 0 {
+                // The caller (the service) does not take calls: a stranger is not heard.
+                assert_eq!(result, Err(sip::InputError::UntrustedSource));
+                assert!(uas[0].poll_transmit().is_none(), "answered a stranger");
+                assert!(uas[0].poll_event().is_none(), "a stranger moved a call");
+                assert_eq!(uas[0].call_count(), calls);
+                assert_eq!(uas[0].server_transactions(), servers);
+            }
         }
         for (i, ua) in uas.iter_mut().enumerate() {
             while let Some(t) = ua.poll_transmit() {

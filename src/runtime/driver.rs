@@ -17,7 +17,7 @@ use tokio_rustls::rustls;
 
 use super::live::Prompts;
 use super::net;
-use super::{RuntimeConfig, RuntimeError, advertised, not_placed};
+use super::{RuntimeConfig, RuntimeError, advertised, not_placed, os_seed};
 use crate::call::{CallProgress, CallReport};
 
 /// The driver never sleeps less than this after handling timers (a deadline stuck in the
@@ -155,7 +155,7 @@ pub(crate) fn spawn(
     let mut sip_config = sip::Config::new(local);
     sip_config.timers.t1 = config.t1;
     sip_config.timers.t2 = sip_config.timers.t2.max(config.t1);
-    let board = Switchboard::new(sip_config, rand::random(), LiveFactory::new(prompts.book()));
+    let board = Switchboard::new(sip_config, os_seed()?, LiveFactory::new(prompts.book()));
     let tls = net::tls_config(config.tls_ca.as_deref())?;
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let driver = Driver {

@@ -79,6 +79,9 @@ pub enum RuntimeError {
     /// The driver task is gone (shut down or panicked): internal.
     #[error("the SIP runtime has stopped")]
     Stopped,
+    /// The operating system's random number generator failed (the host is at fault).
+    #[error("cannot read 32 random bytes from the operating system: {0}")]
+    Entropy(String),
 }
 
 /// Where calls go: `sip.trunk` parsed.
@@ -310,7 +313,10 @@ impl Runtime {
         } else {
             return Err(RuntimeError::Destination);
         };
-        let next_hop = resolve(&next_host, next_port).await?;
+        // Responses count only from `next_hop`; in-dialog requests from any address of the
+        // host (a trunk behind several addresses answers from one and may hang up from another).
+        let peers = resolve(&next_host, next_port).await?;
+        let next_hop = peers[0];
         let user = if !cfg.caller_id.is_empty() {
             cfg.caller_id.clone()
         } else if let Some(c) = &cfg.credentials {
@@ -333,6 +339,7 @@ impl Runtime {
             from,
             display_name: None,
             next_hop,
+            peers,
             transport,
             // Filled in by the driver when it binds the call's RTP socket.
             local_rtp: SocketAddr::new(self.local_sip.ip(), 0),
@@ -364,22 +371,42 @@ fn is_e164(s: &str) -> bool {
         .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// A/AAAA lookup of the next hop (no NAPTR/SRV: RFC 3263 is not implemented).
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RuntimeError> {
+/// A/AAAA lookup of the next hop (no NAPTR/SRV: RFC 3263 is not implemented): every address
+/// of the host at `port`, the first one being where the INVITE goes. Never empty.
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, RuntimeError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let mut addrs =
-        tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| RuntimeError::Resolve {
-                host: host.to_string(),
-                reason: e.to_string(),
-            })?;
-    addrs.next().ok_or_else(|| RuntimeError::Resolve {
-        host: host.to_string(),
-        reason: "no address".into(),
-    })
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| RuntimeError::Resolve {
+            host: host.to_string(),
+            reason: e.to_string(),
+        })?;
+    let mut all: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        if !all.contains(&a) {
+            all.push(a);
+        }
+    }
+    if all.is_empty() {
+        return Err(RuntimeError::Resolve {
+            host: host.to_string(),
+            reason: "no address".into(),
+        });
+    }
+    Ok(all)
+}
+
+/// 32 bytes from the operating system's CSPRNG (getrandom): the key of every identifier,
+/// SSRC and sequence origin the calls show the network.
+fn os_seed() -> Result<[u8; 32], RuntimeError> {
+    use rand::TryRngCore as _;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .map_err(|e| RuntimeError::Entropy(e.to_string()))?;
+    Ok(seed)
 }
 
 /// The trunk's address for choosing which local address to advertise: an IP literal, or

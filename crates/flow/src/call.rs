@@ -89,7 +89,7 @@ pub(crate) struct Core {
     rules: Rules,
     extension: Option<String>,
     language: String,
-    seed: u64,
+    seed: [u8; 32],
     timeline: Vec<TimelineEntry>,
     method: Option<DtmfMethod>,
     /// Anything at all came back to the INVITE (even 100 Trying).
@@ -112,7 +112,7 @@ pub(crate) struct CoreInit {
     pub(crate) rules: Rules,
     pub(crate) extension: Option<String>,
     pub(crate) language: String,
-    pub(crate) seed: u64,
+    pub(crate) seed: [u8; 32],
 }
 
 impl Core {

@@ -148,8 +148,8 @@ pub struct MediaSetup {
     pub telephone_event_pt: Option<u8>,
     /// Prompt language (`en`, `en-US`).
     pub language: String,
-    /// Seed for SSRC, sequence and timestamp origins.
-    pub seed: u64,
+    /// Key of the media's generator (SSRC, sequence and timestamp origins).
+    pub seed: [u8; 32],
 }
 
 /// Makes the media session of each answered call.

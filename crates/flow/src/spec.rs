@@ -78,8 +78,12 @@ pub struct CallSpec {
     pub from: Uri,
     /// Optional From display name.
     pub display_name: Option<String>,
-    /// Trunk or proxy address the INVITE goes to (resolved by the runtime).
+    /// Trunk or proxy address the INVITE goes to (resolved by the runtime). Responses count
+    /// only from here.
     pub next_hop: SocketAddr,
+    /// Other addresses the call's in-dialog requests may come from: every address the
+    /// trunk's host resolves to, at its port (`next_hop` always counts).
+    pub peers: Vec<SocketAddr>,
     /// Transport to the next hop.
     pub transport: Transport,
     /// Our RTP address (advertised in the SDP offer).

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 use sip::{CallHandle, OutgoingCall, Transport, UserAgent};
 
 use crate::call::{Core, CoreInit, Cx, Event, Input, Stage};
@@ -63,13 +65,11 @@ struct Entry<M> {
     stage: Option<Stage<M>>,
 }
 
-/// splitmix64 step: per-call media seeds from the switchboard's seed.
-fn next_seed(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// 32 bytes of `rng` as a seed for another generator (never sent anywhere).
+fn next_seed(rng: &mut ChaCha20Rng) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    seed
 }
 
 /// The verification calls of one SIP user agent.
@@ -81,7 +81,8 @@ pub struct Switchboard<F: MediaFactory> {
     touched: BTreeSet<CallHandle>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<(CallId, Event)>,
-    seed: u64,
+    /// Keys each call's media and SDP session id (ChaCha20, keyed by the seed given).
+    rng: ChaCha20Rng,
 }
 
 impl<F: MediaFactory> std::fmt::Debug for Switchboard<F> {
@@ -94,10 +95,11 @@ impl<F: MediaFactory> std::fmt::Debug for Switchboard<F> {
 }
 
 impl<F: MediaFactory> Switchboard<F> {
-    /// A switchboard over a new user agent. `seed` must come from real entropy in production.
-    pub fn new(config: sip::Config, seed: u64, factory: F) -> Self {
-        let mut state = seed;
-        let ua_seed = next_seed(&mut state);
+    /// A switchboard over a new user agent. `seed` keys every identifier and media value the
+    /// calls show the network (ChaCha20): 32 bytes from the OS in production.
+    pub fn new(config: sip::Config, seed: [u8; 32], factory: F) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let ua_seed = next_seed(&mut rng);
         Self {
             ua: UserAgent::new(config, ua_seed),
             factory,
@@ -105,7 +107,7 @@ impl<F: MediaFactory> Switchboard<F> {
             touched: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            seed: state,
+            rng,
         }
     }
 
@@ -130,8 +132,9 @@ impl<F: MediaFactory> Switchboard<F> {
                 from: spec.from,
                 display_name: spec.display_name,
                 next_hop: spec.next_hop,
+                peers: spec.peers,
                 transport: spec.transport,
-                media: sip::sdp::LocalMedia::new(spec.local_rtp, next_seed(&mut self.seed) >> 1),
+                media: sip::sdp::LocalMedia::new(spec.local_rtp, self.rng.next_u64() >> 1),
                 credentials: spec.credentials,
             },
         );
@@ -143,7 +146,7 @@ impl<F: MediaFactory> Switchboard<F> {
             rules: spec.rules,
             extension: spec.extension,
             language: spec.language,
-            seed: next_seed(&mut self.seed),
+            seed: next_seed(&mut self.rng),
         });
         let stage = Stage::dialing(&core);
         self.touched.insert(handle);

@@ -73,9 +73,9 @@ impl Live {
         Self {
             t0,
             now: t0,
-            board: Switchboard::new(Config::new(addr(US)), 1, LiveFactory::new(book())),
+            board: Switchboard::new(Config::new(addr(US)), [1; 32], LiveFactory::new(book())),
             phone: Phone {
-                ua: UserAgent::new(pc, 2),
+                ua: UserAgent::new(pc, [2; 32]),
                 call: None,
                 media: None,
                 press: press
@@ -97,6 +97,7 @@ impl Live {
             from: Uri::parse("sip:+14255550100@127.0.0.1").unwrap(),
             display_name: None,
             next_hop: addr(PHONE),
+            peers: Vec::new(),
             transport: Transport::Udp,
             local_rtp: addr(OUR_RTP),
             credentials: None,
@@ -166,7 +167,7 @@ impl Live {
                         },
                         audio_pt: negotiated.codec_pt,
                         telephone_event_pt: negotiated.telephone_event_pt,
-                        seed: 9,
+                        seed: [9; 32],
                     },
                 ));
             }

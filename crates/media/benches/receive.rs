@@ -132,7 +132,7 @@ fn send(c: &mut Criterion) {
                     codec: Codec::Pcmu,
                     audio_pt: 0,
                     telephone_event_pt: Some(101),
-                    seed: 1,
+                    seed: [1; 32],
                 },
             );
             s.play(t0, prompt.clone());

@@ -22,7 +22,7 @@
 //!     codec: Codec::Pcmu,
 //!     audio_pt: 0,
 //!     telephone_event_pt: Some(101),
-//!     seed: 42,
+//!     seed: [42; 32],
 //! });
 //! s.dial(t0, "5678", DialMethod::Rfc4733);
 //! let mut packets = 0;

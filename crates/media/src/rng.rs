@@ -1,5 +1,6 @@
-//! A tiny deterministic PRNG (SplitMix64) for initial RTP values from a seed, and for the
-//! seeded impairment models of the tests. Not for secrets.
+//! A tiny deterministic PRNG (SplitMix64) for the seeded impairment models of the tests and
+//! benchmarks. Not for anything a peer sees: SSRCs and initial RTP values come from ChaCha20
+//! (`session.rs`).
 
 /// SplitMix64 (Steele, Lea, Flood 2014; the seeding generator of xoshiro).
 #[derive(Clone, Debug)]

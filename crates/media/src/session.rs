@@ -20,7 +20,7 @@
 //! The marker bit is set on the first packet of the session and on the first packet of each
 //! prompt (a talkspurt start, RFC 3551 §4.1), and on the first packet of each RFC 4733 event
 //! (RFC 4733 §2.2.2). SSRC, first sequence number and first timestamp are random (RFC 3550
-//! §5.1), drawn from the configured seed.
+//! §5.1), drawn from ChaCha20 keyed with the configured seed.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -33,7 +33,8 @@ use crate::g711;
 use crate::prompt::{FRAME_DURATION, FRAME_SAMPLES, Prompt};
 use crate::receive::{Codec, DigitReport, ReceiveConfig, ReceivePath, ReceiveStats};
 use crate::rfc4733::{EventSchedule, SEND_VOLUME};
-use crate::rng::SplitMix64;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 use crate::rtcp::{self, RtcpPacket, SenderInfo};
 use crate::rtp::PacketSpec;
 
@@ -61,8 +62,9 @@ pub struct SessionConfig {
     pub audio_pt: u8,
     /// The negotiated telephone-event payload type (8 kHz), if any.
     pub telephone_event_pt: Option<u8>,
-    /// Seed of the random initial SSRC, sequence number and timestamp (RFC 3550 §5.1).
-    pub seed: u64,
+    /// Key of the ChaCha20 generator of the random initial SSRC, sequence number and
+    /// timestamp (RFC 3550 §5.1): 32 bytes from a CSPRNG in production.
+    pub seed: [u8; 32],
 }
 
 /// How to dial digits.
@@ -178,10 +180,10 @@ impl Session {
             source: Some(config.remote),
             reorder_window: REORDER_WINDOW,
         });
-        let mut rng = SplitMix64::new(config.seed);
-        let ssrc = rng.next_u64() as u32;
-        let first_seq = rng.next_u64() as u16;
-        let first_ts = rng.next_u64() as u32;
+        let mut rng = ChaCha20Rng::from_seed(config.seed);
+        let ssrc = rng.next_u32();
+        let first_seq = rng.next_u32() as u16;
+        let first_ts = rng.next_u32();
         Session {
             config,
             receive,

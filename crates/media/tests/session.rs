@@ -14,6 +14,13 @@ use media::{
 
 const US: &str = "203.0.113.5:30000";
 
+/// A fixed 32-byte generator seed from a test number.
+fn seed32(n: u64) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    seed
+}
+
 fn session(t0: Instant, codec: Codec, event_pt: Option<u8>, seed: u64) -> Session {
     Session::new(
         t0,
@@ -22,7 +29,7 @@ fn session(t0: Instant, codec: Codec, event_pt: Option<u8>, seed: u64) -> Sessio
             codec,
             audio_pt: if codec == Codec::Pcma { 8 } else { 0 },
             telephone_event_pt: event_pt,
-            seed,
+            seed: seed32(seed),
         },
     )
 }
@@ -378,7 +385,7 @@ fn two_sessions_over_an_impaired_link() {
                 codec: Codec::Pcmu,
                 audio_pt: 0,
                 telephone_event_pt: Some(101),
-                seed,
+                seed: seed32(seed),
             },
         );
         let mut phone = Session::new(
@@ -388,7 +395,7 @@ fn two_sessions_over_an_impaired_link() {
                 codec: Codec::Pcmu,
                 audio_pt: 0,
                 telephone_event_pt: Some(101),
-                seed: seed + 1000,
+                seed: seed32(seed + 1000),
             },
         );
         caller.play(t0, tone_prompt("greeting", 1500));

@@ -1,49 +1,42 @@
-//! A tiny seeded PRNG (xoshiro256**) for tags, branches, Call-IDs and cnonces.
+//! Identifiers (tags, branches, Call-IDs, cnonces) from ChaCha20, a CSPRNG.
 //!
-//! The core has no access to the OS: the runtime seeds it from real entropy, tests seed it
-//! with a constant so every run is reproducible. RFC 3261 §19.3 asks for at least 32 random
-//! bits in tags; we use 64.
+//! The core has no access to the OS: the runtime seeds the generator with 32 bytes from the
+//! OS, tests with a constant so every run is reproducible. ChaCha20's outputs reveal nothing
+//! of its state, so handing them to strangers (a To-tag, a branch) lets nobody predict the
+//! next Call-ID. RFC 3261 §19.3 asks for at least 32 random bits in tags; every identifier
+//! here carries 128.
 
-/// xoshiro256** state.
-#[derive(Clone, Debug)]
-pub(crate) struct Rng {
-    s: [u64; 4],
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
+
+/// Random bits in each identifier ([`Rng::token`]).
+pub(crate) const TOKEN_BITS: usize = 128;
+
+/// The generator. Its `Debug` shows nothing of the state.
+pub(crate) struct Rng(ChaCha20Rng);
+
+impl std::fmt::Debug for Rng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rng(ChaCha20)")
+    }
 }
 
 impl Rng {
-    /// Seeds the generator through splitmix64 (so any seed, even 0, gives a good state).
-    pub(crate) fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Self {
-            s: [next(), next(), next(), next()],
-        }
+    /// A generator keyed with `seed` (32 bytes from the OS in production).
+    pub(crate) fn new(seed: [u8; 32]) -> Self {
+        Self(ChaCha20Rng::from_seed(seed))
     }
 
     /// Next 64 random bits.
     pub(crate) fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
+        self.0.next_u64()
     }
 
-    /// `n` random 64-bit words as lowercase hex.
-    pub(crate) fn hex(&mut self, words: usize) -> String {
-        (0..words)
-            .map(|_| format!("{:016x}", self.next_u64()))
-            .collect()
+    /// 128 random bits as 32 lowercase hex digits.
+    pub(crate) fn token(&mut self) -> String {
+        let mut bytes = [0u8; TOKEN_BITS / 8];
+        self.0.fill_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -52,10 +45,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deterministic_per_seed() {
-        let mut a = Rng::new(7);
-        let mut b = Rng::new(7);
-        assert_eq!(a.hex(2), b.hex(2));
-        assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
+    fn deterministic_per_seed_and_128_bits() {
+        let mut a = Rng::new([7; 32]);
+        let mut b = Rng::new([7; 32]);
+        let t = a.token();
+        assert_eq!(t, b.token());
+        assert_eq!(t.len(), 32);
+        assert!(t.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(Rng::new([1; 32]).next_u64(), Rng::new([2; 32]).next_u64());
+        assert_ne!(a.token(), t, "no repeats");
+    }
+
+    #[test]
+    fn chacha20_reference_keystream() {
+        // RFC 8439 §2.3.2 block function with an all-zero key and nonce, counter 0: the first
+        // keystream bytes are 76 b8 e0 ad a0 f1 3d 90 (rand_chacha's word order, as ChaCha20).
+        let mut r = Rng::new([0; 32]);
+        assert_eq!(&r.token()[..16], "76b8e0ada0f13d90");
     }
 }

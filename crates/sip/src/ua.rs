@@ -9,8 +9,28 @@
 //! CANCEL (only after a provisional; 200-after-CANCEL → ACK + BYE), forked 2xx → ACK + BYE.
 //! Callee side (UAS): 100, 180, 200 + answer retransmitted until ACK (§13.3.1.4), CANCEL → 487.
 //! Both: BYE either way, INFO (DTMF), OPTIONS, UPDATE and re-INVITE from the far end.
+//!
+//! # Who is heard (docs/SECURITY.md)
+//!
+//! ```text
+//!  input from `source` over `transport`
+//!   ├─ source unknown (not a trusted peer, not a peer of a live call) and not a phone
+//!   │  taking calls from anyone ─────────────────────────── dropped unparsed: UntrustedSource
+//!   ├─ response: counts only from the address (and transport) its request went to;
+//!   │  a 2xx without its transaction only re-ACKs a dialog it names by Call-ID, both tags
+//!   │  and the INVITE's destination ───────────── else UntrustedSource / NoTransaction
+//!   ├─ request in a dialog: only from the call's peers, over the call's transport, with a
+//!   │  CSeq above the last one (RFC 3261 §12.2.2) ────── else UntrustedSource / CseqOrder
+//!   └─ request outside a dialog: a phone (`accept_incoming`) takes INVITEs from anyone;
+//!      otherwise a trusted peer gets one stateless answer (480, 200, 481, 405: no
+//!      transaction, no retransmission) and anyone else nothing ── UntrustedSource
+//! ```
+//! A call's peers are where its INVITE went, the addresses the runtime vouches for
+//! ([`OutgoingCall::peers`]: every address of the trunk), and the next hop of its dialog
+//! (Record-Route or Contact of an answer that itself came from a peer). A callee's peers are
+//! where its INVITE came from and that INVITE's next hop.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -49,8 +69,13 @@ pub struct Config {
     pub limits: Limits,
     /// User-Agent / Server header value.
     pub user_agent: String,
-    /// Whether unsolicited INVITEs create callee calls (`Event::Incoming`); otherwise 480.
+    /// Whether unsolicited INVITEs from any source create callee calls (`Event::Incoming`):
+    /// a phone. Otherwise they are refused: a trusted peer gets one stateless 480, anyone
+    /// else nothing.
     pub accept_incoming: bool,
+    /// Addresses (address and port) trusted outside any call: the trunk's, so its OPTIONS
+    /// and stray requests get one stateless answer. Everything else unknown is dropped.
+    pub trusted_peers: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -62,6 +87,7 @@ impl Config {
             limits: Limits::default(),
             user_agent: "callverify".into(),
             accept_incoming: false,
+            trusted_peers: Vec::new(),
         }
     }
 }
@@ -75,8 +101,12 @@ pub struct OutgoingCall {
     pub from: Uri,
     /// Optional display name for From.
     pub display_name: Option<String>,
-    /// Where to send the INVITE (trunk or outbound proxy), resolved by the runtime.
+    /// Where to send the INVITE (trunk or outbound proxy), resolved by the runtime. Its
+    /// responses count only from here.
     pub next_hop: SocketAddr,
+    /// Other addresses whose in-dialog requests count for this call (every address the
+    /// trunk's host resolves to, at its port). `next_hop` always counts.
+    pub peers: Vec<SocketAddr>,
     /// Transport to the next hop.
     pub transport: Transport,
     /// Our RTP address and payload types for the SDP offer.
@@ -85,13 +115,43 @@ pub struct OutgoingCall {
     pub credentials: Option<Credentials>,
 }
 
-/// Bytes from the network that could not be used. The sender is at fault; the runtime may
-/// count or log these and carry on.
+/// Bytes from the network that were not used. The sender is at fault (or an attacker); the
+/// runtime counts them by [`InputError::reason`] and carries on. Nothing here created state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
     /// Not a SIP message (or over the limits).
     #[error("unparseable SIP message: {0}")]
     Parse(#[from] ParseError),
+    /// From an address (or over a transport) that is not a trusted peer of this agent, of the
+    /// call it names, or of the transaction it answers: dropped unanswered.
+    #[error("not from a trusted peer")]
+    UntrustedSource,
+    /// A response, ACK or CANCEL that matches no transaction (nor, for a 2xx, a dialog
+    /// named by Call-ID, both tags and source), or a request for a dialog we do not have
+    /// (answered 481 when it came from a trusted peer).
+    #[error("no matching transaction or dialog")]
+    NoTransaction,
+    /// A request in a dialog whose CSeq is not above the last one (RFC 3261 §12.2.2):
+    /// refused with 500, nothing done.
+    #[error("CSeq not increasing in the dialog")]
+    CseqOrder,
+    /// A response with more than one Via (RFC 3261 §8.1.3.3): not for us.
+    #[error("response with more than one Via (misrouted)")]
+    Misrouted,
+}
+
+impl InputError {
+    /// A short stable name for counters and logs (`parse`, `untrusted_source`,
+    /// `no_transaction`, `cseq`, `misrouted`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InputError::Parse(_) => "parse",
+            InputError::UntrustedSource => "untrusted_source",
+            InputError::NoTransaction => "no_transaction",
+            InputError::CseqOrder => "cseq",
+            InputError::Misrouted => "misrouted",
+        }
+    }
 }
 
 /// The caller of the user agent asked for something impossible (local misuse).
@@ -211,7 +271,10 @@ struct Call {
     /// Our From (caller) or To (callee) value, tag included.
     local_hdr: String,
     transport: Transport,
+    /// Caller: where the INVITE went. Callee: where it came from.
     peer: SocketAddr,
+    /// Addresses whose in-dialog requests count (see the module documentation).
+    peers: BTreeSet<SocketAddr>,
     media: LocalMedia,
     sdp_version: u64,
     local_cseq: u32,
@@ -245,6 +308,9 @@ struct Call {
 struct Ctx {
     cfg: Config,
     rng: Rng,
+    /// Every address of a call's peers or a client transaction's destination, with the number
+    /// of calls and transactions naming it: the O(1) test that drops strangers unparsed.
+    known: HashMap<SocketAddr, u32>,
     clients: BTreeMap<ClientKey, ClientEntry>,
     servers: BTreeMap<ServerKey, ServerEntry>,
     transmits: VecDeque<Transmit>,
@@ -271,7 +337,51 @@ impl std::fmt::Debug for UserAgent {
 
 impl Ctx {
     fn branch(&mut self) -> String {
-        format!("{BRANCH_COOKIE}{}", self.rng.hex(1))
+        format!("{BRANCH_COOKIE}{}", self.rng.token())
+    }
+
+    fn know(&mut self, addr: SocketAddr) {
+        *self.known.entry(addr).or_default() += 1;
+    }
+
+    fn forget(&mut self, addr: SocketAddr) {
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.known.entry(addr) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// A trusted peer of this agent or of some live call or transaction.
+    fn is_known(&self, addr: SocketAddr) -> bool {
+        self.known.contains_key(&addr) || self.cfg.trusted_peers.contains(&addr)
+    }
+
+    /// Drops the client transactions `keep` refuses, forgetting their destinations.
+    fn retain_clients(&mut self, mut keep: impl FnMut(&ClientEntry) -> bool) {
+        let mut gone = Vec::new();
+        self.clients.retain(|_, e| {
+            let k = keep(e);
+            if !k {
+                gone.push(e.dest);
+            }
+            k
+        });
+        for dest in gone {
+            self.forget(dest);
+        }
+    }
+
+    /// One answer to a request, without a transaction: never retransmitted, so a peer that
+    /// sends one request gets at most one packet back.
+    fn answer_statelessly(
+        &mut self,
+        transport: Transport,
+        source: SocketAddr,
+        response: &Response,
+    ) {
+        self.push(None, transport, source, response.to_bytes());
     }
 
     fn via(&self, transport: Transport, branch: &str) -> String {
@@ -330,7 +440,8 @@ impl Ctx {
         };
         let (tx, bytes) = ClientTx::start(now, req, transport.is_reliable(), self.cfg.timers);
         self.push(Some(call), transport, dest, bytes);
-        self.clients.insert(
+        self.know(dest);
+        let old = self.clients.insert(
             key,
             ClientEntry {
                 tx,
@@ -340,6 +451,9 @@ impl Ctx {
                 transport,
             },
         );
+        if let Some(old) = old {
+            self.forget(old.dest);
+        }
     }
 
     /// Sends a response through the server transaction `key`.
@@ -390,9 +504,9 @@ impl Ctx {
 }
 
 impl UserAgent {
-    /// A user agent. `seed` must come from real entropy in production (tags, branches,
-    /// Call-IDs and cnonces derive from it); tests pass a constant.
-    pub fn new(mut config: Config, seed: u64) -> Self {
+    /// A user agent. `seed` keys the ChaCha20 generator of tags, branches, Call-IDs and
+    /// cnonces: 32 bytes from the OS in production; tests pass a constant.
+    pub fn new(mut config: Config, seed: [u8; 32]) -> Self {
         // A zero T1 would make retransmission timers fire forever at the same instant.
         let t = &mut config.timers;
         t.t1 = t.t1.max(MIN_T1);
@@ -401,6 +515,7 @@ impl UserAgent {
             ctx: Ctx {
                 cfg: config,
                 rng: Rng::new(seed),
+                known: HashMap::new(),
                 clients: BTreeMap::new(),
                 servers: BTreeMap::new(),
                 transmits: VecDeque::new(),
@@ -419,6 +534,18 @@ impl UserAgent {
     /// Number of calls still tracked (including ended ones lingering for retransmissions).
     pub fn call_count(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Whether input from `addr` is heard at all: a trusted peer of this agent, or a peer of
+    /// a live call or transaction. (A phone, `accept_incoming`, also hears new INVITEs from
+    /// anyone.)
+    pub fn knows(&self, addr: SocketAddr) -> bool {
+        self.ctx.is_known(addr)
+    }
+
+    /// Server transactions kept (requests being answered, and their retransmission state).
+    pub fn server_transactions(&self) -> usize {
+        self.ctx.servers.len()
     }
 
     /// The next message to send.
@@ -465,8 +592,8 @@ impl UserAgent {
     pub fn call(&mut self, now: Instant, call: OutgoingCall) -> CallHandle {
         let handle = self.new_handle();
         let ctx = &mut self.ctx;
-        let local_tag = ctx.rng.hex(1);
-        let call_id = format!("{}@{}", ctx.rng.hex(2), ctx.cfg.local_addr.ip());
+        let local_tag = ctx.rng.token();
+        let call_id = format!("{}@{}", ctx.rng.token(), ctx.cfg.local_addr.ip());
         let local_hdr = match &call.display_name {
             Some(name) => format!(
                 "\"{}\" <{}>;tag={local_tag}",
@@ -500,6 +627,12 @@ impl UserAgent {
             call.next_hop,
             call.transport,
         );
+        let peers: BTreeSet<SocketAddr> = std::iter::once(call.next_hop)
+            .chain(call.peers.iter().copied())
+            .collect();
+        for p in &peers {
+            ctx.know(*p);
+        }
         self.calls.insert(
             handle,
             Call {
@@ -510,6 +643,7 @@ impl UserAgent {
                 local_hdr,
                 transport: call.transport,
                 peer: call.next_hop,
+                peers,
                 media: call.media,
                 sdp_version: 1,
                 local_cseq: 1,
@@ -714,7 +848,7 @@ impl UserAgent {
         let Some(call) = self.calls.get_mut(&handle) else {
             return;
         };
-        self.ctx.clients.retain(|_, e| e.call != handle);
+        self.ctx.retain_clients(|e| e.call != handle);
         if call.phase == Phase::Ended {
             return;
         }
@@ -763,7 +897,7 @@ impl UserAgent {
                 }
             }
         }
-        self.ctx.clients.retain(|_, e| !e.tx.is_terminated());
+        self.ctx.retain_clients(|e| !e.tx.is_terminated());
 
         let due: Vec<ServerKey> = self
             .ctx
@@ -817,12 +951,15 @@ impl UserAgent {
                 // RFC 3261 §9.1: no final response 64·T1 after CANCEL; the INVITE is over.
                 call.cancel_deadline = None;
                 self.ctx
-                    .clients
-                    .retain(|_, e| !(e.call == handle && e.purpose == Purpose::Invite));
+                    .retain_clients(|e| !(e.call == handle && e.purpose == Purpose::Invite));
                 end(&mut self.ctx, handle, call, now, EndReason::Cancelled);
             }
-            if call.linger_until.is_some_and(|d| d <= now) {
-                self.calls.remove(&handle);
+            if call.linger_until.is_some_and(|d| d <= now)
+                && let Some(call) = self.calls.remove(&handle)
+            {
+                for p in call.peers {
+                    self.ctx.forget(p);
+                }
             }
         }
     }
@@ -865,7 +1002,9 @@ impl UserAgent {
     }
 
     /// Feeds one message received on `transport` from `source` (a UDP datagram, or one
-    /// message cut from a stream by [`crate::framer::StreamFramer`]).
+    /// message cut from a stream by [`crate::framer::StreamFramer`]; for streams, `source` is
+    /// the peer of the connection it came over). An error says why the message was not used;
+    /// nothing was sent or kept for it beyond what the error names.
     pub fn handle_input(
         &mut self,
         now: Instant,
@@ -873,37 +1012,42 @@ impl UserAgent {
         source: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), InputError> {
+        // Strangers cost nothing: unless this agent takes calls from anyone (a phone), a
+        // source that is no trusted peer of it or of any live call is not even parsed.
+        if !self.ctx.cfg.accept_incoming && !self.ctx.is_known(source) {
+            return Err(InputError::UntrustedSource);
+        }
         match Message::parse(bytes, &self.ctx.cfg.limits)? {
-            Message::Response(resp) => self.handle_response(now, resp),
+            Message::Response(resp) => self.handle_response(now, transport, source, resp),
             Message::Request(req) => self.handle_request(now, transport, source, req),
         }
     }
 
-    fn handle_response(&mut self, now: Instant, resp: Response) -> Result<(), InputError> {
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        resp: Response,
+    ) -> Result<(), InputError> {
         let via = resp.top_via()?;
         let cseq = resp.cseq()?;
         // §8.1.3.3: more than one Via in a response means it was misrouted.
         if resp.headers.list("Via").count() != 1 {
-            return Ok(());
+            return Err(InputError::Misrouted);
         }
         let key = ClientKey {
             branch: via.branch().unwrap_or_default().to_string(),
             method: cseq.method.clone(),
         };
         let Some(entry) = self.ctx.clients.get_mut(&key) else {
-            // A 2xx to an INVITE after the transaction is gone: re-ACK it (RFC 6026 §8.4).
-            if cseq.method == Method::Invite && resp.status / 100 == 2 {
-                let call_id = resp.call_id()?.to_string();
-                if let Some((&h, call)) = self
-                    .calls
-                    .iter_mut()
-                    .find(|(_, c)| c.call_id == call_id && c.role == Role::Caller)
-                {
-                    invite_2xx(&mut self.ctx, h, call, now, &resp);
-                }
-            }
-            return Ok(());
+            return self.stray_2xx(now, transport, source, &resp);
         };
+        // A response counts only from where its request went (and, for streams, over the
+        // connection to there): anyone who saw the INVITE knows its branch.
+        if entry.dest != source || entry.transport != transport {
+            return Err(InputError::UntrustedSource);
+        }
         let mut out = Vec::new();
         entry.tx.on_response(now, resp, &mut out);
         let (call, purpose, dest, transport) =
@@ -916,6 +1060,40 @@ impl UserAgent {
                 TxOutput::Timeout => self.client_timeout(now, call, purpose),
             }
         }
+        Ok(())
+    }
+
+    /// A response without its transaction. Only a retransmitted 2xx of a dialog we already
+    /// ACKed is used (RFC 6026 §8.4: ACK it again), and only when it names the dialog by
+    /// Call-ID and both tags and comes from where the INVITE went.
+    fn stray_2xx(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        resp: &Response,
+    ) -> Result<(), InputError> {
+        if resp.cseq()?.method != Method::Invite || resp.status / 100 != 2 {
+            return Err(InputError::NoTransaction);
+        }
+        let call_id = resp.call_id()?;
+        let from = resp.header_from()?;
+        let to = resp.header_to()?;
+        let (Some(local_tag), Some(remote_tag)) = (from.tag(), to.tag()) else {
+            return Err(InputError::NoTransaction);
+        };
+        let Some((&h, call)) = self.calls.iter_mut().find(|(_, c)| {
+            c.role == Role::Caller
+                && c.call_id == call_id
+                && c.local_tag == local_tag
+                && c.acks.iter().any(|(tag, _, _)| tag == remote_tag)
+        }) else {
+            return Err(InputError::NoTransaction);
+        };
+        if call.peer != source || call.transport != transport {
+            return Err(InputError::UntrustedSource);
+        }
+        invite_2xx(&mut self.ctx, h, call, now, resp);
         Ok(())
     }
 
@@ -989,21 +1167,28 @@ impl UserAgent {
                 sent_by,
                 method: Method::Invite,
             };
-            if let Some(e) = self.ctx.servers.get_mut(&key)
-                && e.tx.on_ack(now)
-            {
-                return Ok(());
+            if let Some(e) = self.ctx.servers.get_mut(&key) {
+                if e.dest != source || e.transport != transport {
+                    return Err(InputError::UntrustedSource);
+                }
+                if e.tx.on_ack(now) {
+                    return Ok(());
+                }
             }
             let Some(to_tag) = to.tag() else {
-                return Ok(());
+                return Err(InputError::NoTransaction);
             };
-            if let Some((&h, call)) = self
+            let Some((&h, call)) = self
                 .calls
                 .iter_mut()
                 .find(|(_, c)| c.call_id == call_id && c.local_tag == to_tag)
-            {
-                ack_received(&mut self.ctx, h, call, now, &req, cseq.seq);
+            else {
+                return Err(InputError::NoTransaction);
+            };
+            if !call.admits(transport, source) {
+                return Err(InputError::UntrustedSource);
             }
+            ack_received(&mut self.ctx, h, call, now, &req, cseq.seq);
             return Ok(());
         }
         let key = ServerKey {
@@ -1012,73 +1197,99 @@ impl UserAgent {
             method: req.method.clone(),
         };
         if let Some(e) = self.ctx.servers.get_mut(&key) {
+            if e.dest != source || e.transport != transport {
+                return Err(InputError::UntrustedSource);
+            }
             if let Some(bytes) = e.tx.on_retransmission() {
                 let (call, t, d) = (e.call, e.transport, e.dest);
                 self.ctx.push(call, t, d, bytes);
             }
             return Ok(());
         }
-        let reliable = transport.is_reliable();
-        self.ctx.servers.insert(
-            key.clone(),
-            ServerEntry {
-                tx: ServerTx::new(req.clone(), reliable, self.ctx.cfg.timers),
-                call: None,
-                dest: source,
-                transport,
-            },
-        );
         if req.method == Method::Cancel {
-            self.cancel_received(now, &key, &req);
-            return Ok(());
+            return self.cancel_received(now, transport, source, &key, &req);
         }
-        match to.tag() {
-            Some(to_tag) => {
-                let found = self.calls.iter_mut().find(|(_, c)| {
-                    c.call_id == call_id && c.local_tag == to_tag && c.phase != Phase::Ended
-                });
-                match found {
-                    Some((&h, call)) => {
-                        if let Some(e) = self.ctx.servers.get_mut(&key) {
-                            e.call = Some(h);
-                        }
-                        in_dialog_request(
-                            &mut self.ctx,
-                            h,
-                            call,
-                            now,
-                            &key,
-                            &req,
-                            from.tag().unwrap_or_default(),
-                        );
-                    }
-                    None => {
-                        let resp = self.ctx.response_to(&req, 481, None);
-                        self.ctx.respond(now, &key, &resp);
-                    }
+        let Some(to_tag) = to.tag() else {
+            return self.out_of_dialog_request(now, transport, source, &key, req, from);
+        };
+        let found = self.calls.iter_mut().find(|(_, c)| {
+            c.call_id == call_id && c.local_tag == to_tag && c.phase != Phase::Ended
+        });
+        match found {
+            Some((&h, call)) => {
+                // Only the dialog's peer may hang up, move the media or send keys; a stranger
+                // who saw the Call-ID and tags gets nothing, not even a transaction.
+                if !call.admits(transport, source) {
+                    return Err(InputError::UntrustedSource);
                 }
+                self.ctx.servers.insert(
+                    key.clone(),
+                    ServerEntry {
+                        tx: ServerTx::new(req.clone(), transport.is_reliable(), self.ctx.cfg.timers),
+                        call: Some(h),
+                        dest: source,
+                        transport,
+                    },
+                );
+                in_dialog_request(
+                    &mut self.ctx,
+                    h,
+                    call,
+                    now,
+                    &key,
+                    &req,
+                    from.tag().unwrap_or_default(),
+                )
             }
-            None => self.out_of_dialog_request(now, transport, source, &key, req, from),
+            None if self.ctx.is_known(source) => {
+                let resp = self.ctx.response_to(&req, 481, None);
+                self.ctx.answer_statelessly(transport, source, &resp);
+                Err(InputError::NoTransaction)
+            }
+            None => Err(InputError::UntrustedSource),
         }
-        Ok(())
     }
 
-    fn cancel_received(&mut self, now: Instant, key: &ServerKey, req: &Request) {
+    fn cancel_received(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        key: &ServerKey,
+        req: &Request,
+    ) -> Result<(), InputError> {
         let invite_key = ServerKey {
             method: Method::Invite,
             ..key.clone()
         };
         let Some(invite) = self.ctx.servers.get(&invite_key) else {
-            let resp = self.ctx.response_to(req, 481, None);
-            self.ctx.respond(now, key, &resp);
-            return;
+            if self.ctx.is_known(source) {
+                let resp = self.ctx.response_to(req, 481, None);
+                self.ctx.answer_statelessly(transport, source, &resp);
+                return Err(InputError::NoTransaction);
+            }
+            return Err(InputError::UntrustedSource);
         };
+        // §9.2: a CANCEL matches the INVITE it cancels hop by hop: it comes from where the
+        // INVITE came from.
+        if invite.dest != source || invite.transport != transport {
+            return Err(InputError::UntrustedSource);
+        }
         let (invite_req, call, finished) =
             (invite.tx.request.clone(), invite.call, invite.tx.is_final());
+        self.ctx.servers.insert(
+            key.clone(),
+            ServerEntry {
+                tx: ServerTx::new(req.clone(), transport.is_reliable(), self.ctx.cfg.timers),
+                call,
+                dest: source,
+                transport,
+            },
+        );
         let ok = self.ctx.response_to(req, 200, None);
         self.ctx.respond(now, key, &ok);
         if finished {
-            return;
+            return Ok(());
         }
         // §9.2: the INVITE gets 487 Request Terminated.
         let tag = call
@@ -1091,6 +1302,7 @@ impl UserAgent {
         {
             end(&mut self.ctx, h, c, now, EndReason::Cancelled);
         }
+        Ok(())
     }
 
     fn out_of_dialog_request(
@@ -1101,113 +1313,148 @@ impl UserAgent {
         key: &ServerKey,
         req: Request,
         from: NameAddr,
-    ) {
+    ) -> Result<(), InputError> {
+        if req.method == Method::Invite && self.ctx.cfg.accept_incoming {
+            self.incoming_invite(now, transport, source, key, req, from);
+            return Ok(());
+        }
+        if !self.ctx.is_known(source) {
+            return Err(InputError::UntrustedSource);
+        }
+        // A trusted peer outside any dialog: one stateless answer, no transaction.
+        let ctx = &mut self.ctx;
         match req.method {
             Method::Invite => {
-                if !self.ctx.cfg.accept_incoming {
-                    let tag = self.ctx.rng.hex(1);
-                    let resp = self.ctx.response_to(&req, 480, Some(&tag));
-                    self.ctx.respond(now, key, &resp);
-                    return;
-                }
-                if let Some(req_ext) = req.headers.get("Require") {
-                    // §8.2.2.3: we support no extensions.
-                    let mut resp = self.ctx.response_to(&req, 420, None);
-                    resp.headers.push("Unsupported", req_ext);
-                    self.ctx.respond(now, key, &resp);
-                    return;
-                }
-                let Some(Ok(contact)) = req.contact() else {
-                    let resp = self.ctx.response_to(&req, 400, None);
-                    self.ctx.respond(now, key, &resp);
-                    return;
-                };
-                let handle = self.new_handle();
-                let ctx = &mut self.ctx;
-                let local_tag = ctx.rng.hex(1);
-                let to_value = req.headers.get("To").unwrap_or_default().to_string();
-                let offer = (!req.body.is_empty())
-                    .then(|| SessionDescription::parse(&req.body).ok())
-                    .flatten();
-                let dialog = Dialog {
-                    remote_tag: from.tag().unwrap_or_default().to_string(),
-                    remote_hdr: req.headers.get("From").unwrap_or_default().to_string(),
-                    remote_target: contact.uri,
-                    route_set: req
-                        .headers
-                        .list("Record-Route")
-                        .map(str::to_string)
-                        .collect(),
-                    remote_seq: req.cseq().ok().map(|c| c.seq),
-                    early_sdp: None,
-                };
-                if let Some(e) = ctx.servers.get_mut(key) {
-                    e.call = Some(handle);
-                }
-                let trying = ctx.response_to(&req, 100, None);
-                ctx.respond(now, key, &trying);
-                let media_port = ctx.cfg.local_addr;
-                let session_id = ctx.rng.next_u64() >> 1;
-                ctx.event(Event::Incoming {
-                    call: handle,
-                    from: from.uri.clone(),
-                    to: req
-                        .header_to()
-                        .map(|t| t.uri)
-                        .unwrap_or_else(|_| req.uri.clone()),
-                    offer: offer.clone(),
-                });
-                self.calls.insert(
-                    handle,
-                    Call {
-                        role: Role::Callee,
-                        phase: Phase::Early,
-                        call_id: req.call_id().unwrap_or_default().to_string(),
-                        local_hdr: format!("{to_value};tag={local_tag}"),
-                        local_tag,
-                        transport,
-                        peer: source,
-                        media: LocalMedia::new(media_port, session_id),
-                        sdp_version: 0,
-                        local_cseq: 0,
-                        target: None,
-                        invite: None,
-                        credentials: None,
-                        auth_headers: Vec::new(),
-                        auth_rounds: 0,
-                        nonce_counts: HashMap::new(),
-                        provisional: false,
-                        cancel_pending: false,
-                        cancel_deadline: None,
-                        early: Vec::new(),
-                        acks: Vec::new(),
-                        invite_key: Some(key.clone()),
-                        remote_offer: offer,
-                        pending_2xx: None,
-                        offer_in_2xx: false,
-                        bye_after_ack: false,
-                        dialog: Some(dialog),
-                        bye_reason: EndReason::LocalHangup,
-                        linger_until: None,
-                    },
-                );
+                // §8.2.6.2: a final response to an INVITE carries a To-tag (128 random bits
+                // of ChaCha20: nothing about the generator's state).
+                let tag = ctx.rng.token();
+                let resp = ctx.response_to(&req, 480, Some(&tag));
+                ctx.answer_statelessly(transport, source, &resp);
+                Ok(())
             }
             Method::Options => {
-                let mut resp = self.ctx.response_to(&req, 200, None);
+                let mut resp = ctx.response_to(&req, 200, None);
                 resp.headers.push("Allow", ALLOW);
                 resp.headers.push("Accept", ACCEPT);
-                self.ctx.respond(now, key, &resp);
+                ctx.answer_statelessly(transport, source, &resp);
+                Ok(())
             }
             Method::Bye | Method::Info | Method::Update | Method::Prack => {
-                let resp = self.ctx.response_to(&req, 481, None);
-                self.ctx.respond(now, key, &resp);
+                let resp = ctx.response_to(&req, 481, None);
+                ctx.answer_statelessly(transport, source, &resp);
+                Err(InputError::NoTransaction)
             }
             _ => {
-                let mut resp = self.ctx.response_to(&req, 405, None);
+                let mut resp = ctx.response_to(&req, 405, None);
                 resp.headers.push("Allow", ALLOW);
-                self.ctx.respond(now, key, &resp);
+                ctx.answer_statelessly(transport, source, &resp);
+                Ok(())
             }
         }
+    }
+
+    /// A phone's new call: an INVITE from anyone (`accept_incoming`).
+    fn incoming_invite(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        key: &ServerKey,
+        req: Request,
+        from: NameAddr,
+    ) {
+        if let Some(req_ext) = req.headers.get("Require") {
+            // §8.2.2.3: we support no extensions.
+            let mut resp = self.ctx.response_to(&req, 420, None);
+            resp.headers.push("Unsupported", req_ext);
+            self.ctx.answer_statelessly(transport, source, &resp);
+            return;
+        }
+        let Some(Ok(contact)) = req.contact() else {
+            let resp = self.ctx.response_to(&req, 400, None);
+            self.ctx.answer_statelessly(transport, source, &resp);
+            return;
+        };
+        let handle = self.new_handle();
+        let ctx = &mut self.ctx;
+        ctx.servers.insert(
+            key.clone(),
+            ServerEntry {
+                tx: ServerTx::new(req.clone(), transport.is_reliable(), ctx.cfg.timers),
+                call: Some(handle),
+                dest: source,
+                transport,
+            },
+        );
+        let local_tag = ctx.rng.token();
+        let to_value = req.headers.get("To").unwrap_or_default().to_string();
+        let offer = (!req.body.is_empty())
+            .then(|| SessionDescription::parse(&req.body).ok())
+            .flatten();
+        let dialog = Dialog {
+            remote_tag: from.tag().unwrap_or_default().to_string(),
+            remote_hdr: req.headers.get("From").unwrap_or_default().to_string(),
+            remote_target: contact.uri,
+            route_set: req
+                .headers
+                .list("Record-Route")
+                .map(str::to_string)
+                .collect(),
+            remote_seq: req.cseq().ok().map(|c| c.seq),
+            early_sdp: None,
+        };
+        let peers: BTreeSet<SocketAddr> = [source, dialog_hop(&dialog, source)].into();
+        for p in &peers {
+            ctx.know(*p);
+        }
+        let trying = ctx.response_to(&req, 100, None);
+        ctx.respond(now, key, &trying);
+        let media_port = ctx.cfg.local_addr;
+        let session_id = ctx.rng.next_u64() >> 1;
+        ctx.event(Event::Incoming {
+            call: handle,
+            from: from.uri.clone(),
+            to: req
+                .header_to()
+                .map(|t| t.uri)
+                .unwrap_or_else(|_| req.uri.clone()),
+            offer: offer.clone(),
+        });
+        self.calls.insert(
+            handle,
+            Call {
+                role: Role::Callee,
+                phase: Phase::Early,
+                call_id: req.call_id().unwrap_or_default().to_string(),
+                local_hdr: format!("{to_value};tag={local_tag}"),
+                local_tag,
+                transport,
+                peer: source,
+                peers,
+                media: LocalMedia::new(media_port, session_id),
+                sdp_version: 0,
+                local_cseq: 0,
+                target: None,
+                invite: None,
+                credentials: None,
+                auth_headers: Vec::new(),
+                auth_rounds: 0,
+                nonce_counts: HashMap::new(),
+                provisional: false,
+                cancel_pending: false,
+                cancel_deadline: None,
+                early: Vec::new(),
+                acks: Vec::new(),
+                invite_key: Some(key.clone()),
+                remote_offer: offer,
+                pending_2xx: None,
+                offer_in_2xx: false,
+                bye_after_ack: false,
+                dialog: Some(dialog),
+                bye_reason: EndReason::LocalHangup,
+                linger_until: None,
+            },
+        );
     }
 
     /// Sets the local media (RTP address, telephone-event PT) a callee answers with.
@@ -1276,6 +1523,34 @@ fn dialog_request(ctx: &mut Ctx, call: &mut Call, method: Method) -> Option<(Req
     build_in_dialog(ctx, call, dialog, method, call.local_cseq)
 }
 
+/// Where in-dialog requests of `dialog` go (RFC 3261 §12.2.1.1): the first route, else the
+/// remote target, when it is an address literal; else `fallback` (the call's peer).
+fn dialog_hop(dialog: &Dialog, fallback: SocketAddr) -> SocketAddr {
+    let first_route = dialog
+        .route_set
+        .first()
+        .and_then(|r| NameAddr::parse(r).ok());
+    first_route
+        .as_ref()
+        .map_or(&dialog.remote_target, |r| &r.uri)
+        .socket_addr()
+        .unwrap_or(fallback)
+}
+
+impl Call {
+    /// Whether a request that arrived over `transport` from `source` may act in this call.
+    fn admits(&self, transport: Transport, source: SocketAddr) -> bool {
+        transport == self.transport && self.peers.contains(&source)
+    }
+
+    /// Trusts `addr` for this call's in-dialog requests from now on.
+    fn add_peer(&mut self, ctx: &mut Ctx, addr: SocketAddr) {
+        if self.peers.insert(addr) {
+            ctx.know(addr);
+        }
+    }
+}
+
 fn build_in_dialog(
     ctx: &mut Ctx,
     call: &Call,
@@ -1296,11 +1571,7 @@ fn build_in_dialog(
         }
         _ => (dialog.remote_target.clone(), dialog.route_set.clone()),
     };
-    let dest = first_route
-        .as_ref()
-        .map_or(&dialog.remote_target, |r| &r.uri)
-        .socket_addr()
-        .unwrap_or(call.peer);
+    let dest = dialog_hop(dialog, call.peer);
     let mut req = Request::new(method.clone(), ruri);
     let branch = ctx.branch();
     req.headers.push("Via", ctx.via(call.transport, &branch));
@@ -1532,6 +1803,9 @@ fn invite_2xx(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, 
         route_set: dialog.route_set.clone(),
     };
     let cancelled = call.phase == Phase::Cancelling || call.cancel_pending;
+    // The answer came from where the INVITE went: its dialog's next hop is a peer.
+    let hop = dialog_hop(&dialog, call.peer);
+    call.add_peer(ctx, hop);
     call.dialog = Some(dialog);
     call.phase = Phase::Confirmed;
     if cancelled {
@@ -1594,7 +1868,7 @@ fn retry_with_auth(
         *n += 1;
         *n
     };
-    let cnonce = ctx.rng.hex(2);
+    let cnonce = ctx.rng.token();
     let digest = DigestRequest {
         method: request.method.as_str(),
         uri: request.uri.as_str(),
@@ -1684,7 +1958,7 @@ fn in_dialog_request(
     key: &ServerKey,
     req: &Request,
     from_tag: &str,
-) {
+) -> Result<(), InputError> {
     let seq = req.cseq().map(|c| c.seq).unwrap_or(0);
     let confirmed = call
         .dialog
@@ -1699,26 +1973,33 @@ fn in_dialog_request(
     if !(confirmed || early_ok) {
         let resp = ctx.response_to(req, 481, None);
         ctx.respond(now, key, &resp);
-        return;
+        return Err(InputError::NoTransaction);
     }
     let dialog = if confirmed {
         call.dialog.as_mut()
     } else {
         call.early.iter_mut().find(|d| d.remote_tag == from_tag)
     };
+    let mut new_hop = None;
     if let Some(d) = dialog {
-        // §12.2.2: lower CSeq than the last one → 500.
+        // §12.2.2: a CSeq not above the last one is out of order → 500, nothing done.
         if d.remote_seq.is_some_and(|r| seq <= r) {
             let resp = ctx.response_to(req, 500, None);
             ctx.respond(now, key, &resp);
-            return;
+            return Err(InputError::CseqOrder);
         }
         d.remote_seq = Some(seq);
         if matches!(req.method, Method::Invite | Method::Update)
             && let Some(Ok(c)) = req.contact()
         {
+            // A target refresh from the dialog's own peer (§12.2.2): in-dialog requests now
+            // go to the new target, and may come from it.
             d.remote_target = c.uri;
+            new_hop = Some(dialog_hop(d, call.peer));
         }
+    }
+    if let Some(hop) = new_hop {
+        call.add_peer(ctx, hop);
     }
     match req.method {
         Method::Bye => {
@@ -1769,6 +2050,7 @@ fn in_dialog_request(
             ctx.respond(now, key, &resp);
         }
     }
+    Ok(())
 }
 
 /// re-INVITE or UPDATE from the far end (RFC 3311, RFC 3261 §14.2).

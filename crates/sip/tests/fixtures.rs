@@ -163,7 +163,7 @@ fn sipp_md5_answer_to_kamailio_is_reproduced() {
 
 #[test]
 fn kamailio_200_with_record_route_sets_up_the_route_for_ack_and_bye() {
-    let mut ua = UserAgent::new(Config::new("127.0.0.1:25070".parse().unwrap()), 1);
+    let mut ua = UserAgent::new(Config::new("127.0.0.1:25070".parse().unwrap()), [1; 32]);
     let now = Instant::now();
     let call = ua.call(
         now,
@@ -172,6 +172,7 @@ fn kamailio_200_with_record_route_sets_up_the_route_for_ack_and_bye() {
             from: Uri::parse("sip:verifier@127.0.0.1:25070").unwrap(),
             display_name: Some("verifier".into()),
             next_hop: "127.0.0.1:25100".parse().unwrap(),
+            peers: Vec::new(),
             transport: Transport::Udp,
             media: LocalMedia::new("127.0.0.1:27000".parse().unwrap(), 1),
             credentials: Some(Credentials {

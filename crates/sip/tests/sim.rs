@@ -5,16 +5,18 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sip::auth::{Algorithm, Credentials};
-use sip::message::{HeaderAccess, Limits, Message};
+use sip::message::{HeaderAccess, Limits, Message, Request};
 use sip::redact::Secret;
 use sip::sdp::{Codec, LocalMedia};
 use sip::{
-    AuthFailure, CallHandle, Config, EndReason, Event, Failure, OutgoingCall, Transmit, Transport,
-    Uri, UserAgent,
+    AuthFailure, CallHandle, Config, EndReason, Event, Failure, InputError, OutgoingCall, Transmit,
+    Transport, Uri, UserAgent,
 };
 
 const A: &str = "127.0.0.1:5060";
 const B: &str = "127.0.0.1:5070";
+/// Someone else on the network, who may have seen every packet between A and B.
+const STRANGER: &str = "127.0.0.1:5099";
 
 /// splitmix64: tiny seeded PRNG for the network impairments.
 struct Prng(u64);
@@ -67,6 +69,13 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// A fixed 32-byte generator seed from a test number.
+fn seed32(n: u64) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    seed
+}
+
 impl Sim {
     fn new(seed: u64, net: Impairment) -> Self {
         let t0 = Instant::now();
@@ -75,8 +84,8 @@ impl Sim {
         Self {
             t0,
             now: t0,
-            a: UserAgent::new(Config::new(addr(A)), seed),
-            b: UserAgent::new(cb, seed ^ 0xB),
+            a: UserAgent::new(Config::new(addr(A)), seed32(seed)),
+            b: UserAgent::new(cb, seed32(seed ^ 0xB)),
             prng: Prng(seed),
             net,
             flight: Vec::new(),
@@ -95,6 +104,7 @@ impl Sim {
             from: Uri::parse("sip:+14255550100@127.0.0.1").unwrap(),
             display_name: Some("Verifier".into()),
             next_hop: addr(B),
+            peers: Vec::new(),
             transport: self.transport,
             media: LocalMedia::new(addr("127.0.0.1:27000"), 7),
             credentials,
@@ -787,43 +797,368 @@ fn re_invite_hold_is_answered_and_2xx_retransmitted_until_ack() {
     let old = reinvite
         .replace("CSeq: 5 INVITE", "CSeq: 4 INVITE")
         .replace("z9hG4bKre1", "z9hG4bKre3");
-    s.a.handle_input(s.now, Transport::Udp, addr(B), old.as_bytes())
-        .unwrap();
+    assert_eq!(
+        s.a.handle_input(s.now, Transport::Udp, addr(B), old.as_bytes()),
+        Err(InputError::CseqOrder)
+    );
     s.run_for(Duration::from_millis(10));
     assert_eq!(s.sent(A, "SIP/2.0 500").len(), 1);
 }
 
 #[test]
-fn stray_requests_and_garbage() {
+fn stray_requests_from_a_trusted_peer_get_one_stateless_answer() {
     let mut s = Sim::new(16, Impairment::default());
+    let mut trusting = Config::new(addr(A));
+    trusting.trusted_peers = vec![addr(B)];
+    s.a = UserAgent::new(trusting, seed32(16));
     let opt = "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKo1\r\nFrom: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     s.a.handle_input(s.now, Transport::Udp, addr(B), opt.as_bytes())
         .unwrap();
     let bye = opt
         .replace("OPTIONS", "BYE")
         .replace("<sip:127.0.0.1>", "<sip:127.0.0.1>;tag=nope");
-    s.a.handle_input(s.now, Transport::Udp, addr(B), bye.as_bytes())
-        .unwrap();
+    assert_eq!(
+        s.a.handle_input(s.now, Transport::Udp, addr(B), bye.as_bytes()),
+        Err(InputError::NoTransaction)
+    );
     let invite = opt
         .replace("OPTIONS", "INVITE")
         .replace("z9hG4bKo1", "z9hG4bKo2");
     s.a.handle_input(s.now, Transport::Udp, addr(B), invite.as_bytes())
         .unwrap();
-    s.run_for(Duration::from_millis(10));
+    s.run_for(Duration::from_secs(40));
     assert_eq!(s.sent(A, "SIP/2.0 200").len(), 1);
     assert!(s.sent(A, "SIP/2.0 200")[0].1.contains("Allow: INVITE"));
     assert_eq!(s.sent(A, "SIP/2.0 481").len(), 1);
+    let refusals = s.sent(A, "SIP/2.0 480");
     assert_eq!(
-        s.sent(A, "SIP/2.0 480").len(),
+        refusals.len(),
         1,
-        "unsolicited INVITE refused by default"
+        "unsolicited INVITE refused once, never retransmitted"
     );
+    assert_eq!(s.a.server_transactions(), 0, "stateless: nothing kept");
+    // The To-tag is 128 bits of ChaCha20, not a raw generator output of 64 bits.
+    let Message::Response(r) = Message::parse(refusals[0].1.as_bytes(), &Limits::default()).unwrap()
+    else {
+        panic!()
+    };
+    let tag = r.header_to().unwrap().tag().unwrap().to_string();
+    assert_eq!(tag.len(), 32, "{tag}");
     assert!(
         s.a.handle_input(s.now, Transport::Udp, addr(B), b"\x00\xffnot sip")
             .is_err()
     );
     let c = s.call();
     assert!(s.a.hangup(s.now, c).is_ok());
+}
+
+#[test]
+fn strangers_get_nothing_and_cost_nothing() {
+    let mut s = Sim::new(18, Impairment::default());
+    let invite = "INVITE sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bKx1\r\nFrom: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: x1\r\nCSeq: 1 INVITE\r\nContact: <sip:127.0.0.1:5099>\r\nContent-Length: 0\r\n\r\n";
+    for i in 0..1000 {
+        let m = invite.replace("z9hG4bKx1", &format!("z9hG4bKx{i}"));
+        for method in ["INVITE", "OPTIONS", "BYE", "CANCEL"] {
+            let m = m.replace("INVITE", method);
+            assert_eq!(
+                s.a.handle_input(s.now, Transport::Udp, addr(STRANGER), m.as_bytes()),
+                Err(InputError::UntrustedSource)
+            );
+        }
+    }
+    s.run_for(Duration::from_secs(40));
+    assert!(s.log.is_empty(), "not one packet back");
+    assert_eq!(s.a.server_transactions(), 0);
+    // Not even parsed: garbage from a stranger is the same drop.
+    assert_eq!(
+        s.a.handle_input(s.now, Transport::Udp, addr(STRANGER), b"\x00garbage"),
+        Err(InputError::UntrustedSource)
+    );
+}
+
+/// The INVITE A sent, parsed.
+fn invite_of(s: &Sim) -> Request {
+    let (_, invite) = s.sent(A, "INVITE ").pop().expect("an INVITE");
+    let Message::Request(r) = Message::parse(invite.as_bytes(), &Limits::default()).unwrap() else {
+        panic!()
+    };
+    r
+}
+
+/// A 200 OK for `invite` as an attacker would forge it: `branch` in the Via (None: the
+/// INVITE's own), its own To-tag, and SDP pointing at its own RTP port.
+fn forged_200(invite: &Request, branch: Option<&str>) -> Vec<u8> {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 26666 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let mut r = sip::message::Response::new(200);
+    let via = invite.headers.get("Via").unwrap().to_string();
+    let via = match branch {
+        Some(b) => {
+            let old = invite.top_via().unwrap().branch().unwrap().to_string();
+            via.replace(&old, b)
+        }
+        None => via,
+    };
+    r.headers.push("Via", via);
+    r.headers.push("From", invite.headers.get("From").unwrap());
+    r.headers
+        .push("To", format!("{};tag=evil", invite.headers.get("To").unwrap()));
+    r.headers.push("Call-ID", invite.call_id().unwrap());
+    r.headers.push("CSeq", invite.headers.get("CSeq").unwrap());
+    r.headers.push("Contact", format!("<sip:{STRANGER}>"));
+    r.headers.push("Content-Type", "application/sdp");
+    r.body = sdp.as_bytes().to_vec();
+    r.to_bytes()
+}
+
+#[test]
+fn a_forged_200_from_anywhere_but_the_next_hop_is_not_an_answer() {
+    let mut s = Sim::new(19, Impairment::default());
+    let ca = s.call();
+    assert!(s.run_until(Duration::from_secs(1), |s| s.incoming().is_some()));
+    let cb = s.incoming().unwrap();
+    s.b.ringing(s.now, cb).unwrap();
+    s.run_for(Duration::from_millis(100));
+    let invite = invite_of(&s);
+    let now = s.now;
+    // The real branch, from the stranger's own port.
+    assert_eq!(
+        s.a.handle_input(now, Transport::Udp, addr(STRANGER), &forged_200(&invite, None)),
+        Err(InputError::UntrustedSource)
+    );
+    // A fresh branch and only the right Call-ID.
+    assert_eq!(
+        s.a.handle_input(
+            now,
+            Transport::Udp,
+            addr(STRANGER),
+            &forged_200(&invite, Some("z9hG4bKfresh"))
+        ),
+        Err(InputError::UntrustedSource)
+    );
+    // Even from the next hop's address (a spoofed source), over another transport.
+    assert_eq!(
+        s.a.handle_input(now, Transport::Tcp, addr(B), &forged_200(&invite, None)),
+        Err(InputError::UntrustedSource)
+    );
+    // From the next hop with a fresh branch: no transaction, no dialog to re-ACK.
+    assert_eq!(
+        s.a.handle_input(
+            now,
+            Transport::Udp,
+            addr(B),
+            &forged_200(&invite, Some("z9hG4bKfresh"))
+        ),
+        Err(InputError::NoTransaction)
+    );
+    s.run_for(Duration::from_millis(100));
+    assert!(answered(&s.ev_a).is_none(), "still ringing");
+    assert!(s.sent(A, "ACK ").is_empty(), "nothing ACKed");
+    // The real callee decides.
+    s.b.answer_with(s.now, cb, LocalMedia::new(addr("127.0.0.1:26000"), 9))
+        .unwrap();
+    assert!(s.run_until(Duration::from_secs(1), |s| answered(&s.ev_a).is_some()));
+    let Some(Event::Answered { media, .. }) = answered(&s.ev_a) else {
+        unreachable!()
+    };
+    assert_eq!(
+        media.as_ref().unwrap().remote,
+        Some(addr("127.0.0.1:26000")),
+        "media goes to the real callee"
+    );
+    assert!(Sim::terminated(&s.ev_a, ca).is_none());
+}
+
+/// An in-dialog request from B's side of the dialog (Call-ID and tags from A's ACK).
+fn in_dialog(s: &Sim, method: &str, cseq: u32, extra: &str, body: &str) -> Vec<u8> {
+    let ack = s.sent(A, "ACK ")[0].1.clone();
+    let Message::Request(ack) = Message::parse(ack.as_bytes(), &Limits::default()).unwrap() else {
+        panic!()
+    };
+    format!(
+        "{method} sip:+14255550100@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{method}{cseq}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:{STRANGER}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        ack.headers.get("To").unwrap(),
+        ack.headers.get("From").unwrap(),
+        ack.call_id().unwrap(),
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn in_dialog_requests_count_only_from_the_dialogs_peer_with_rising_cseq() {
+    let mut s = Sim::new(20, Impairment::default());
+    let ca = s.call();
+    let cb = s.answer_when_incoming();
+    assert!(s.run_until(Duration::from_secs(1), |s| answered(&s.ev_a).is_some()));
+    s.run_for(Duration::from_millis(100));
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 26666 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let forged = [
+        in_dialog(&s, "BYE", 10, "", ""),
+        in_dialog(&s, "INVITE", 11, "Content-Type: application/sdp\r\n", sdp),
+        in_dialog(&s, "UPDATE", 12, "Content-Type: application/sdp\r\n", sdp),
+        in_dialog(
+            &s,
+            "INFO",
+            13,
+            "Content-Type: application/dtmf-relay\r\n",
+            "Signal=#\r\nDuration=250\r\n",
+        ),
+    ];
+    let logged = s.log.len();
+    for m in &forged {
+        assert_eq!(
+            s.a.handle_input(s.now, Transport::Udp, addr(STRANGER), m),
+            Err(InputError::UntrustedSource)
+        );
+        // The peer's address over the wrong transport is no better.
+        assert_eq!(
+            s.a.handle_input(s.now, Transport::Tcp, addr(B), m),
+            Err(InputError::UntrustedSource)
+        );
+    }
+    s.run_for(Duration::from_millis(200));
+    assert_eq!(s.log.len(), logged, "no answer to anyone");
+    assert!(!s.ev_a.iter().any(|e| matches!(
+        e,
+        Event::RemoteHangup { .. } | Event::MediaChanged { .. } | Event::Dtmf { .. }
+    )));
+    assert!(Sim::terminated(&s.ev_a, ca).is_none());
+    // The genuine peer's INFO counts.
+    s.b.send_dtmf_info(s.now, cb, '5', Duration::from_millis(250))
+        .unwrap();
+    s.run_for(Duration::from_millis(100));
+    assert_eq!(
+        s.ev_a
+            .iter()
+            .filter(|e| matches!(e, Event::Dtmf { info, .. } if info.key == '5'))
+            .count(),
+        1
+    );
+    // Replayed from the right place (a new branch, the same CSeq): 500, no second key.
+    let (_, info) = s.sent(B, "INFO ").pop().unwrap();
+    let Message::Request(r) = Message::parse(info.as_bytes(), &Limits::default()).unwrap() else {
+        panic!()
+    };
+    let branch = r.top_via().unwrap().branch().unwrap().to_string();
+    let replay = info.replace(&branch, "z9hG4bKreplayed");
+    assert_eq!(
+        s.a.handle_input(s.now, Transport::Udp, addr(B), replay.as_bytes()),
+        Err(InputError::CseqOrder)
+    );
+    s.run_for(Duration::from_millis(10));
+    assert_eq!(s.sent(A, "SIP/2.0 500").len(), 1);
+    assert_eq!(
+        s.ev_a
+            .iter()
+            .filter(|e| matches!(e, Event::Dtmf { .. }))
+            .count(),
+        1
+    );
+    // The genuine BYE ends the call.
+    s.b.hangup(s.now, cb).unwrap();
+    s.run_for(Duration::from_secs(1));
+    assert_eq!(Sim::terminated(&s.ev_a, ca), Some(EndReason::RemoteHangup));
+}
+
+#[test]
+fn a_retransmitted_2xx_needs_both_tags_and_the_source() {
+    let mut s = Sim::new(21, Impairment::default());
+    let _ca = s.call();
+    let _cb = s.answer_when_incoming();
+    assert!(s.run_until(Duration::from_secs(1), |s| answered(&s.ev_a).is_some()));
+    // Past Timer M: the INVITE transaction is gone.
+    s.run_for(Duration::from_secs(40));
+    let (_, ok) = s
+        .sent(B, "SIP/2.0 200")
+        .into_iter()
+        .find(|(_, m)| m.contains("INVITE\r\n"))
+        .unwrap();
+    let acks = s.sent(A, "ACK ").len();
+    s.a.handle_input(s.now, Transport::Udp, addr(B), ok.as_bytes())
+        .unwrap();
+    s.collect();
+    assert_eq!(s.sent(A, "ACK ").len(), acks + 1, "re-ACKed (RFC 6026)");
+    assert_eq!(
+        s.a.handle_input(s.now, Transport::Udp, addr(STRANGER), ok.as_bytes()),
+        Err(InputError::UntrustedSource)
+    );
+    let Message::Response(r) = Message::parse(ok.as_bytes(), &Limits::default()).unwrap() else {
+        panic!()
+    };
+    let to_tag = r.header_to().unwrap().tag().unwrap().to_string();
+    let other_dialog = ok.replace(&to_tag, "another");
+    assert_eq!(
+        s.a.handle_input(s.now, Transport::Udp, addr(B), other_dialog.as_bytes()),
+        Err(InputError::NoTransaction),
+        "no Call-ID-only matching"
+    );
+    s.collect();
+    assert_eq!(s.sent(A, "ACK ").len(), acks + 1);
+    assert!(s.sent(A, "BYE ").is_empty());
+}
+
+#[test]
+fn a_callee_hears_bye_and_cancel_only_from_its_caller() {
+    let mut s = Sim::new(22, Impairment::default());
+    let _ca = s.call();
+    assert!(s.run_until(Duration::from_secs(1), |s| s.incoming().is_some()));
+    let cb = s.incoming().unwrap();
+    s.b.ringing(s.now, cb).unwrap();
+    s.run_for(Duration::from_millis(100));
+    let invite = invite_of(&s);
+    let mut cancel = sip::message::Request::new(sip::message::Method::Cancel, invite.uri.clone());
+    for name in ["Via", "From", "To", "Call-ID"] {
+        cancel.headers.push(name, invite.headers.get(name).unwrap());
+    }
+    let seq = invite.cseq().unwrap().seq;
+    cancel.headers.push("CSeq", format!("{seq} CANCEL"));
+    assert_eq!(
+        s.b.handle_input(s.now, Transport::Udp, addr(STRANGER), &cancel.to_bytes()),
+        Err(InputError::UntrustedSource)
+    );
+    s.run_for(Duration::from_millis(100));
+    assert!(Sim::terminated(&s.ev_b, cb).is_none(), "still ringing");
+    s.b.answer(s.now, cb).unwrap();
+    assert!(s.run_until(Duration::from_secs(1), |s| {
+        s.ev_b.iter().any(|e| matches!(e, Event::Confirmed { .. }))
+    }));
+    let ack = s.sent(A, "ACK ")[0].1.clone();
+    let bye = ack
+        .replace("ACK sip", "BYE sip")
+        .replace(" ACK\r\n", " BYE\r\n")
+        .replace("CSeq: 1 BYE", "CSeq: 9 BYE");
+    assert_eq!(
+        s.b.handle_input(s.now, Transport::Udp, addr(STRANGER), bye.as_bytes()),
+        Err(InputError::UntrustedSource)
+    );
+    s.run_for(Duration::from_millis(100));
+    assert!(Sim::terminated(&s.ev_b, cb).is_none(), "still up");
+}
+
+#[test]
+fn identifiers_are_128_random_bits_and_never_repeat() {
+    let mut s = Sim::new(23, Impairment::default());
+    for _ in 0..200 {
+        s.call();
+    }
+    s.collect();
+    let mut seen = std::collections::HashSet::new();
+    for (_, invite) in s.sent(A, "INVITE ") {
+        let Message::Request(r) = Message::parse(invite.as_bytes(), &Limits::default()).unwrap()
+        else {
+            panic!()
+        };
+        let call_id = r.call_id().unwrap().split('@').next().unwrap().to_string();
+        let tag = r.header_from().unwrap().tag().unwrap().to_string();
+        let branch = r.top_via().unwrap().branch().unwrap().to_string();
+        let branch = branch.strip_prefix("z9hG4bK").unwrap().to_string();
+        for id in [call_id, tag, branch] {
+            assert_eq!(id.len(), 32, "{id}: 128 bits in hex");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(seen.insert(id.clone()), "{id} repeated");
+        }
+    }
+    assert_eq!(seen.len(), 600);
 }
 
 #[test]

@@ -244,6 +244,7 @@ pub fn spec(mode: Mode, digits: Option<&str>, rules: Rules) -> CallSpec {
         from: Uri::parse("sip:+14255550100@127.0.0.1").unwrap(),
         display_name: None,
         next_hop: addr(PHONE),
+        peers: Vec::new(),
         transport: Transport::Udp,
         local_rtp: addr(OUR_RTP),
         credentials: None,
@@ -266,13 +267,13 @@ impl Sim {
             now: t0,
             board: Switchboard::new(
                 Config::new(addr(US)),
-                42,
+                [42; 32],
                 ScriptFactory {
                     t0,
                     script: Rc::clone(&script),
                 },
             ),
-            phone: UserAgent::new(pc, 7),
+            phone: UserAgent::new(pc, [7; 32]),
             phone_does,
             script,
             flight: Vec::new(),
