@@ -148,6 +148,19 @@ pub struct SipConfig {
     /// PEM file of CA certificates trusted for the trunk's TLS certificate, besides the
     /// Mozilla roots (`sips:` or `;transport=tls` trunks with a private CA).
     pub tls_ca: Option<PathBuf>,
+    /// SIP over TCP connections accepted at once (the ones we open to the trunk are not
+    /// counted); beyond, new ones are closed at once. The lead's descriptor budget caps this.
+    pub max_connections: u32,
+    /// The same, from one IP address.
+    pub max_connections_per_ip: u32,
+    /// An accepted connection that completes no message for this long is closed (idle or
+    /// slow peers hold descriptors).
+    pub connection_idle_secs: u64,
+    /// SIP messages per second one IP address may send when it is not a trusted peer (the
+    /// trunk, a call's far end): a token bucket; beyond it, messages are dropped unread.
+    pub stranger_rate_per_sec: u32,
+    /// Burst the stranger bucket holds.
+    pub stranger_burst: u32,
 }
 
 impl Default for SipConfig {
@@ -163,6 +176,11 @@ impl Default for SipConfig {
             sip_info_dtmf: false,
             t1_ms: 500,
             tls_ca: None,
+            max_connections: 128,
+            max_connections_per_ip: 8,
+            connection_idle_secs: 30,
+            stranger_rate_per_sec: 20,
+            stranger_burst: 40,
         }
     }
 }
@@ -424,6 +442,23 @@ impl Config {
         }
         if self.sip.t1_ms == 0 {
             return Err(invalid("sip.t1_ms", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("sip.max_connections", u64::from(self.sip.max_connections)),
+            (
+                "sip.max_connections_per_ip",
+                u64::from(self.sip.max_connections_per_ip),
+            ),
+            ("sip.connection_idle_secs", self.sip.connection_idle_secs),
+            (
+                "sip.stranger_rate_per_sec",
+                u64::from(self.sip.stranger_rate_per_sec),
+            ),
+            ("sip.stranger_burst", u64::from(self.sip.stranger_burst)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if !self.sip.trunk.is_empty()
             && !self.sip.trunk.starts_with("sip:")

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use flow::CallResult;
@@ -25,11 +26,151 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_SECS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
+    /// The SIP runtime's counters, once `serve` attached them.
+    sip: OnceLock<Arc<SipCounters>>,
+}
+
+/// Why input from the network did not reach a call (the `reason` label of
+/// `callverify_sip_dropped_total` and `callverify_rtp_dropped_total`; docs/SECURITY.md).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Not a SIP message, or a TCP stream that cannot be framed.
+    Parse,
+    /// Not from a trusted peer (of the agent, the call, or the transaction it answers).
+    UntrustedSource,
+    /// No transaction or dialog it belongs to.
+    NoTransaction,
+    /// CSeq not increasing in a dialog (RFC 3261 §12.2.2).
+    Cseq,
+    /// A response with more than one Via.
+    Misrouted,
+    /// Over a stranger's per-IP token bucket (SIP) or a call's packet budget (RTP).
+    RateLimited,
+    /// The driver's queue was full.
+    ChannelFull,
+    /// A connection over `sip.max_connections` or `sip.max_connections_per_ip`.
+    ConnectionLimit,
+    /// A connection closed after `sip.connection_idle_secs` without a complete message.
+    IdleTimeout,
+}
+
+impl Dropped {
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [Dropped; 9] = [
+        Dropped::Parse,
+        Dropped::UntrustedSource,
+        Dropped::NoTransaction,
+        Dropped::Cseq,
+        Dropped::Misrouted,
+        Dropped::RateLimited,
+        Dropped::ChannelFull,
+        Dropped::ConnectionLimit,
+        Dropped::IdleTimeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Parse => "parse",
+            Dropped::UntrustedSource => "untrusted_source",
+            Dropped::NoTransaction => "no_transaction",
+            Dropped::Cseq => "cseq",
+            Dropped::Misrouted => "misrouted",
+            Dropped::RateLimited => "rate_limited",
+            Dropped::ChannelFull => "channel_full",
+            Dropped::ConnectionLimit => "connection_limit",
+            Dropped::IdleTimeout => "idle_timeout",
+        }
+    }
+
+    /// The reason the SIP user agent gave.
+    pub fn of(e: &sip::InputError) -> Dropped {
+        match e {
+            sip::InputError::Parse(_) => Dropped::Parse,
+            sip::InputError::UntrustedSource => Dropped::UntrustedSource,
+            sip::InputError::NoTransaction => Dropped::NoTransaction,
+            sip::InputError::CseqOrder => Dropped::Cseq,
+            sip::InputError::Misrouted => Dropped::Misrouted,
+        }
+    }
+
+    fn index(self) -> usize {
+        Dropped::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// What the SIP runtime dropped, by reason (shared by the runtime's tasks; no locks).
+#[derive(Debug, Default)]
+pub struct SipCounters {
+    sip: [AtomicU64; Dropped::ALL.len()],
+    rtp: [AtomicU64; Dropped::ALL.len()],
+}
+
+impl SipCounters {
+    pub fn new() -> SipCounters {
+        SipCounters::default()
+    }
+
+    /// One SIP message (or connection) dropped.
+    pub fn sip_dropped(&self, reason: Dropped) {
+        self.sip[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One RTP datagram dropped before it reached its call.
+    pub fn rtp_dropped(&self, reason: Dropped) {
+        self.rtp[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// SIP messages (or connections) dropped for `reason` so far.
+    pub fn sip(&self, reason: Dropped) -> u64 {
+        self.sip[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// RTP datagrams dropped for `reason` so far.
+    pub fn rtp(&self, reason: Dropped) -> u64 {
+        self.rtp[reason.index()].load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP callverify_sip_dropped_total SIP messages and connections dropped, by reason."
+        )?;
+        writeln!(out, "# TYPE callverify_sip_dropped_total counter")?;
+        for r in Dropped::ALL {
+            writeln!(
+                out,
+                "callverify_sip_dropped_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.sip(r)
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP callverify_rtp_dropped_total RTP datagrams dropped before their call, by reason."
+        )?;
+        writeln!(out, "# TYPE callverify_rtp_dropped_total counter")?;
+        for r in [Dropped::RateLimited, Dropped::ChannelFull] {
+            writeln!(
+                out,
+                "callverify_rtp_dropped_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.rtp(r)
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics::default()
+    }
+
+    /// Shows the SIP runtime's drop counters in [`Metrics::render`] (once; later calls are
+    /// ignored). Until then they render as zeros.
+    pub fn attach_sip(&self, counters: Arc<SipCounters>) {
+        let _ = self.sip.set(counters);
     }
 
     /// A verification completed with `result`, decided by `method` (if a digit was heard).
@@ -196,6 +337,10 @@ impl Metrics {
                 out,
                 "callverify_dtmf_detector_latency_seconds_count {count}"
             )?;
+            match self.sip.get() {
+                Some(sip) => sip.render(&mut out)?,
+                None => SipCounters::default().render(&mut out)?,
+            }
             Ok(())
         })();
         out
@@ -216,5 +361,22 @@ mod tests {
         assert!(text.contains("callverify_dtmf_detector_latency_seconds_bucket{le=\"0.3\"} 2"));
         assert!(text.contains("callverify_dtmf_detector_latency_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("callverify_queue_depth 3"));
+        assert!(text.contains("callverify_sip_dropped_total{reason=\"untrusted_source\"} 0"));
+    }
+
+    #[test]
+    fn sip_drops_by_reason() {
+        let m = Metrics::new();
+        let sip = Arc::new(SipCounters::new());
+        m.attach_sip(Arc::clone(&sip));
+        sip.sip_dropped(Dropped::of(&sip::InputError::UntrustedSource));
+        sip.sip_dropped(Dropped::RateLimited);
+        sip.sip_dropped(Dropped::RateLimited);
+        sip.rtp_dropped(Dropped::ChannelFull);
+        let text = m.render(0);
+        assert!(text.contains("callverify_sip_dropped_total{reason=\"untrusted_source\"} 1"));
+        assert!(text.contains("callverify_sip_dropped_total{reason=\"rate_limited\"} 2"));
+        assert!(text.contains("callverify_sip_dropped_total{reason=\"cseq\"} 0"));
+        assert!(text.contains("callverify_rtp_dropped_total{reason=\"channel_full\"} 1"));
     }
 }

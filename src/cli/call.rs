@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallProgress, CallReport};
 use crate::config::{Config, Secret};
+use crate::metrics::{Dropped, SipCounters};
 use crate::runtime::{CallOrder, Runtime, RuntimeConfig, Trunk};
 
 #[derive(Debug, clap::Args)]
@@ -106,14 +107,14 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
-    let report = match rt.block_on(place(prepared)) {
-        Ok(report) => report,
+    let (report, dropped) = match rt.block_on(place(prepared)) {
+        Ok(done) => done,
         Err(e) => {
             eprintln!("callverify call: {e}");
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
-    print_outcome(&report, format);
+    print_outcome(&report, &dropped, format);
     if report.result.approved() {
         ExitCode::SUCCESS
     } else {
@@ -216,8 +217,20 @@ fn prepare(args: Args) -> Result<Prepared, UsageError> {
     })
 }
 
-async fn place(p: Prepared) -> Result<CallReport, UsageError> {
+/// What the runtime dropped during the call, by reason (only reasons that happened).
+type DropCounts = Vec<(&'static str, u64)>;
+
+fn drop_counts(counters: &SipCounters) -> DropCounts {
+    Dropped::ALL
+        .iter()
+        .map(|r| (r.as_str(), counters.sip(*r)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+async fn place(p: Prepared) -> Result<(CallReport, DropCounts), UsageError> {
     let runtime = Runtime::start(p.runtime)?;
+    let counters = runtime.counters();
     eprintln!(
         "calling {} from {}",
         p.shown_destination,
@@ -234,7 +247,13 @@ async fn place(p: Prepared) -> Result<CallReport, UsageError> {
                 while let Ok(progress) = rx.try_recv() {
                     show(&progress);
                 }
-                return Ok(report);
+                let dropped = drop_counts(&counters);
+                if !dropped.is_empty() {
+                    let list: Vec<String> =
+                        dropped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                    eprintln!("SIP input dropped: {}", list.join(", "));
+                }
+                return Ok((report, dropped));
             }
             Some(progress) = rx.recv() => show(&progress),
             _ = tokio::signal::ctrl_c(), if !interrupted => {
@@ -295,16 +314,21 @@ fn describe(entry: &TimelineEntry) -> Option<String> {
     })
 }
 
-fn print_outcome(report: &CallReport, format: Format) {
+fn print_outcome(report: &CallReport, dropped: &DropCounts, format: Format) {
     let mut out = std::io::stdout().lock();
     let method = report.dtmf_method.map(|m| m.as_str());
     match format {
         Format::Json => {
+            let dropped: serde_json::Map<String, serde_json::Value> = dropped
+                .iter()
+                .map(|(r, n)| ((*r).to_string(), (*n).into()))
+                .collect();
             let value = serde_json::json!({
                 "result": report.result,
                 "approved": report.result.approved(),
                 "dtmf_method": method,
                 "timeline": report.timeline,
+                "sip_dropped": dropped,
             });
             let _ = writeln!(out, "{value}");
         }

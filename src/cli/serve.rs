@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::runtime::call_placer;
+use crate::runtime::counted_call_placer;
 use crate::service::{Service, ServiceError};
 
 #[derive(Debug, clap::Args)]
@@ -56,8 +56,10 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), ServiceError> {
-    let placer = call_placer(&config)?;
-    let running = Service::open(config, placer).await?.start().await?;
+    let (placer, sip_counters) = counted_call_placer(&config)?;
+    let service = Service::open(config, placer).await?;
+    service.state().metrics.attach_sip(sip_counters);
+    let running = service.start().await?;
     shutdown_signal().await;
     running.shutdown().await
 }

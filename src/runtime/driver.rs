@@ -1,5 +1,7 @@
-//! The driver task: one [`Switchboard`] for every call, fed by the socket readers through one
-//! channel, woken by one timer (the switchboard's earliest deadline).
+//! The driver task: one [`Switchboard`] for every call, fed by the socket readers through
+//! bounded queues (trusted signalling, media, strangers: taken in that order), woken by one
+//! timer (the switchboard's earliest deadline), which goes before any input so that prompts
+//! keep their 20 ms grid under a flood.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -15,14 +17,20 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
+use super::admission::{
+    ConnectionGate, Inlets, MEDIA_QUEUE, RateLimiter, SIGNAL_QUEUE, STRANGER_QUEUE, Trusted,
+};
 use super::live::Prompts;
 use super::net;
 use super::{RuntimeConfig, RuntimeError, advertised, not_placed, os_seed};
 use crate::call::{CallProgress, CallReport};
+use crate::metrics::{Dropped, SipCounters};
 
 /// The driver never sleeps less than this after handling timers (a deadline stuck in the
 /// past would otherwise spin the task).
 const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
+/// Inputs taken from one queue before the timers are looked at again.
+const BATCH: usize = 32;
 
 /// Names one placed call between a `Runtime::call` future and the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,7 +74,7 @@ pub(crate) enum Input {
     StreamOpened {
         transport: Transport,
         peer: SocketAddr,
-        writer: mpsc::UnboundedSender<Vec<u8>>,
+        writer: mpsc::Sender<Vec<u8>>,
     },
     /// A connection failed or closed.
     StreamClosed {
@@ -81,25 +89,35 @@ struct LiveCall {
     done: Option<oneshot::Sender<CallReport>>,
     rtp: net::Udp,
     reader: JoinHandle<()>,
+    /// The addresses this call made trusted (removed when it ends).
+    peers: Vec<SocketAddr>,
 }
 
 struct Stream {
-    writer: mpsc::UnboundedSender<Vec<u8>>,
+    writer: mpsc::Sender<Vec<u8>>,
     calls: BTreeSet<CallHandle>,
 }
 
 struct Driver {
     board: Switchboard<LiveFactory>,
     config: Arc<RuntimeConfig>,
-    sip_udp: net::Udp,
+    /// None with a TLS-only trunk: nothing listens.
+    sip_udp: Option<net::Udp>,
     rtp_bind: IpAddr,
     rtp_advertised: IpAddr,
     calls: HashMap<CallId, LiveCall>,
     tickets: HashMap<Ticket, CallId>,
     streams: HashMap<(Transport, SocketAddr), Stream>,
-    inputs: mpsc::UnboundedSender<Input>,
+    inlets: Inlets,
     tls: Arc<rustls::ClientConfig>,
     readers: Vec<JoinHandle<()>>,
+}
+
+/// The driver's ends of the input queues.
+struct Queues {
+    signal: mpsc::Receiver<Input>,
+    media: mpsc::Receiver<Input>,
+    strangers: mpsc::Receiver<Input>,
 }
 
 impl Drop for Driver {
@@ -114,47 +132,67 @@ impl Drop for Driver {
 }
 
 /// Binds the SIP sockets and starts the driver (inside a tokio runtime); returns its command
-/// channel and the advertised SIP address.
+/// channel and the advertised SIP address. With a TLS-only trunk nothing listens: the trunk
+/// talks to us over the connection we open.
 pub(crate) fn spawn(
     config: RuntimeConfig,
     prompts: Prompts,
+    counters: Arc<SipCounters>,
 ) -> Result<(mpsc::UnboundedSender<Command>, SocketAddr), RuntimeError> {
     let bind_err = |source| RuntimeError::Bind {
         addr: config.listen,
         source,
     };
-    let std_socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
-    let sip_udp = net::Udp::new(std_socket).map_err(bind_err)?;
-    let bound = sip_udp.local_addr().map_err(bind_err)?;
-    let local = advertised(bound, config.route_probe);
-    let (inputs, inputs_rx) = mpsc::unbounded_channel();
-    let mut readers = vec![net::spawn_udp_reader(
-        Arc::clone(&sip_udp.tokio),
-        inputs.clone(),
-        |source, bytes| Input::Sip {
-            transport: Transport::Udp,
-            source,
-            bytes,
-        },
-    )];
-    // TCP on the same port, for far ends that open a connection to our Contact.
-    let tcp = std::net::TcpListener::bind(bound)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .and_then(TcpListener::from_std);
-    match tcp {
-        Ok(listener) => {
-            let inputs = inputs.clone();
-            readers.push(tokio::spawn(async move {
-                while let Ok((tcp, peer)) = listener.accept().await {
-                    net::spawn_accepted(tcp, peer, inputs.clone());
-                }
-            }));
+    let (signal_tx, signal) = mpsc::channel(SIGNAL_QUEUE);
+    let (media_tx, media) = mpsc::channel(MEDIA_QUEUE);
+    let (strangers_tx, strangers) = mpsc::channel(STRANGER_QUEUE);
+    let inlets = Inlets {
+        signal: signal_tx,
+        strangers: strangers_tx,
+        media: media_tx,
+        trusted: Arc::new(Trusted::new(config.trunk_peers.clone())),
+        limiter: Arc::new(RateLimiter::new(
+            config.stranger_rate_per_sec,
+            config.stranger_burst,
+        )),
+        gate: ConnectionGate::new(config.max_connections, config.max_connections_per_ip),
+        counters,
+        idle: config.connection_idle,
+    };
+    let tls_only = config
+        .trunk
+        .as_ref()
+        .is_some_and(|t| t.transport == Transport::Tls);
+    let mut readers = Vec::new();
+    let (sip_udp, bound) = if tls_only {
+        let port = match config.listen.port() {
+            0 => 5061,
+            p => p,
+        };
+        (None, SocketAddr::new(config.listen.ip(), port))
+    } else {
+        let std_socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+        let udp = net::Udp::new(std_socket).map_err(bind_err)?;
+        let bound = udp.local_addr().map_err(bind_err)?;
+        readers.push(net::spawn_sip_reader(
+            Arc::clone(&udp.tokio),
+            inlets.clone(),
+        ));
+        // TCP on the same port, for far ends that open a connection to our Contact.
+        let tcp = std::net::TcpListener::bind(bound)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(TcpListener::from_std);
+        match tcp {
+            Ok(listener) => readers.push(net::spawn_listener(listener, inlets.clone())),
+            Err(e) => tracing::debug!(%bound, error = %e, "no SIP over TCP listener"),
         }
-        Err(e) => tracing::debug!(%bound, error = %e, "no SIP over TCP listener"),
-    }
+        (Some(udp), bound)
+    };
+    let local = advertised(bound, config.route_probe);
     let mut sip_config = sip::Config::new(local);
     sip_config.timers.t1 = config.t1;
     sip_config.timers.t2 = sip_config.timers.t2.max(config.t1);
+    sip_config.trusted_peers = config.trunk_peers.clone();
     let board = Switchboard::new(sip_config, os_seed()?, LiveFactory::new(prompts.book()));
     let tls = net::tls_config(config.tls_ca.as_deref())?;
     let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -167,21 +205,22 @@ pub(crate) fn spawn(
         calls: HashMap::new(),
         tickets: HashMap::new(),
         streams: HashMap::new(),
-        inputs,
+        inlets,
         tls,
         readers,
     };
-    tracing::info!(sip = %local, "SIP runtime started");
-    tokio::spawn(driver.run(commands_rx, inputs_rx));
+    tracing::info!(sip = %local, tls_only, "SIP runtime started");
+    let queues = Queues {
+        signal,
+        media,
+        strangers,
+    };
+    tokio::spawn(driver.run(commands_rx, queues));
     Ok((commands, local))
 }
 
 impl Driver {
-    async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        mut inputs: mpsc::UnboundedReceiver<Input>,
-    ) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut q: Queues) {
         let mut commands_open = true;
         let mut last_timeout = Instant::now();
         loop {
@@ -201,22 +240,30 @@ impl Driver {
             };
             tokio::select! {
                 biased;
-                command = commands.recv(), if commands_open => match command {
-                    Some(c) => self.command(c),
-                    None => commands_open = false,
-                },
-                Some(input) = inputs.recv() => {
-                    self.input(input);
-                    // Drain what else arrived before looking at the clock again.
-                    while let Ok(input) = inputs.try_recv() {
-                        self.input(input);
-                    }
-                }
+                // Timers first: what arrives never delays a prompt packet's slot.
                 () = timer => {
                     let now = Instant::now();
                     last_timeout = now;
                     self.board.handle_timeout(now);
                 }
+                command = commands.recv(), if commands_open => match command {
+                    Some(c) => self.command(c),
+                    None => commands_open = false,
+                },
+                Some(input) = q.signal.recv() => self.take(input, &mut q.signal),
+                Some(input) = q.media.recv() => self.take(input, &mut q.media),
+                Some(input) = q.strangers.recv() => self.take(input, &mut q.strangers),
+            }
+        }
+    }
+
+    /// Handles `first` and up to [`BATCH`] more already waiting in `queue`.
+    fn take(&mut self, first: Input, queue: &mut mpsc::Receiver<Input>) {
+        self.input(first);
+        for _ in 1..BATCH {
+            match queue.try_recv() {
+                Ok(input) => self.input(input),
+                Err(_) => return,
             }
         }
     }
@@ -238,6 +285,8 @@ impl Driver {
                 let port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
                 spec.local_rtp = SocketAddr::new(self.rtp_advertised, port);
                 let target = spec.target.clone();
+                let mut peers = spec.peers.clone();
+                peers.push(spec.next_hop);
                 let id = match self.board.place(now, *spec) {
                     Ok(id) => id,
                     Err(e) => {
@@ -246,15 +295,10 @@ impl Driver {
                     }
                 };
                 tracing::info!(call = %id, %target, rtp = port, "INVITE sent");
-                let reader = net::spawn_udp_reader(
-                    Arc::clone(&rtp.tokio),
-                    self.inputs.clone(),
-                    move |source, bytes| Input::Rtp {
-                        call: id,
-                        source,
-                        bytes,
-                    },
-                );
+                for p in &peers {
+                    self.inlets.trusted.add(*p);
+                }
+                let reader = net::spawn_rtp_reader(Arc::clone(&rtp.tokio), id, self.inlets.clone());
                 self.tickets.insert(ticket, id);
                 self.calls.insert(
                     id,
@@ -264,6 +308,7 @@ impl Driver {
                         done: Some(done),
                         rtp,
                         reader,
+                        peers,
                     },
                 );
             }
@@ -284,7 +329,8 @@ impl Driver {
                 bytes,
             } => {
                 if let Err(e) = self.board.handle_sip(now, transport, source, &bytes) {
-                    tracing::debug!(%source, error = %e, "unusable SIP message dropped");
+                    self.inlets.counters.sip_dropped(Dropped::of(&e));
+                    tracing::debug!(%source, error = %e, "SIP message dropped");
                 }
             }
             Input::Rtp {
@@ -297,13 +343,11 @@ impl Driver {
                 peer,
                 writer,
             } => {
-                self.streams.insert(
-                    (transport, peer),
-                    Stream {
-                        writer,
-                        calls: BTreeSet::new(),
-                    },
-                );
+                // A connection we opened to that address keeps carrying our messages.
+                self.streams.entry((transport, peer)).or_insert(Stream {
+                    writer,
+                    calls: BTreeSet::new(),
+                });
             }
             Input::StreamClosed { transport, peer } => {
                 if let Some(stream) = self.streams.remove(&(transport, peer)) {
@@ -349,7 +393,12 @@ impl Driver {
     fn send_sip(&mut self, t: sip::Transmit) {
         match t.transport {
             Transport::Udp => {
-                if let Err(e) = self.sip_udp.send_to(&t.payload, t.destination) {
+                let Some(sip_udp) = &self.sip_udp else {
+                    // A TLS-only trunk: the user agent never sends over UDP then.
+                    tracing::warn!(destination = %t.destination, "no SIP over UDP with a TLS-only trunk");
+                    return;
+                };
+                if let Err(e) = sip_udp.send_to(&t.payload, t.destination) {
                     tracing::warn!(destination = %t.destination, error = %e, "SIP datagram not sent");
                     if let Some(call) = t.call
                         && e.kind() != std::io::ErrorKind::WouldBlock
@@ -373,7 +422,7 @@ impl Driver {
                         t.destination,
                         server_name,
                         tls,
-                        self.inputs.clone(),
+                        self.inlets.clone(),
                     );
                     self.streams.insert(
                         key,
@@ -387,7 +436,20 @@ impl Driver {
                     if let Some(call) = t.call {
                         stream.calls.insert(call);
                     }
-                    let _ = stream.writer.send(t.payload);
+                    match stream.writer.try_send(t.payload) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // The peer does not read: SIP retransmits or times out.
+                            tracing::warn!(destination = %t.destination, "SIP connection backlogged: message dropped");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            if let Some(stream) = self.streams.remove(&key) {
+                                for call in stream.calls {
+                                    self.board.handle_transport_error(Instant::now(), call);
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -419,6 +481,9 @@ impl Driver {
                     });
                 }
                 call.reader.abort();
+                for p in &call.peers {
+                    self.inlets.trusted.remove(*p);
+                }
                 let ticket = call.ticket;
                 self.calls.remove(&id);
                 self.tickets.remove(&ticket);

@@ -11,8 +11,11 @@
 //!        one per call's RTP socket ─────────┘                               ▼
 //! ```
 //! One driver task holds every call (no task per call or per transaction); socket readers only
-//! move bytes into its channel. RTP ports come from `media.rtp_ports`; prompts are loaded once.
+//! move bytes into its bounded queues, strangers through a per-IP token bucket
+//! ([`admission`]). RTP ports come from `media.rtp_ports`; prompts are loaded once. What is
+//! dropped on the way is counted in [`SipCounters`] (docs/SECURITY.md).
 
+mod admission;
 mod driver;
 mod live;
 mod net;
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallPlacer, CallProgress, CallReport, CallRequest};
 use crate::config::{CallConfig, Config, Secret};
+use crate::metrics::SipCounters;
 
 pub use live::{PromptError, Prompts};
 
@@ -159,6 +163,17 @@ pub struct RuntimeConfig {
     /// The address to advertise when `listen` is a wildcard: the local address that routes to
     /// this host (the trunk, or a SIP URI's host for one-off calls).
     pub route_probe: Option<SocketAddr>,
+    /// Every address of the trunk's host at its port, resolved at start: trusted outside any
+    /// call (its OPTIONS get one stateless answer; its connections are accepted).
+    pub trunk_peers: Vec<SocketAddr>,
+    /// `sip.max_connections`, `sip.max_connections_per_ip`: accepted SIP/TCP connections.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// `sip.connection_idle_secs`.
+    pub connection_idle: Duration,
+    /// `sip.stranger_rate_per_sec`, `sip.stranger_burst`: the per-IP bucket of strangers.
+    pub stranger_rate_per_sec: u32,
+    pub stranger_burst: u32,
 }
 
 impl RuntimeConfig {
@@ -177,7 +192,11 @@ impl RuntimeConfig {
             .media
             .rtp_port_range()
             .map_err(RuntimeError::RtpPorts)?;
-        let route_probe = trunk.as_ref().and_then(|t| probe_address(&t.host, t.port));
+        let trunk_peers = trunk
+            .as_ref()
+            .map(|t| resolve_now(&t.host, t.port))
+            .unwrap_or_default();
+        let route_probe = trunk_peers.first().copied();
         Ok(RuntimeConfig {
             listen: config.sip.listen,
             trunk,
@@ -190,6 +209,12 @@ impl RuntimeConfig {
             languages: config.media.languages.clone(),
             tls_ca: config.sip.tls_ca.clone(),
             route_probe,
+            trunk_peers,
+            max_connections: config.sip.max_connections as usize,
+            max_connections_per_ip: config.sip.max_connections_per_ip as usize,
+            connection_idle: Duration::from_secs(config.sip.connection_idle_secs),
+            stranger_rate_per_sec: config.sip.stranger_rate_per_sec,
+            stranger_burst: config.sip.stranger_burst,
         })
     }
 }
@@ -212,6 +237,7 @@ pub struct Runtime {
     commands: mpsc::UnboundedSender<driver::Command>,
     config: Arc<RuntimeConfig>,
     local_sip: SocketAddr,
+    counters: Arc<SipCounters>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -227,12 +253,19 @@ impl Runtime {
     /// inside a tokio runtime.
     pub fn start(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let prompts = Prompts::load(&config.prompts, &config.languages)?;
-        let (commands, local_sip) = driver::spawn(config.clone(), prompts)?;
+        let counters = Arc::new(SipCounters::new());
+        let (commands, local_sip) = driver::spawn(config.clone(), prompts, Arc::clone(&counters))?;
         Ok(Runtime {
             commands,
             config: Arc::new(config),
             local_sip,
+            counters,
         })
+    }
+
+    /// What the runtime dropped so far, by reason (for `/metrics`).
+    pub fn counters(&self) -> Arc<SipCounters> {
+        Arc::clone(&self.counters)
     }
 
     /// The SIP address advertised in Via/Contact.
@@ -412,11 +445,23 @@ fn os_seed() -> Result<[u8; 32], RuntimeError> {
 /// The trunk's address for choosing which local address to advertise: an IP literal, or
 /// the host name resolved once at start (blocking, like any start-up configuration read).
 pub fn probe_address(host: &str, port: u16) -> Option<SocketAddr> {
+    resolve_now(host, port).first().copied()
+}
+
+/// Every address of `host` at `port`, resolved now (blocking: start-up only); empty when it
+/// does not resolve (calls resolve again and report it).
+fn resolve_now(host: &str, port: u16) -> Vec<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
+        return vec![SocketAddr::new(ip, port)];
     }
     use std::net::ToSocketAddrs as _;
-    (host, port).to_socket_addrs().ok()?.next()
+    let mut all: Vec<SocketAddr> = Vec::new();
+    for a in (host, port).to_socket_addrs().into_iter().flatten() {
+        if !all.contains(&a) {
+            all.push(a);
+        }
+    }
+    all
 }
 
 /// The report of a call that never reached the network.
@@ -469,8 +514,17 @@ fn advertised(bound: SocketAddr, probe: Option<SocketAddr>) -> SocketAddr {
 /// error for the caller to report: a service that accepted verifications it could never place
 /// would fail every sign-in quietly.
 pub fn call_placer(config: &Config) -> Result<Arc<dyn CallPlacer>, RuntimeError> {
+    Ok(counted_call_placer(config)?.0)
+}
+
+/// [`call_placer`], with the counters of what the runtime drops (attach them to the
+/// service's metrics).
+pub fn counted_call_placer(
+    config: &Config,
+) -> Result<(Arc<dyn CallPlacer>, Arc<SipCounters>), RuntimeError> {
     let runtime = RuntimeConfig::from_config(config).and_then(Runtime::start)?;
-    Ok(Arc::new(RuntimePlacer::new(runtime)))
+    let counters = runtime.counters();
+    Ok((Arc::new(RuntimePlacer::new(runtime)), counters))
 }
 
 /// The [`CallPlacer`] the service uses.

@@ -1,25 +1,31 @@
 //! Sockets: RTP ports from the configured range, SIP over TCP and TLS connections.
 //!
-//! Reader tasks only move bytes into the driver's channel; the driver does everything else.
+//! Reader tasks only move bytes into the driver's bounded queues (through
+//! [`Inlets`](super::admission::Inlets), which orders and limits them); the driver does
+//! everything else.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use flow::CallId;
 use rand::Rng as _;
 use sip::Transport;
 use sip::framer::StreamFramer;
 use sip::message::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 
+use super::admission::{Inlets, Permit, RTP_RATE_PER_SEC, STREAM_QUEUE, TokenBucket};
 use super::driver::Input;
+use crate::metrics::Dropped;
 
 /// Most ports tried when looking for a free RTP port.
 const RTP_BIND_ATTEMPTS: usize = 64;
@@ -27,6 +33,8 @@ const RTP_BIND_ATTEMPTS: usize = 64;
 pub(crate) const MAX_DATAGRAM: usize = 65_535;
 /// Connecting to the trunk over TCP/TLS: beyond this the transport has failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed accept (out of descriptors), the listener waits this long before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A UDP socket read by a tokio task and written directly by the driver.
 ///
@@ -76,33 +84,75 @@ pub(crate) fn bind_rtp(ip: IpAddr, (low, high): (u16, u16)) -> Option<Udp> {
     None
 }
 
-/// Reads datagrams from `socket` into the driver as `wrap(source, bytes)` until the driver
-/// is gone.
-pub(crate) fn spawn_udp_reader(
-    socket: Arc<UdpSocket>,
-    inputs: mpsc::UnboundedSender<Input>,
-    wrap: impl Fn(SocketAddr, Vec<u8>) -> Input + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
+/// Reads SIP datagrams into the driver (through [`Inlets::sip`]) until the driver is gone.
+pub(crate) fn spawn_sip_reader(socket: Arc<UdpSocket>, inlets: Inlets) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             match socket.recv_from(&mut buf).await {
                 Ok((n, source)) => {
-                    if inputs.send(wrap(source, buf[..n].to_vec())).is_err() {
+                    if inlets
+                        .sip(Transport::Udp, source, buf[..n].to_vec(), false)
+                        .is_err()
+                    {
                         return;
                     }
                 }
-                // ICMP errors surface here on some systems; the transactions time out anyway.
                 Err(e) => {
-                    tracing::debug!(error = %e, "UDP receive error");
-                    if inputs.is_closed() {
+                    if receive_error(&e, &inlets).await {
                         return;
                     }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
     })
+}
+
+/// Reads one call's RTP datagrams into the driver, at most [`RTP_RATE_PER_SEC`] a second (a
+/// flood at the port a stranger saw in the SDP does not crowd out other calls).
+pub(crate) fn spawn_rtp_reader(
+    socket: Arc<UdpSocket>,
+    call: CallId,
+    inlets: Inlets,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut budget = TokenBucket::new(Instant::now(), RTP_RATE_PER_SEC, RTP_RATE_PER_SEC);
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, source)) => {
+                    if !budget.take(Instant::now()) {
+                        inlets.counters.rtp_dropped(Dropped::RateLimited);
+                        continue;
+                    }
+                    let input = Input::Rtp {
+                        call,
+                        source,
+                        bytes: buf[..n].to_vec(),
+                    };
+                    if inlets.rtp(input).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if receive_error(&e, &inlets).await {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A receive error (ICMP errors surface here on some systems; transactions time out anyway).
+/// True when the driver is gone.
+async fn receive_error(e: &std::io::Error, inlets: &Inlets) -> bool {
+    tracing::debug!(error = %e, "UDP receive error");
+    if inlets.signal.is_closed() {
+        return true;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    false
 }
 
 /// `sip.tls_ca` cannot be used: our configuration is at fault.
@@ -156,76 +206,127 @@ pub(crate) fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>,
 }
 
 /// A connection to `peer` over TCP or TLS, running in its own task: frames what it reads
-/// into SIP messages for the driver, writes what the driver queues. Reports
-/// [`Input::StreamClosed`] when it fails or ends.
+/// into SIP messages for the driver, writes what the driver queues (at most
+/// [`STREAM_QUEUE`] messages wait). Reports [`Input::StreamClosed`] when it fails or ends.
+/// What arrives over it comes from `peer`: we opened it.
 pub(crate) fn spawn_stream(
     transport: Transport,
     peer: SocketAddr,
     server_name: String,
     tls: Arc<rustls::ClientConfig>,
-    inputs: mpsc::UnboundedSender<Input>,
-) -> mpsc::UnboundedSender<Vec<u8>> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    inlets: Inlets,
+) -> mpsc::Sender<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     tokio::spawn(async move {
         let result = async {
             let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer))
                 .await
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             let _ = tcp.set_nodelay(true);
+            let link = Link {
+                transport,
+                peer,
+                vouched: true,
+                idle: None,
+            };
             if transport == Transport::Tls {
                 let name = rustls::pki_types::ServerName::try_from(server_name)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 let stream = TlsConnector::from(tls).connect(name, tcp).await?;
-                pump_stream(stream, transport, peer, rx, &inputs).await
+                pump_stream(stream, link, rx, &inlets).await
             } else {
-                pump_stream(tcp, transport, peer, rx, &inputs).await
+                pump_stream(tcp, link, rx, &inlets).await
             }
         }
         .await;
         if let Err(e) = &result {
             tracing::warn!(%peer, ?transport, error = %e, "SIP connection failed");
         }
-        let _ = inputs.send(Input::StreamClosed { transport, peer });
+        let _ = inlets.control(Input::StreamClosed { transport, peer });
     });
     tx
 }
 
-/// Serves an accepted TCP connection (the far end opened it to send us requests).
-pub(crate) fn spawn_accepted(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    inputs: mpsc::UnboundedSender<Input>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    if inputs
-        .send(Input::StreamOpened {
-            transport: Transport::Tcp,
-            peer,
-            writer: tx,
-        })
-        .is_err()
-    {
+/// Accepts SIP over TCP connections on `listener` for as long as the driver lives: each one
+/// within the caps of [`ConnectionGate`](super::admission::ConnectionGate) and from the IP address of a trusted peer is served;
+/// the others are closed at once and counted. An accept error (out of descriptors) pauses the
+/// loop, never ends it.
+pub(crate) fn spawn_listener(listener: TcpListener, inlets: Inlets) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    if inlets.signal.is_closed() {
+                        return;
+                    }
+                    if !inlets.trusted.has_ip(peer.ip()) {
+                        inlets.counters.sip_dropped(Dropped::UntrustedSource);
+                        continue;
+                    }
+                    match inlets.gate.admit(peer.ip()) {
+                        Some(permit) => spawn_accepted(tcp, peer, permit, inlets.clone()),
+                        None => inlets.counters.sip_dropped(Dropped::ConnectionLimit),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIP over TCP: accept failed");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+            }
+        }
+    })
+}
+
+/// Serves an accepted TCP connection (the far end opened it to send us requests) until it
+/// closes, breaks framing or stays idle for `inlets.idle`.
+fn spawn_accepted(tcp: TcpStream, peer: SocketAddr, permit: Permit, inlets: Inlets) {
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let opened = Input::StreamOpened {
+        transport: Transport::Tcp,
+        peer,
+        writer: tx,
+    };
+    if inlets.control(opened).is_err() {
         return;
     }
     tokio::spawn(async move {
-        let _ = pump_stream(tcp, Transport::Tcp, peer, rx, &inputs).await;
-        let _ = inputs.send(Input::StreamClosed {
+        let link = Link {
+            transport: Transport::Tcp,
+            peer,
+            vouched: false,
+            idle: Some(inlets.idle),
+        };
+        let _ = pump_stream(tcp, link, rx, &inlets).await;
+        drop(permit);
+        let _ = inlets.control(Input::StreamClosed {
             transport: Transport::Tcp,
             peer,
         });
     });
 }
 
-async fn pump_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    stream: S,
+/// What the pump knows of its connection.
+struct Link {
     transport: Transport,
     peer: SocketAddr,
-    mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>,
-    inputs: &mpsc::UnboundedSender<Input>,
+    /// We opened it to `peer`.
+    vouched: bool,
+    /// Close when no complete message arrived for this long (accepted connections).
+    idle: Option<Duration>,
+}
+
+async fn pump_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    link: Link,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    inlets: &Inlets,
 ) -> std::io::Result<()> {
     let (mut read, mut write) = tokio::io::split(stream);
     let mut framer = StreamFramer::new(&Limits::default());
     let mut buf = vec![0u8; 16 * 1024];
+    // An idle connection that is ours never times out here (a call may be silent for minutes).
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut deadline = link.idle.map_or(far, |idle| Instant::now() + idle);
     loop {
         tokio::select! {
             n = read.read(&mut buf) => {
@@ -237,12 +338,16 @@ async fn pump_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 while let Some(message) = framer.next_message() {
                     match message {
                         Ok(bytes) => {
-                            if inputs.send(Input::Sip { transport, source: peer, bytes }).is_err() {
+                            if let Some(idle) = link.idle {
+                                deadline = Instant::now() + idle;
+                            }
+                            if inlets.sip(link.transport, link.peer, bytes, link.vouched).is_err() {
                                 return Ok(());
                             }
                         }
                         Err(e) => {
                             // The peer broke stream framing (RFC 3261 §18.3): close.
+                            inlets.counters.sip_dropped(Dropped::Parse);
                             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                         }
                     }
@@ -252,6 +357,10 @@ async fn pump_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 Some(bytes) => write.write_all(&bytes).await?,
                 None => return Ok(()),
             },
+            () = tokio::time::sleep_until(deadline.into()) => {
+                inlets.counters.sip_dropped(Dropped::IdleTimeout);
+                return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+            }
         }
     }
 }

@@ -835,9 +835,14 @@ fn on_event_packet(
         }
     };
     for (timestamp, event) in blocks {
-        events.on_event(now, timestamp, packet.sequence.0, packet.marker, event, |change| {
-            on_change(now, merger, press, st, change)
-        });
+        events.on_event(
+            now,
+            timestamp,
+            packet.sequence.0,
+            packet.marker,
+            event,
+            |change| on_change(now, merger, press, st, change),
+        );
     }
 }
 

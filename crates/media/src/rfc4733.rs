@@ -651,9 +651,14 @@ mod tests {
     ) -> Vec<EventChange> {
         let mut out = Vec::new();
         for (seq, &(ms, ts, marker, e)) in packets.iter().enumerate() {
-            rx.on_event(t0 + Duration::from_millis(ms), ts, seq as u16, marker, e, |c| {
-                out.push(c)
-            });
+            rx.on_event(
+                t0 + Duration::from_millis(ms),
+                ts,
+                seq as u16,
+                marker,
+                e,
+                |c| out.push(c),
+            );
         }
         out
     }

@@ -33,10 +33,10 @@ use crate::g711;
 use crate::prompt::{FRAME_DURATION, FRAME_SAMPLES, Prompt};
 use crate::receive::{Codec, DigitReport, ReceiveConfig, ReceivePath, ReceiveStats};
 use crate::rfc4733::{EventSchedule, SEND_VOLUME};
-use rand_chacha::ChaCha20Rng;
-use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 use crate::rtcp::{self, RtcpPacket, SenderInfo};
 use crate::rtp::PacketSpec;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 
 /// Clock rate of the telephone-events this session sends and expects, Hz (RFC 4733 §7.1.1,
 /// `telephone-event/8000` as offered).

@@ -1225,7 +1225,11 @@ impl UserAgent {
                 self.ctx.servers.insert(
                     key.clone(),
                     ServerEntry {
-                        tx: ServerTx::new(req.clone(), transport.is_reliable(), self.ctx.cfg.timers),
+                        tx: ServerTx::new(
+                            req.clone(),
+                            transport.is_reliable(),
+                            self.ctx.cfg.timers,
+                        ),
                         call: Some(h),
                         dest: source,
                         transport,

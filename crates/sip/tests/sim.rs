@@ -838,7 +838,8 @@ fn stray_requests_from_a_trusted_peer_get_one_stateless_answer() {
     );
     assert_eq!(s.a.server_transactions(), 0, "stateless: nothing kept");
     // The To-tag is 128 bits of ChaCha20, not a raw generator output of 64 bits.
-    let Message::Response(r) = Message::parse(refusals[0].1.as_bytes(), &Limits::default()).unwrap()
+    let Message::Response(r) =
+        Message::parse(refusals[0].1.as_bytes(), &Limits::default()).unwrap()
     else {
         panic!()
     };
@@ -900,8 +901,10 @@ fn forged_200(invite: &Request, branch: Option<&str>) -> Vec<u8> {
     };
     r.headers.push("Via", via);
     r.headers.push("From", invite.headers.get("From").unwrap());
-    r.headers
-        .push("To", format!("{};tag=evil", invite.headers.get("To").unwrap()));
+    r.headers.push(
+        "To",
+        format!("{};tag=evil", invite.headers.get("To").unwrap()),
+    );
     r.headers.push("Call-ID", invite.call_id().unwrap());
     r.headers.push("CSeq", invite.headers.get("CSeq").unwrap());
     r.headers.push("Contact", format!("<sip:{STRANGER}>"));
@@ -922,7 +925,12 @@ fn a_forged_200_from_anywhere_but_the_next_hop_is_not_an_answer() {
     let now = s.now;
     // The real branch, from the stranger's own port.
     assert_eq!(
-        s.a.handle_input(now, Transport::Udp, addr(STRANGER), &forged_200(&invite, None)),
+        s.a.handle_input(
+            now,
+            Transport::Udp,
+            addr(STRANGER),
+            &forged_200(&invite, None)
+        ),
         Err(InputError::UntrustedSource)
     );
     // A fresh branch and only the right Call-ID.
