@@ -125,6 +125,16 @@ impl Sniffer {
         Sniffer { child, seen, log }
     }
 
+    /// Waits until tshark has printed everything up to now (a probe sent now is seen).
+    pub fn sync(&self) {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let token = format!("sync {:?}", Instant::now()).into_bytes();
+        let _ = probe.send_to(&token, ("127.0.0.1", PROBE_PORT));
+        self.wait_for(Duration::from_secs(20), |p| {
+            (p.payload == token).then_some(())
+        });
+    }
+
     /// Everything captured so far.
     pub fn packets(&self) -> Vec<Captured> {
         self.seen.lock().unwrap().clone()
