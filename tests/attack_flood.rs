@@ -6,7 +6,9 @@
 //!   scheduler delays a few even without a flood), and the stranger gets nothing back;
 //! * a TCP connection flood at `callverify serve`'s SIP port, the service running under the
 //!   descriptor limit systemd gives it (1024): new calls still succeed, and the refused
-//!   connections are counted in /metrics.
+//!   connections are counted in /metrics;
+//! * slow and idle SIP/TCP connections (a header that never ends) are closed after
+//!   `sip.connection_idle_secs`, and counted.
 //!
 //! Ports: sipp SIP 31020+n, sipp RTP 51200+10n, our RTP 51700+20n, the stranger's SIP 31080+n,
 //! serve's SIP 31030+n and API 31090+n.
@@ -261,5 +263,69 @@ fn tcp_connection_flood_on_the_sip_port_does_not_stop_new_calls() {
         opened.load(Ordering::Relaxed)
     );
     let status = sipp.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{}", sipp.log_text());
+}
+
+#[test]
+fn a_slow_sip_tcp_connection_is_closed_after_the_idle_time() {
+    use std::io::{Read as _, Write as _};
+    let n = 2;
+    let w = Work::new();
+    let (sipp_sip, sipp_rtp) = (31020 + n, 51200 + 10 * n);
+    // The callee rings 6 s, then refuses: time for the slow connection to be noticed.
+    let scenario = w.scenario(
+        "uas_ring_then_reject.xml",
+        &[
+            ("STATUS", "486"),
+            ("REASON", "Busy Here"),
+            ("RING_MS", "6000"),
+        ],
+    );
+    let mut sipp = sipp_uas(&w, &scenario, sipp_sip, sipp_rtp);
+    let sniffer = Sniffer::start(w.path(), "tshark", &format!("udp and port {sipp_sip}"));
+    let cfg = w.config(51700 + 20 * n, "connection_idle_secs = 1", "");
+    let target = format!("sip:peer@127.0.0.1:{sipp_sip}");
+    let call = std::thread::spawn(move || call(&[&target], Some(&cfg), &[]));
+    let seen = sniff_invite(&sniffer, sipp_sip);
+    // A header that never ends, one byte a second (slowloris), and an idle connection.
+    let mut slow = TcpStream::connect(seen.sip).expect("SIP over TCP listens");
+    let idle = TcpStream::connect(seen.sip).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = None;
+    for b in b"INVITE sip:victim@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP x\r\n" {
+        if slow.write_all(&[*b]).is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 16];
+        if let Ok(0) = slow.read(&mut buf) {
+            closed = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let closed = closed.expect("the slow connection was never closed");
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
+        "closed after {closed:?} (idle time 1 s)"
+    );
+    let mut buf = [0u8; 16];
+    let mut idle = idle;
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        idle.read(&mut buf).ok(),
+        Some(0),
+        "the idle one is closed too"
+    );
+    let out = call.join().unwrap();
+    out.assert_in(&w, "busy", None);
+    assert!(
+        out.json["sip_dropped"]["idle_timeout"].as_u64() >= Some(2),
+        "{}",
+        out.json["sip_dropped"]
+    );
+    let status = sipp.wait_exit(Duration::from_secs(15));
     assert!(status.is_some_and(|s| s.success()), "{}", sipp.log_text());
 }
