@@ -26,7 +26,7 @@
 //! Goertzel receiver as [`dtmf::Receiver::fill_in`], so digit timing stays right and no tone is
 //! analysed across the gap. Event packets are not held behind gaps: an event is identified by
 //! its timestamp, so its packets need no reordering, and the key press is reported as soon as
-//! its first packet arrives.
+//! a second packet of it arrives (one packet alone is never a key: `rfc4733`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

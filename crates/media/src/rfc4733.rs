@@ -36,7 +36,7 @@
 //!  sipp replay      3 end packets, SAME seq     -> end repeats counted once, not as duplicates
 //!  sipp replay      events on a second SSRC     -> one receiver per SSRC
 //!  linphone         events, no audio at all     -> nothing needs audio
-//!  Asterisk         no end packet at all        -> reported at start, ended by a timeout
+//!  Asterisk         no end packet at all        -> reported at its 2nd packet, ended by a timeout
 //!  Asterisk + Opus  event clock 48 kHz          -> durations read at the negotiated clock
 //!  fax gateways     events 32 (ANS), 194 (NSE)  -> codes above 15 ignored
 //! ```
