@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
         let mut check = |c: EventChange| match c {
             EventChange::Started { .. } => {
                 assert!(distinct >= 2, "a key from one packet");
-                assert!(!held, "a start while another event is held must end it first");
+                assert!(
+                    !held,
+                    "a start while another event is held must end it first"
+                );
                 held = true;
             }
             EventChange::Ended { .. } => {
