@@ -167,6 +167,7 @@ impl Live {
                         audio_pt: negotiated.codec_pt,
                         telephone_event_pt: negotiated.telephone_event_pt,
                         seed: 9,
+                        srtp: None,
                     },
                 ));
             }

@@ -23,6 +23,7 @@ fn session(t0: Instant, codec: Codec, event_pt: Option<u8>, seed: u64) -> Sessio
             audio_pt: if codec == Codec::Pcma { 8 } else { 0 },
             telephone_event_pt: event_pt,
             seed,
+            srtp: None,
         },
     )
 }
@@ -379,6 +380,7 @@ fn two_sessions_over_an_impaired_link() {
                 audio_pt: 0,
                 telephone_event_pt: Some(101),
                 seed,
+                srtp: None,
             },
         );
         let mut phone = Session::new(
@@ -389,6 +391,7 @@ fn two_sessions_over_an_impaired_link() {
                 audio_pt: 0,
                 telephone_event_pt: Some(101),
                 seed: seed + 1000,
+                srtp: None,
             },
         );
         caller.play(t0, tone_prompt("greeting", 1500));
