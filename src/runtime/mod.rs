@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallPlacer, CallProgress, CallReport, CallRequest};
-use crate::config::{CallConfig, Config, Secret};
+use crate::config::{CallConfig, Config, Secret, SrtpMode};
 
 pub use live::{PromptError, Prompts};
 
@@ -79,6 +79,15 @@ pub enum RuntimeError {
     /// The driver task is gone (shut down or panicked): internal.
     #[error("the SIP runtime has stopped")]
     Stopped,
+    /// `media.srtp = "require"` with a trunk that is not TLS (our configuration): SDES keys
+    /// over clear SIP protect nothing, so no call could ever be placed.
+    #[error(
+        "configuration key `media.srtp`: \"require\" needs a TLS trunk (sips: or ;transport=tls)"
+    )]
+    SrtpNeedsTls,
+    /// The operating system's random source failed while drawing SRTP keys (internal).
+    #[error("cannot draw SRTP keys: {0}")]
+    Entropy(#[source] rand::rand_core::OsError),
 }
 
 /// Where calls go: `sip.trunk` parsed.
@@ -156,6 +165,8 @@ pub struct RuntimeConfig {
     /// The address to advertise when `listen` is a wildcard: the local address that routes to
     /// this host (the trunk, or a SIP URI's host for one-off calls).
     pub route_probe: Option<SocketAddr>,
+    /// `media.srtp`.
+    pub srtp: SrtpMode,
 }
 
 impl RuntimeConfig {
@@ -175,6 +186,19 @@ impl RuntimeConfig {
             .rtp_port_range()
             .map_err(RuntimeError::RtpPorts)?;
         let route_probe = trunk.as_ref().and_then(|t| probe_address(&t.host, t.port));
+        let srtp = config.media.srtp;
+        if let Some(t) = &trunk
+            && t.transport != Transport::Tls
+        {
+            match srtp {
+                SrtpMode::Require => return Err(RuntimeError::SrtpNeedsTls),
+                SrtpMode::Offer => tracing::warn!(
+                    "media.srtp = \"offer\" with a trunk that is not TLS: no SRTP keys are sent \
+                     (they would travel in clear); calls use plain RTP"
+                ),
+                SrtpMode::Off => {}
+            }
+        }
         Ok(RuntimeConfig {
             listen: config.sip.listen,
             trunk,
@@ -187,6 +211,7 @@ impl RuntimeConfig {
             languages: config.media.languages.clone(),
             tls_ca: config.sip.tls_ca.clone(),
             route_probe,
+            srtp,
         })
     }
 }
@@ -354,8 +379,31 @@ impl Runtime {
                 answer_guard: order.call.answer_guard(),
                 sip_info_dtmf: cfg.sip_info_dtmf,
             },
+            srtp: srtp_keys(cfg.srtp)?,
         })
     }
+}
+
+/// `media.srtp` with fresh keys for one call, one per suite, from the operating system's
+/// CSPRNG (the cores draw no randomness of their own).
+fn srtp_keys(mode: SrtpMode) -> Result<Option<flow::Srtp>, RuntimeError> {
+    use rand::TryRngCore as _;
+    let policy = match mode {
+        SrtpMode::Off => return Ok(None),
+        SrtpMode::Offer => flow::SrtpPolicy::Offer,
+        SrtpMode::Require => flow::SrtpPolicy::Require,
+    };
+    let draw = || {
+        let mut bytes = [0u8; sip::sdes::KEY_SALT_LEN];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(RuntimeError::Entropy)?;
+        Ok::<_, RuntimeError>(sip::sdes::SdesKey::new(bytes))
+    };
+    Ok(Some(flow::Srtp {
+        policy,
+        keys: [draw()?, draw()?],
+    }))
 }
 
 /// `+` and 8 to 15 digits (E.164, already validated by the API for the service).
