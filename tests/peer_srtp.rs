@@ -71,11 +71,14 @@ fn baresip(work: &Work, n: u16, srtp: bool, bundle: &Path) -> (Peer, u16) {
 
 /// Our configuration: RTP ports `52000 + 20n`, the test CA, `media.srtp = mode`.
 fn config(work: &Work, n: u16, ca: &Path, mode: &str) -> PathBuf {
-    let path = work.config(52000 + 20 * n, &format!("tls_ca = \"{}\"", ca.display()), "");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[media]\n",
-        &format!("[media]\nsrtp = \"{mode}\"\n"),
+    let path = work.config(
+        52000 + 20 * n,
+        &format!("tls_ca = \"{}\"", ca.display()),
+        "",
     );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[media]\n", &format!("[media]\nsrtp = \"{mode}\"\n"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -110,7 +113,10 @@ impl Capture {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "tshark did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "tshark did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Capture { child, file }
@@ -142,7 +148,11 @@ fn replay(file: &Path) -> Vec<serde_json::Value> {
         .args(["--format", "jsonl"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -171,7 +181,10 @@ fn baresip_srtp_mandatory_over_tls_both_ways() {
     // packet it cannot unprotect, and it received our stream at full rate).
     let log = peer.log_text();
     assert!(log.contains("SRTP is Enabled"), "{log}");
-    assert!(log.contains("incoming rtp for 'audio' established"), "{log}");
+    assert!(
+        log.contains("incoming rtp for 'audio' established"),
+        "{log}"
+    );
     assert!(!log.contains("unprotect"), "{log}");
 
     // On the wire: both streams, and neither decodes as G.711 to the `#` that was sent.
@@ -209,7 +222,10 @@ fn require_over_udp_is_refused_before_dialling() {
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let cfg = config(&w, 2, &ca, "require");
-    for target in ["sip:peer@127.0.0.1:32090", "sip:peer@127.0.0.1:32090;transport=tcp"] {
+    for target in [
+        "sip:peer@127.0.0.1:32090",
+        "sip:peer@127.0.0.1:32090;transport=tcp",
+    ] {
         let out = call(&[target], Some(&cfg), &[]);
         assert_eq!(out.code, 2, "{out:#?}");
         assert!(

@@ -14,7 +14,7 @@
 //! up as `unreachable`, with the reason in the timeline.
 
 use media::{MasterKey, SrtpConfig, Suite};
-use sip::sdes::{CryptoError, CryptoSuite, LocalSdes, SdesKey, Sdes};
+use sip::sdes::{CryptoError, CryptoSuite, LocalSdes, Sdes, SdesKey};
 use sip::sdp::Negotiated;
 
 /// `media.srtp` when not off.

@@ -429,7 +429,11 @@ fn srtp_both_ways_confirms_and_nothing_goes_out_in_clear() {
         let sent = &live.sent_rtp;
         assert!(sent.len() > 100);
         // Every packet carries a 10-byte tag after its 160 bytes of audio.
-        assert!(sent.iter().all(|p| p.len() == 12 + 160 + 10), "{}", sent[0].len());
+        assert!(
+            sent.iter().all(|p| p.len() == 12 + 160 + 10),
+            "{}",
+            sent[0].len()
+        );
         // The prompt is a 300 Hz tone: 80 samples are exactly three periods, so in clear the
         // two halves of a packet's G.711 payload are equal; encrypted, never.
         assert_eq!(halves_repeat(sent), 0, "payloads look like clear audio");
@@ -457,10 +461,14 @@ fn srtp_require_refuses_a_plain_answer_and_offer_falls_back() {
     live.place(Mode::Standard, None);
     let r = live.run(Duration::from_secs(120));
     assert_eq!(r.result, CallResult::Unreachable, "{:#?}", r.timeline);
-    assert!(r.timeline.iter().any(|e| matches!(
-        &e.event,
-        TimelineEvent::MediaUnusable { reason } if reason.contains("no SRTP keys")
-    )), "{:#?}", r.timeline);
+    assert!(
+        r.timeline.iter().any(|e| matches!(
+            &e.event,
+            TimelineEvent::MediaUnusable { reason } if reason.contains("no SRTP keys")
+        )),
+        "{:#?}",
+        r.timeline
+    );
     assert!(live.sent_rtp.is_empty(), "no media before hanging up");
 
     let mut live = srtp_call(flow::SrtpPolicy::Offer, false, Transport::Tls);
@@ -488,9 +496,17 @@ fn srtp_keys_never_cross_clear_sip() {
         panic!("no INVITE")
     };
     let invite = String::from_utf8_lossy(&invite.payload).to_string();
-    assert!(invite.contains("RTP/AVP") && !invite.contains("crypto"), "{invite}");
-    live.wire
-        .push((live.now + DELAY, addr(US), addr(PHONE), invite.into_bytes(), true));
+    assert!(
+        invite.contains("RTP/AVP") && !invite.contains("crypto"),
+        "{invite}"
+    );
+    live.wire.push((
+        live.now + DELAY,
+        addr(US),
+        addr(PHONE),
+        invite.into_bytes(),
+        true,
+    ));
     let r = live.run(Duration::from_secs(120));
     assert_eq!(r.result, CallResult::Confirmed, "{:#?}", r.timeline);
     assert_eq!(negotiated_srtp(&r), Some(None));

@@ -239,7 +239,10 @@ impl Srtp {
 
     /// Protects one RTP packet of ours (RFC 3711 §3.3): payload encrypted, tag appended.
     pub fn protect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, ProtectError> {
-        let out = self.outbound.encrypt_rtp(packet).map_err(|_| ProtectError)?;
+        let out = self
+            .outbound
+            .encrypt_rtp(packet)
+            .map_err(|_| ProtectError)?;
         self.stats.protected += 1;
         Ok(out.to_vec())
     }
@@ -400,8 +403,14 @@ mod tests {
             // Plain RTP (a fresh sequence number): refused.
             let mut clear = plain();
             clear[3] = 0x40;
-            assert_eq!(theirs.unprotect_rtp(&clear), Err(UnprotectError::AuthFailed));
-            assert_eq!(theirs.unprotect_rtp(&[0x80; 5]), Err(UnprotectError::Malformed));
+            assert_eq!(
+                theirs.unprotect_rtp(&clear),
+                Err(UnprotectError::AuthFailed)
+            );
+            assert_eq!(
+                theirs.unprotect_rtp(&[0x80; 5]),
+                Err(UnprotectError::Malformed)
+            );
             let s = theirs.stats();
             assert_eq!((s.unprotected, s.replays, s.auth_failures), (1, 1, 4));
             assert_eq!(s.malformed, 1);
@@ -415,7 +424,10 @@ mod tests {
             let mut forged = plain();
             forged[8..12].copy_from_slice(&ssrc.to_be_bytes());
             forged.extend([0; 10]);
-            assert_eq!(theirs.unprotect_rtp(&forged), Err(UnprotectError::AuthFailed));
+            assert_eq!(
+                theirs.unprotect_rtp(&forged),
+                Err(UnprotectError::AuthFailed)
+            );
         }
         assert!(theirs.inbound.is_empty());
         // Genuine sources: up to MAX_SSRCS, then refused even when authentic.

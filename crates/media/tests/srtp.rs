@@ -183,18 +183,24 @@ fn a_strangers_plain_or_replayed_key_never_counts() {
     let mut sent = 0;
     let mut replayed = 0;
     let mut wire = Wire::default();
-    let digits = run(&mut caller, &mut phone, 7, &mut wire, |now, caller, wire| {
-        // Plain RTP `#`, in-band and RFC 4733, spoofed from the phone's own address.
-        if sent < forged.len() && now >= t0 + ms(1000) + forged[sent].at {
-            caller.handle_datagram(now, addr(PHONE), &forged[sent].bytes);
-            sent += 1;
-        }
-        // And the phone's own authentic packets, recorded earlier, played back.
-        if now >= t0 + ms(3000) && replayed < wire.to_caller.len().min(50) {
-            caller.handle_datagram(now, addr(PHONE), &wire.to_caller[replayed]);
-            replayed += 1;
-        }
-    });
+    let digits = run(
+        &mut caller,
+        &mut phone,
+        7,
+        &mut wire,
+        |now, caller, wire| {
+            // Plain RTP `#`, in-band and RFC 4733, spoofed from the phone's own address.
+            if sent < forged.len() && now >= t0 + ms(1000) + forged[sent].at {
+                caller.handle_datagram(now, addr(PHONE), &forged[sent].bytes);
+                sent += 1;
+            }
+            // And the phone's own authentic packets, recorded earlier, played back.
+            if now >= t0 + ms(3000) && replayed < wire.to_caller.len().min(50) {
+                caller.handle_datagram(now, addr(PHONE), &wire.to_caller[replayed]);
+                replayed += 1;
+            }
+        },
+    );
     assert_eq!(digits, "");
     assert_eq!(sent, forged.len());
     let rx = caller.stats().srtp.unwrap();

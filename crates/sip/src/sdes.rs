@@ -193,9 +193,7 @@ fn parse_key_params(params: &str) -> Result<SdesKey, CryptoError> {
     if key_salt.len() != KEY_SALT_BASE64_LEN {
         return Err(CryptoError::BadKey);
     }
-    let bytes = STANDARD
-        .decode(key_salt)
-        .map_err(|_| CryptoError::BadKey)?;
+    let bytes = STANDARD.decode(key_salt).map_err(|_| CryptoError::BadKey)?;
     let bytes: [u8; KEY_SALT_LEN] = bytes.try_into().map_err(|_| CryptoError::BadKey)?;
     let key = SdesKey::new(bytes);
     let mut lifetime_seen = false;
@@ -247,7 +245,9 @@ fn check_session_param(param: &str) -> Result<(), CryptoError> {
         // KDR 0 (or none): keys derived once (§6.3.1); rtc-srtp derives no others.
         ("KDR", Some("0")) => Ok(()),
         // A hint for our replay window (§6.3.6); ours is fixed.
-        ("WSH", Some(v)) if !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()) => {
+        ("WSH", Some(v))
+            if !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             Ok(())
         }
         // Where FEC goes relative to SRTP (§6.3.4): we send and expect no FEC.
@@ -321,13 +321,17 @@ mod tests {
     #[test]
     fn rfc4568_examples() {
         // §8.1 (keys of the RFC's own examples).
-        let c = Crypto::parse("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20")
-            .unwrap();
+        let c = Crypto::parse(
+            "1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20",
+        )
+        .unwrap();
         assert_eq!((c.tag, c.suite), (1, CryptoSuite::AesCm128HmacSha1_80));
         assert_eq!(&c.key.expose()[..4], b"=-n@");
         // §4's example carries an MKI (`|1:32`): a valid attribute we cannot use.
         assert_eq!(
-            Crypto::parse("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:32"),
+            Crypto::parse(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:32"
+            ),
             Err(CryptoError::Mki)
         );
         // §5.1 / §8: the _32 suite, session parameters.
@@ -356,33 +360,70 @@ mod tests {
             ("", CryptoError::Malformed),
             ("1", CryptoError::Malformed),
             ("1 AES_CM_128_HMAC_SHA1_80", CryptoError::Malformed),
-            ("1234567890 AES_CM_128_HMAC_SHA1_80 inline:K", CryptoError::Malformed),
-            ("-1 AES_CM_128_HMAC_SHA1_80 inline:K", CryptoError::Malformed),
-            ("1 aes_cm_128_hmac_sha1_80 inline:K", CryptoError::UnsupportedSuite),
-            ("1 AES_CM_128_HMAC_SHA1_80 uri:http://x", CryptoError::UnsupportedKeys),
+            (
+                "1234567890 AES_CM_128_HMAC_SHA1_80 inline:K",
+                CryptoError::Malformed,
+            ),
+            (
+                "-1 AES_CM_128_HMAC_SHA1_80 inline:K",
+                CryptoError::Malformed,
+            ),
+            (
+                "1 aes_cm_128_hmac_sha1_80 inline:K",
+                CryptoError::UnsupportedSuite,
+            ),
+            (
+                "1 AES_CM_128_HMAC_SHA1_80 uri:http://x",
+                CryptoError::UnsupportedKeys,
+            ),
             ("1 AES_CM_128_HMAC_SHA1_80 inline", CryptoError::Malformed),
             ("1 AES_CM_128_HMAC_SHA1_80 inline:", CryptoError::BadKey),
-            ("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVB", CryptoError::BadKey),
-            ("1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaV!R", CryptoError::BadKey),
+            (
+                "1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVB",
+                CryptoError::BadKey,
+            ),
+            (
+                "1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaV!R",
+                CryptoError::BadKey,
+            ),
         ];
         for (value, err) in cases {
             assert_eq!(Crypto::parse(value), Err(*err), "{value:?}");
         }
-        let with = |tail: &str| Crypto::parse(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}{tail}"));
+        let with =
+            |tail: &str| Crypto::parse(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}{tail}"));
         assert!(with("").is_ok());
         assert!(with("|2^31").is_ok());
         assert!(with("|1048576").is_ok());
         assert_eq!(with("|2^10"), Err(CryptoError::Lifetime));
         assert_eq!(with("|2^49"), Err(CryptoError::Lifetime));
         assert_eq!(with("|2^99999999999999999999"), Err(CryptoError::Lifetime));
-        assert_eq!(with("|99999999999999999999999"), Err(CryptoError::Malformed));
+        assert_eq!(
+            with("|99999999999999999999999"),
+            Err(CryptoError::Malformed)
+        );
         assert_eq!(with("|2^20|2^20"), Err(CryptoError::Malformed));
         assert_eq!(with("|"), Err(CryptoError::Malformed));
-        for weakening in ["UNENCRYPTED_SRTP", "UNENCRYPTED_SRTCP", "UNAUTHENTICATED_SRTP", "KDR=24", "FEC_KEY=inline:x", "NEW_THING", "-"] {
-            assert_eq!(with(&format!(" {weakening}")), Err(CryptoError::SessionParam), "{weakening}");
+        for weakening in [
+            "UNENCRYPTED_SRTP",
+            "UNENCRYPTED_SRTCP",
+            "UNAUTHENTICATED_SRTP",
+            "KDR=24",
+            "FEC_KEY=inline:x",
+            "NEW_THING",
+            "-",
+        ] {
+            assert_eq!(
+                with(&format!(" {weakening}")),
+                Err(CryptoError::SessionParam),
+                "{weakening}"
+            );
         }
         assert_eq!(
-            Crypto::parse(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key} {}", "x".repeat(2000))),
+            Crypto::parse(&format!(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:{key} {}",
+                "x".repeat(2000)
+            )),
             Err(CryptoError::Malformed)
         );
     }
@@ -400,6 +441,9 @@ mod tests {
         );
         assert_eq!(Crypto::parse(&c.to_value()), Ok(c.clone()));
         let shown = format!("{c:?}");
-        assert!(!shown.contains("0123") && !shown.contains("MDEy"), "{shown}");
+        assert!(
+            !shown.contains("0123") && !shown.contains("MDEy"),
+            "{shown}"
+        );
     }
 }

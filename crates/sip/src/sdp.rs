@@ -577,7 +577,10 @@ m=audio 4000 RTP/AVP 8 96\nc=IN IP4 10.0.0.2\na=rtpmap:96 Telephone-Event/8000\n
         let mut local = local();
         local.sdes = Some(sdes(true));
         let offer = build_offer(&local, 1);
-        assert!(offer.contains("m=audio 27000 RTP/SAVP 0 8 101\r\n"), "{offer}");
+        assert!(
+            offer.contains("m=audio 27000 RTP/SAVP 0 8 101\r\n"),
+            "{offer}"
+        );
         assert!(offer.ends_with(
             "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1ub3BxcnN0\r\n\
 a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVohPyst\r\n"
@@ -585,13 +588,18 @@ a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVohPy
         // Best effort: the same keys on RTP/AVP, which a plain-RTP answerer simply accepts.
         local.sdes = Some(sdes(false));
         let offer = build_offer(&local, 1);
-        assert!(offer.contains("m=audio 27000 RTP/AVP 0 8 101\r\n"), "{offer}");
+        assert!(
+            offer.contains("m=audio 27000 RTP/AVP 0 8 101\r\n"),
+            "{offer}"
+        );
         // Read back as an offer: the first usable attribute is ours for the first suite.
         let n = SessionDescription::parse(offer.as_bytes())
             .unwrap()
             .negotiate()
             .unwrap();
-        let Sdes::Usable(c) = n.sdes else { panic!("{n:?}") };
+        let Sdes::Usable(c) = n.sdes else {
+            panic!("{n:?}")
+        };
         assert_eq!((c.tag, c.suite), (1, CryptoSuite::AesCm128HmacSha1_80));
         assert!(!n.savp);
     }
@@ -600,7 +608,8 @@ a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVohPy
     fn srtp_answers_rfc4568_style() {
         use crate::sdes::CryptoSuite;
         // An offer in the shape of RFC 4568 §8.1: an unusable (MKI) attribute, then two usable.
-        let offer = b"v=0\r\no=sam 2890844526 2890842807 IN IP4 10.47.16.5\r\ns=SRTP Discussion\r\n\
+        let offer =
+            b"v=0\r\no=sam 2890844526 2890842807 IN IP4 10.47.16.5\r\ns=SRTP Discussion\r\n\
 c=IN IP4 168.2.17.12\r\nt=2873397496 2873404696\r\nm=audio 49170 RTP/SAVP 0\r\n\
 a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\n\
 a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj|2^20\r\n\
@@ -610,8 +619,13 @@ a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaV
         local.sdes = Some(sdes(false));
         let (answer, n) = build_answer(&offer, &local, 2).unwrap();
         assert!(n.savp);
-        let Sdes::Usable(theirs) = &n.sdes else { panic!("{n:?}") };
-        assert_eq!((theirs.tag, theirs.suite), (2, CryptoSuite::AesCm128HmacSha1_32));
+        let Sdes::Usable(theirs) = &n.sdes else {
+            panic!("{n:?}")
+        };
+        assert_eq!(
+            (theirs.tag, theirs.suite),
+            (2, CryptoSuite::AesCm128HmacSha1_32)
+        );
         assert!(answer.contains("m=audio 27000 RTP/SAVP 0\r\n"), "{answer}");
         assert!(
             answer.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVohPyst\r\n"),
@@ -620,16 +634,20 @@ a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaV
         assert_eq!(answer.matches("a=crypto").count(), 1);
         // Without keys of our own we answer plain RTP and no attribute.
         let (answer, _) = build_answer(&offer, &self::local(), 2).unwrap();
-        assert!(answer.contains("RTP/AVP") && !answer.contains("crypto"), "{answer}");
+        assert!(
+            answer.contains("RTP/AVP") && !answer.contains("crypto"),
+            "{answer}"
+        );
         // Only unusable attributes: the reason of the first.
         let bad = b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/SAVP 0\r\n\
 a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:short\r\na=crypto:2 AES_256_CM_HMAC_SHA1_80 inline:x\r\n";
         let n = SessionDescription::parse(bad).unwrap().negotiate().unwrap();
         assert_eq!(n.sdes, Sdes::Unusable(crate::sdes::CryptoError::BadKey));
-        let plain = SessionDescription::parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0\r\n")
-            .unwrap()
-            .negotiate()
-            .unwrap();
+        let plain =
+            SessionDescription::parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0\r\n")
+                .unwrap()
+                .negotiate()
+                .unwrap();
         assert_eq!(plain.sdes, Sdes::Absent);
     }
 }
