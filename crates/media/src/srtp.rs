@@ -237,8 +237,13 @@ impl Srtp {
         &self.stats
     }
 
-    /// Protects one RTP packet of ours (RFC 3711 §3.3): payload encrypted, tag appended.
+    /// Protects one RTP packet of ours (RFC 3711 §3.3): payload encrypted, tag appended. Our
+    /// packets have the fixed 12-byte header only (no CSRC, extension or padding); anything
+    /// else is refused (rtc-srtp 0.21 would index past a header longer than the packet).
     pub fn protect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, ProtectError> {
+        if packet.len() < RTP_HEADER_LEN || packet[0] != 0x80 {
+            return Err(ProtectError);
+        }
         let out = self
             .outbound
             .encrypt_rtp(packet)
@@ -442,6 +447,20 @@ mod tests {
             }
         }
         assert_eq!(theirs.inbound.len(), MAX_SSRCS);
+    }
+
+    #[test]
+    fn only_our_own_packet_shape_is_protected() {
+        let (mut ours, _) = pair(Suite::AesCm128HmacSha1_80);
+        // A CSRC count of 15 (a 72-byte header) in 14 bytes, an extension, padding: found by
+        // the `sdes` fuzz target as a panic inside rtc-srtp; refused here.
+        for first in [0x8f, 0x90, 0xa0, 0x00] {
+            let mut p = plain();
+            p[0] = first;
+            assert_eq!(ours.protect_rtp(&p[..14]), Err(ProtectError));
+        }
+        assert_eq!(ours.protect_rtp(&[0x80; 11]), Err(ProtectError));
+        assert!(ours.protect_rtp(&plain()[..12]).is_ok());
     }
 
     #[test]
