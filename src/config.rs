@@ -195,6 +195,23 @@ pub struct MediaConfig {
     pub prompts: PathBuf,
     /// Languages callers may ask for; the first is the default.
     pub languages: Vec<String>,
+    /// SRTP (SDES keys in the SDP, RFC 4568): `off`, `offer` or `require`.
+    pub srtp: SrtpMode,
+}
+
+/// `media.srtp`: whether calls protect their media with SRTP keyed by SDES.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SrtpMode {
+    /// Plain RTP.
+    #[default]
+    Off,
+    /// Over TLS, keys are offered and SRTP is used when the answer accepts them; a plain
+    /// answer is a plain call. Over UDP/TCP no key is sent (it would travel in clear).
+    Offer,
+    /// SRTP or no call: the SIP transport must be TLS, and an answer without keys is hung up
+    /// (`unreachable`).
+    Require,
 }
 
 impl Default for MediaConfig {
@@ -203,6 +220,7 @@ impl Default for MediaConfig {
             rtp_ports: "20000-29999".to_owned(),
             prompts: PathBuf::from("audio"),
             languages: vec!["en".to_owned()],
+            srtp: SrtpMode::Off,
         }
     }
 }

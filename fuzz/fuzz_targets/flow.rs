@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
                         sip_info_dtmf: arg & 2 == 2,
                         ..Rules::default()
                     },
+                    srtp: None,
                 };
                 if let Ok(id) = board.place(now, spec) {
                     ours.push(id);

@@ -83,6 +83,10 @@ enum UsageError {
     NoTrunk,
     #[error("language `{0}` is not in media.languages")]
     Language(String),
+    #[error(
+        "media.srtp = \"require\" needs SIP over TLS: give a sips: or ;transport=tls destination or trunk (SRTP keys are never sent over clear SIP)"
+    )]
+    SrtpNeedsTls,
     #[error("cannot start the async runtime: {0}")]
     Tokio(std::io::Error),
 }
@@ -189,6 +193,16 @@ fn prepare(args: Args) -> Result<Prepared, UsageError> {
         Some(l) => l,
         None => config.media.languages[0].clone(),
     };
+    if config.media.srtp == crate::config::SrtpMode::Require {
+        // Refused before anything is dialled: the trunk's transport, else the destination's.
+        let transport = match config.sip.trunk.as_str() {
+            "" => Trunk::parse(&dest).map(|t| t.transport),
+            trunk => Trunk::parse(trunk).map(|t| t.transport),
+        };
+        if !matches!(transport, Ok(sip::Transport::Tls)) {
+            return Err(UsageError::SrtpNeedsTls);
+        }
+    }
     let mut runtime = RuntimeConfig::from_config(&config)?;
     // One-off call: any free port on the configured address, so a running `serve` is no obstacle.
     runtime.listen = SocketAddr::new(config.sip.listen.ip(), 0);
@@ -288,10 +302,18 @@ fn describe(entry: &TimelineEntry) -> Option<String> {
         E::MediaNegotiated {
             codec,
             telephone_event,
-        } => match telephone_event {
-            Some(pt) => format!("media: {codec}, RFC 4733 events on PT {pt}"),
-            None => format!("media: {codec}, no RFC 4733 events"),
-        },
+            srtp,
+        } => {
+            let events = match telephone_event {
+                Some(pt) => format!("RFC 4733 events on PT {pt}"),
+                None => "no RFC 4733 events".to_string(),
+            };
+            let protection = match srtp {
+                Some(suite) => format!("SRTP {suite}"),
+                None => "plain RTP".to_string(),
+            };
+            format!("media: {codec}, {events}, {protection}")
+        }
         E::MediaUnusable { reason } => format!("answer has no usable media: {reason}"),
         E::MediaChanged { on_hold: true } => "the far end put the call on hold".into(),
         E::MediaChanged { on_hold: false } => "the far end changed the media".into(),

@@ -232,6 +232,7 @@ impl State {
                         audio_pt: negotiated.codec_pt,
                         telephone_event_pt: negotiated.telephone_event_pt,
                         seed: rand::random(),
+                        srtp: None,
                     },
                 );
                 self.media = Some(Media {

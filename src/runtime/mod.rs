@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallPlacer, CallProgress, CallReport, CallRequest};
-use crate::config::{CallConfig, Config, Secret};
+use crate::config::{CallConfig, Config, Secret, SrtpMode};
 use crate::metrics::SipCounters;
 
 pub use live::{PromptError, Prompts};
@@ -83,9 +83,16 @@ pub enum RuntimeError {
     /// The driver task is gone (shut down or panicked): internal.
     #[error("the SIP runtime has stopped")]
     Stopped,
-    /// The operating system's random number generator failed (the host is at fault).
-    #[error("cannot read 32 random bytes from the operating system: {0}")]
-    Entropy(String),
+    /// `media.srtp = "require"` with a trunk that is not TLS (our configuration): SDES keys
+    /// over clear SIP protect nothing, so no call could ever be placed.
+    #[error(
+        "configuration key `media.srtp`: \"require\" needs a TLS trunk (sips: or ;transport=tls)"
+    )]
+    SrtpNeedsTls,
+    /// The operating system's random source failed while drawing identifier seeds or SRTP
+    /// keys (the host is at fault).
+    #[error("cannot read random bytes from the operating system: {0}")]
+    Entropy(#[source] rand::rand_core::OsError),
 }
 
 /// Where calls go: `sip.trunk` parsed.
@@ -174,6 +181,8 @@ pub struct RuntimeConfig {
     /// `sip.stranger_rate_per_sec`, `sip.stranger_burst`: the per-IP bucket of strangers.
     pub stranger_rate_per_sec: u32,
     pub stranger_burst: u32,
+    /// `media.srtp`.
+    pub srtp: SrtpMode,
 }
 
 impl RuntimeConfig {
@@ -197,6 +206,19 @@ impl RuntimeConfig {
             .map(|t| resolve_now(&t.host, t.port))
             .unwrap_or_default();
         let route_probe = trunk_peers.first().copied();
+        let srtp = config.media.srtp;
+        if let Some(t) = &trunk
+            && t.transport != Transport::Tls
+        {
+            match srtp {
+                SrtpMode::Require => return Err(RuntimeError::SrtpNeedsTls),
+                SrtpMode::Offer => tracing::warn!(
+                    "media.srtp = \"offer\" with a trunk that is not TLS: no SRTP keys are sent \
+                     (they would travel in clear); calls use plain RTP"
+                ),
+                SrtpMode::Off => {}
+            }
+        }
         Ok(RuntimeConfig {
             listen: config.sip.listen,
             trunk,
@@ -215,6 +237,7 @@ impl RuntimeConfig {
             connection_idle: Duration::from_secs(config.sip.connection_idle_secs),
             stranger_rate_per_sec: config.sip.stranger_rate_per_sec,
             stranger_burst: config.sip.stranger_burst,
+            srtp,
         })
     }
 }
@@ -394,8 +417,31 @@ impl Runtime {
                 answer_guard: order.call.answer_guard(),
                 sip_info_dtmf: cfg.sip_info_dtmf,
             },
+            srtp: srtp_keys(cfg.srtp)?,
         })
     }
+}
+
+/// `media.srtp` with fresh keys for one call, one per suite, from the operating system's
+/// CSPRNG (the cores draw no randomness of their own).
+fn srtp_keys(mode: SrtpMode) -> Result<Option<flow::Srtp>, RuntimeError> {
+    use rand::TryRngCore as _;
+    let policy = match mode {
+        SrtpMode::Off => return Ok(None),
+        SrtpMode::Offer => flow::SrtpPolicy::Offer,
+        SrtpMode::Require => flow::SrtpPolicy::Require,
+    };
+    let draw = || {
+        let mut bytes = [0u8; sip::sdes::KEY_SALT_LEN];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(RuntimeError::Entropy)?;
+        Ok::<_, RuntimeError>(sip::sdes::SdesKey::new(bytes))
+    };
+    Ok(Some(flow::Srtp {
+        policy,
+        keys: [draw()?, draw()?],
+    }))
 }
 
 /// `+` and 8 to 15 digits (E.164, already validated by the API for the service).
@@ -438,7 +484,7 @@ fn os_seed() -> Result<[u8; 32], RuntimeError> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng
         .try_fill_bytes(&mut seed)
-        .map_err(|e| RuntimeError::Entropy(e.to_string()))?;
+        .map_err(RuntimeError::Entropy)?;
     Ok(seed)
 }
 

@@ -403,3 +403,71 @@ pub fn wait_for_log(peer: &Peer, needle: &str, limit: Duration) -> bool {
 pub fn meanwhile<F: FnOnce() + Send + 'static>(f: F) -> std::thread::JoinHandle<()> {
     std::thread::spawn(f)
 }
+
+/// A private CA and a certificate for 127.0.0.1 signed by it (openssl), in `work`: returns the
+/// CA file (for `sip.tls_ca`) and the certificate + key bundle (for the peer).
+pub fn certificates(work: &Work) -> (PathBuf, PathBuf) {
+    let dir = work.path();
+    let openssl = |args: &[&str]| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args).current_dir(dir);
+        run(&mut cmd);
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=callverify test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let mut bundle = std::fs::read(dir.join("leaf.pem")).unwrap();
+    bundle.extend(std::fs::read(dir.join("leaf.key")).unwrap());
+    std::fs::write(dir.join("bundle.pem"), bundle).unwrap();
+    (dir.join("ca.pem"), dir.join("bundle.pem"))
+}

@@ -27,6 +27,7 @@ use crate::media::{
     DialMethod, DtmfMethod, KeyPress, Media, MediaEvent, MediaFactory, MediaSetup, PromptKind,
 };
 use crate::spec::{CLOSING_PROMPT_LIMIT, HANGUP_WAIT, Rules};
+use crate::srtp::Offered;
 use crate::{CallResult, Mode, TimelineEntry, TimelineEvent};
 
 /// On a far-end BYE, how far the media path is run ahead to release what it still holds
@@ -90,6 +91,8 @@ pub(crate) struct Core {
     extension: Option<String>,
     language: String,
     seed: [u8; 32],
+    /// Our SDES offer, when the INVITE carried keys.
+    srtp: Option<Offered>,
     timeline: Vec<TimelineEntry>,
     method: Option<DtmfMethod>,
     /// Anything at all came back to the INVITE (even 100 Trying).
@@ -113,6 +116,7 @@ pub(crate) struct CoreInit {
     pub(crate) extension: Option<String>,
     pub(crate) language: String,
     pub(crate) seed: [u8; 32],
+    pub(crate) srtp: Option<Offered>,
 }
 
 impl Core {
@@ -127,6 +131,7 @@ impl Core {
             extension: init.extension.filter(|e| !e.is_empty()),
             language: init.language,
             seed: init.seed,
+            srtp: init.srtp,
             timeline: Vec::new(),
             method: None,
             heard_back: false,
@@ -826,6 +831,10 @@ fn answered<M: Media, F: MediaFactory<Media = M>>(
             "the answer has no media address (0.0.0.0)".into(),
         );
     };
+    let srtp = match crate::srtp::resolve(core.srtp.as_ref(), &negotiated) {
+        Ok(srtp) => srtp,
+        Err(refusal) => return unusable(core, cx, now, refusal.to_string()),
+    };
     core.log(
         now,
         TimelineEvent::MediaNegotiated {
@@ -834,6 +843,7 @@ fn answered<M: Media, F: MediaFactory<Media = M>>(
                 Codec::Pcma => "PCMA".into(),
             },
             telephone_event: negotiated.telephone_event_pt,
+            srtp: srtp.as_ref().map(|s| s.suite.name().to_string()),
         },
     );
     let setup = MediaSetup {
@@ -843,6 +853,7 @@ fn answered<M: Media, F: MediaFactory<Media = M>>(
         telephone_event_pt: negotiated.telephone_event_pt,
         language: core.language.clone(),
         seed: core.seed,
+        srtp,
     };
     let mut media = cx.factory.create(now, &setup);
     let live = |media| Live {

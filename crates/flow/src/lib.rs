@@ -11,11 +11,13 @@ pub mod live;
 pub mod media;
 pub mod outcome;
 pub mod spec;
+pub mod srtp;
 mod switchboard;
 pub mod timeline;
 
 pub use call::{Event, Report, result_for_status};
 pub use outcome::{CallResult, Mode};
 pub use spec::{CallSpec, Rules, SpecError};
+pub use srtp::{Srtp, SrtpPolicy, SrtpRefusal};
 pub use switchboard::{CallId, Switchboard, Transmit};
 pub use timeline::{TimelineEntry, TimelineEvent};

@@ -74,6 +74,7 @@ impl MediaFactory for LiveFactory {
                     audio_pt: setup.audio_pt,
                     telephone_event_pt: setup.telephone_event_pt,
                     seed: setup.seed,
+                    srtp: setup.srtp.clone(),
                 },
             ),
             book: Arc::clone(&self.book),

@@ -150,6 +150,8 @@ pub struct MediaSetup {
     pub language: String,
     /// Key of the media's generator (SSRC, sequence and timestamp origins).
     pub seed: [u8; 32],
+    /// SRTP keys and suite when the answer accepted our SDES offer (None: plain RTP).
+    pub srtp: Option<media::SrtpConfig>,
 }
 
 /// Makes the media session of each answered call.

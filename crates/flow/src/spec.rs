@@ -100,6 +100,8 @@ pub struct CallSpec {
     pub language: String,
     /// Timeouts and codes.
     pub rules: Rules,
+    /// SRTP (`media.srtp`) with our keys; None: plain RTP.
+    pub srtp: Option<crate::Srtp>,
 }
 
 /// The call cannot be placed as asked: the caller of the flow (API request or our
@@ -118,6 +120,10 @@ pub enum SpecError {
     /// The fraud code must be digits or `*`, then `#`.
     #[error("the fraud code must be digits or `*`, then `#` (e.g. `0#`)")]
     InvalidFraudCode,
+    /// `media.srtp = "require"` over UDP or TCP: SDES keys in clear SIP protect nothing, so
+    /// none are sent and the call is not placed.
+    #[error("media.srtp = \"require\" needs SIP over TLS (sips: or ;transport=tls), not {}", .0.via_token())]
+    SrtpNeedsTls(Transport),
 }
 
 impl CallSpec {
@@ -144,6 +150,12 @@ impl CallSpec {
                 .all(|c| c == ',' || dtmf::Digit::from_char(c).is_some())
         {
             return Err(SpecError::InvalidExtension);
+        }
+        if let Some(srtp) = &self.srtp
+            && srtp.policy == crate::SrtpPolicy::Require
+            && self.transport != Transport::Tls
+        {
+            return Err(SpecError::SrtpNeedsTls(self.transport));
         }
         let fraud = &self.rules.fraud_code;
         let body = fraud.strip_suffix('#').ok_or(SpecError::InvalidFraudCode)?;

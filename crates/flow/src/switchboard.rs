@@ -125,6 +125,14 @@ impl<F: MediaFactory> Switchboard<F> {
     pub fn place(&mut self, now: Instant, spec: CallSpec) -> Result<CallId, SpecError> {
         let digits = spec.validate()?;
         let expect = Expect::new(&digits, &spec.rules.fraud_code);
+        // Keys go into the offer only over TLS (SDES over clear SIP protects nothing);
+        // `require` without TLS never gets here (`validate`).
+        let srtp = spec
+            .srtp
+            .filter(|_| spec.transport == Transport::Tls)
+            .map(crate::srtp::Offered::new);
+        let mut media = sip::sdp::LocalMedia::new(spec.local_rtp, self.rng.next_u64() >> 1);
+        media.sdes = srtp.as_ref().map(|s| s.sdes.clone());
         let handle = self.ua.call(
             now,
             OutgoingCall {
@@ -134,7 +142,7 @@ impl<F: MediaFactory> Switchboard<F> {
                 next_hop: spec.next_hop,
                 peers: spec.peers,
                 transport: spec.transport,
-                media: sip::sdp::LocalMedia::new(spec.local_rtp, self.rng.next_u64() >> 1),
+                media,
                 credentials: spec.credentials,
             },
         );
@@ -147,6 +155,7 @@ impl<F: MediaFactory> Switchboard<F> {
             extension: spec.extension,
             language: spec.language,
             seed: next_seed(&mut self.rng),
+            srtp,
         });
         let stage = Stage::dialing(&core);
         self.touched.insert(handle);

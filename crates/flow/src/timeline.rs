@@ -58,6 +58,10 @@ pub enum TimelineEvent {
         /// telephone-event payload type, when the far end accepted RFC 4733.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         telephone_event: Option<u8>,
+        /// The SRTP suite protecting the media (`AES_CM_128_HMAC_SHA1_80`), when SDES was
+        /// negotiated; absent for plain RTP.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        srtp: Option<String>,
     },
     /// A re-INVITE/UPDATE from the far end changed the media (hold or resume).
     MediaChanged { on_hold: bool },

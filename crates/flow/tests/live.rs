@@ -63,6 +63,14 @@ struct Live {
     wire: Vec<(Instant, SocketAddr, SocketAddr, Vec<u8>, bool)>,
     events: Vec<Event>,
     call: Option<flow::CallId>,
+    /// SIP transport of the call (a label here: the wire is simulated).
+    transport: Transport,
+    /// `media.srtp` of the call, with our keys.
+    srtp: Option<flow::Srtp>,
+    /// The phone's SDES keys (None: it answers plain RTP).
+    phone_sdes: Option<sip::sdes::LocalSdes>,
+    /// Every RTP datagram the caller sent.
+    sent_rtp: Vec<Vec<u8>>,
 }
 
 impl Live {
@@ -88,17 +96,25 @@ impl Live {
             wire: Vec::new(),
             events: Vec::new(),
             call: None,
+            transport: Transport::Udp,
+            srtp: None,
+            phone_sdes: None,
+            sent_rtp: Vec::new(),
         }
     }
 
     fn place(&mut self, mode: Mode, digits: Option<&str>) {
+        self.try_place(mode, digits).unwrap();
+    }
+
+    fn try_place(&mut self, mode: Mode, digits: Option<&str>) -> Result<(), flow::SpecError> {
         let spec = CallSpec {
             target: Uri::parse("sip:+14255550123@127.0.0.1:5070").unwrap(),
             from: Uri::parse("sip:+14255550100@127.0.0.1").unwrap(),
             display_name: None,
             next_hop: addr(PHONE),
             peers: Vec::new(),
-            transport: Transport::Udp,
+            transport: self.transport,
             local_rtp: addr(OUR_RTP),
             credentials: None,
             mode,
@@ -106,8 +122,10 @@ impl Live {
             extension: None,
             language: "en".into(),
             rules: Rules::default(),
+            srtp: self.srtp.clone(),
         };
-        self.call = Some(self.board.place(self.now, spec).unwrap());
+        self.call = Some(self.board.place(self.now, spec)?);
+        Ok(())
     }
 
     fn collect(&mut self) {
@@ -122,9 +140,11 @@ impl Live {
                     destination,
                     payload,
                     ..
-                } => self
-                    .wire
-                    .push((now + DELAY, addr(OUR_RTP), destination, payload, false)),
+                } => {
+                    self.sent_rtp.push(payload.clone());
+                    self.wire
+                        .push((now + DELAY, addr(OUR_RTP), destination, payload, false))
+                }
             }
         }
         while let Some(t) = self.phone.ua.poll_transmit() {
@@ -150,12 +170,30 @@ impl Live {
             if let sip::Event::Incoming { call, .. } = e {
                 self.phone.call = Some(call);
                 let _ = self.phone.ua.ringing(now, call);
+                let mut local = LocalMedia::new(addr(PHONE_RTP), 3);
+                local.sdes = self.phone_sdes.clone();
                 let negotiated = self
                     .phone
                     .ua
-                    .answer_with(now, call, LocalMedia::new(addr(PHONE_RTP), 3))
+                    .answer_with(now, call, local)
                     .unwrap()
                     .unwrap();
+                // The phone's key protects what it sends; ours (from the offer) what we send.
+                let srtp = match (&self.phone_sdes, &negotiated.sdes) {
+                    (Some(mine), sip::sdes::Sdes::Usable(theirs)) => Some(media::SrtpConfig {
+                        suite: match theirs.suite {
+                            sip::sdes::CryptoSuite::AesCm128HmacSha1_80 => {
+                                media::Suite::AesCm128HmacSha1_80
+                            }
+                            sip::sdes::CryptoSuite::AesCm128HmacSha1_32 => {
+                                media::Suite::AesCm128HmacSha1_32
+                            }
+                        },
+                        local: media::MasterKey::new(*mine.key(theirs.suite).expose()),
+                        remote: media::MasterKey::new(*theirs.key.expose()),
+                    }),
+                    _ => None,
+                };
                 self.phone.answered_at = Some(now);
                 self.phone.media = Some(Session::new(
                     now,
@@ -168,6 +206,7 @@ impl Live {
                         audio_pt: negotiated.codec_pt,
                         telephone_event_pt: negotiated.telephone_event_pt,
                         seed: [9; 32],
+                        srtp,
                     },
                 ));
             }
@@ -226,10 +265,10 @@ impl Live {
                         let _ = self
                             .phone
                             .ua
-                            .handle_input(now, Transport::Udp, from, &payload);
+                            .handle_input(now, self.transport, from, &payload);
                     }
                     (true, false) => {
-                        let _ = self.board.handle_sip(now, Transport::Udp, from, &payload);
+                        let _ = self.board.handle_sip(now, self.transport, from, &payload);
                     }
                     (false, true) => {
                         if let Some(m) = self.phone.media.as_mut() {
@@ -340,4 +379,136 @@ fn inband_pound_just_before_hanging_up_still_counts() {
     live.place(Mode::Standard, None);
     let r = live.run(Duration::from_secs(120));
     assert_eq!(r.result, CallResult::Confirmed, "{:#?}", r.timeline);
+}
+
+fn keys(a: u8) -> [sip::sdes::SdesKey; 2] {
+    [
+        sip::sdes::SdesKey::new([a; 30]),
+        sip::sdes::SdesKey::new([a + 1; 30]),
+    ]
+}
+
+fn srtp_call(policy: flow::SrtpPolicy, phone: bool, transport: Transport) -> Live {
+    let mut live = Live::new(vec![(
+        Duration::from_millis(2500),
+        "#",
+        media::DialMethod::Inband,
+    )]);
+    live.transport = transport;
+    live.srtp = Some(flow::Srtp {
+        policy,
+        keys: keys(10),
+    });
+    live.phone_sdes = phone.then(|| sip::sdes::LocalSdes {
+        savp: false,
+        keys: keys(20),
+    });
+    live
+}
+
+fn negotiated_srtp(r: &Report) -> Option<Option<String>> {
+    r.timeline.iter().find_map(|e| match &e.event {
+        TimelineEvent::MediaNegotiated { srtp, .. } => Some(srtp.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn srtp_both_ways_confirms_and_nothing_goes_out_in_clear() {
+    for policy in [flow::SrtpPolicy::Require, flow::SrtpPolicy::Offer] {
+        let mut live = srtp_call(policy, true, Transport::Tls);
+        live.place(Mode::Standard, None);
+        let r = live.run(Duration::from_secs(120));
+        // The phone's in-band `#` crossed under its key; our prompt under ours (the phone's
+        // session authenticated and decoded it).
+        assert_eq!(r.result, CallResult::Confirmed, "{:#?}", r.timeline);
+        assert_eq!(r.dtmf_method, Some(DtmfMethod::Inband));
+        assert_eq!(
+            negotiated_srtp(&r),
+            Some(Some("AES_CM_128_HMAC_SHA1_80".into()))
+        );
+        let sent = &live.sent_rtp;
+        assert!(sent.len() > 100);
+        // Every packet carries a 10-byte tag after its 160 bytes of audio.
+        assert!(
+            sent.iter().all(|p| p.len() == 12 + 160 + 10),
+            "{}",
+            sent[0].len()
+        );
+        // The prompt is a 300 Hz tone: 80 samples are exactly three periods, so in clear the
+        // two halves of a packet's G.711 payload are equal; encrypted, never.
+        assert_eq!(halves_repeat(sent), 0, "payloads look like clear audio");
+    }
+    // The control: the same call in clear shows the repetition.
+    let mut live = Live::new(vec![(
+        Duration::from_millis(2500),
+        "#",
+        media::DialMethod::Inband,
+    )]);
+    live.place(Mode::Standard, None);
+    live.run(Duration::from_secs(120));
+    assert!(halves_repeat(&live.sent_rtp) > 100);
+}
+
+fn halves_repeat(sent: &[Vec<u8>]) -> usize {
+    sent.iter()
+        .filter(|p| p.len() >= 172 && p[12..92] == p[92..172])
+        .count()
+}
+
+#[test]
+fn srtp_require_refuses_a_plain_answer_and_offer_falls_back() {
+    let mut live = srtp_call(flow::SrtpPolicy::Require, false, Transport::Tls);
+    live.place(Mode::Standard, None);
+    let r = live.run(Duration::from_secs(120));
+    assert_eq!(r.result, CallResult::Unreachable, "{:#?}", r.timeline);
+    assert!(
+        r.timeline.iter().any(|e| matches!(
+            &e.event,
+            TimelineEvent::MediaUnusable { reason } if reason.contains("no SRTP keys")
+        )),
+        "{:#?}",
+        r.timeline
+    );
+    assert!(live.sent_rtp.is_empty(), "no media before hanging up");
+
+    let mut live = srtp_call(flow::SrtpPolicy::Offer, false, Transport::Tls);
+    live.place(Mode::Standard, None);
+    let r = live.run(Duration::from_secs(120));
+    assert_eq!(r.result, CallResult::Confirmed, "{:#?}", r.timeline);
+    assert_eq!(negotiated_srtp(&r), Some(None));
+}
+
+#[test]
+fn srtp_keys_never_cross_clear_sip() {
+    // require over UDP or TCP: not placed at all.
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let mut live = srtp_call(flow::SrtpPolicy::Require, true, transport);
+        assert_eq!(
+            live.try_place(Mode::Standard, None),
+            Err(flow::SpecError::SrtpNeedsTls(transport))
+        );
+        assert!(live.board.poll_transmit().is_none(), "nothing was sent");
+    }
+    // offer over UDP: a plain offer (no key in the INVITE), a plain call.
+    let mut live = srtp_call(flow::SrtpPolicy::Offer, true, Transport::Udp);
+    live.place(Mode::Standard, None);
+    let Some(Transmit::Sip(invite)) = live.board.poll_transmit() else {
+        panic!("no INVITE")
+    };
+    let invite = String::from_utf8_lossy(&invite.payload).to_string();
+    assert!(
+        invite.contains("RTP/AVP") && !invite.contains("crypto"),
+        "{invite}"
+    );
+    live.wire.push((
+        live.now + DELAY,
+        addr(US),
+        addr(PHONE),
+        invite.into_bytes(),
+        true,
+    ));
+    let r = live.run(Duration::from_secs(120));
+    assert_eq!(r.result, CallResult::Confirmed, "{:#?}", r.timeline);
+    assert_eq!(negotiated_srtp(&r), Some(None));
 }

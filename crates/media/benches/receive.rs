@@ -133,6 +133,7 @@ fn send(c: &mut Criterion) {
                     audio_pt: 0,
                     telephone_event_pt: Some(101),
                     seed: [1; 32],
+                    srtp: None,
                 },
             );
             s.play(t0, prompt.clone());

@@ -7,6 +7,7 @@
 //! * [`Session`]: a live call's media: a `ReceivePath` latched to the far end, plus prompts,
 //!   comfort silence and dialled keys sent as 20 ms packets on a fixed grid.
 //! * [`Prompt`]: a recording decoded once ([`wav`]) and pre-encoded to PCMU and PCMA frames.
+//! * [`srtp`]: SRTP protection of a session's packets (RFC 3711, keyed by SDES).
 //! * Building blocks: [`rtp`], [`rtcp`], [`rfc4733`], [`g711`], [`stats`] (RFC 3550 A.1/A.3/A.8),
 //!   [`reorder`], [`merge`] (the one-press-one-digit rule), [`rng`].
 //!
@@ -23,6 +24,7 @@
 //!     audio_pt: 0,
 //!     telephone_event_pt: Some(101),
 //!     seed: [42; 32],
+//!     srtp: None,
 //! });
 //! s.dial(t0, "5678", DialMethod::Rfc4733);
 //! let mut packets = 0;
@@ -72,9 +74,11 @@ pub mod rng;
 pub mod rtcp;
 pub mod rtp;
 pub mod session;
+pub mod srtp;
 pub mod stats;
 pub mod wav;
 
 pub use prompt::{Prompt, PromptError};
 pub use receive::{Codec, DigitReport, ReceiveConfig, ReceivePath, ReceiveStats, StreamStats};
 pub use session::{DialMethod, MediaEvent, MediaStats, Session, SessionConfig, Transmit};
+pub use srtp::{MasterKey, SrtpConfig, SrtpStats, Suite};

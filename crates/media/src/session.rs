@@ -21,6 +21,14 @@
 //! prompt (a talkspurt start, RFC 3551 §4.1), and on the first packet of each RFC 4733 event
 //! (RFC 4733 §2.2.2). SSRC, first sequence number and first timestamp are random (RFC 3550
 //! §5.1), drawn from ChaCha20 keyed with the configured seed.
+//!
+//! # SRTP
+//!
+//! With [`SessionConfig::srtp`] set, every packet sent (RTP, and the RTCP reports) is protected
+//! with our key, and every datagram from the far end's address is authenticated, replay-checked
+//! and decrypted with its key before the receive path sees it ([`crate::srtp`]). A datagram
+//! that fails is dropped and counted in [`MediaStats::srtp`]; plain RTP is never accepted in
+//! its place.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -35,6 +43,7 @@ use crate::receive::{Codec, DigitReport, ReceiveConfig, ReceivePath, ReceiveStat
 use crate::rfc4733::{EventSchedule, SEND_VOLUME};
 use crate::rtcp::{self, RtcpPacket, SenderInfo};
 use crate::rtp::PacketSpec;
+use crate::srtp::{Srtp, SrtpConfig, SrtpStats};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 
@@ -65,6 +74,8 @@ pub struct SessionConfig {
     /// Key of the ChaCha20 generator of the random initial SSRC, sequence number and
     /// timestamp (RFC 3550 §5.1): 32 bytes from a CSPRNG in production.
     pub seed: [u8; 32],
+    /// SRTP keys and suite when the call negotiated SDES (None: plain RTP).
+    pub srtp: Option<SrtpConfig>,
 }
 
 /// How to dial digits.
@@ -112,6 +123,8 @@ pub struct MediaStats {
     /// 20 ms slots not sent because `handle_timeout` came late (skip policy, module docs).
     pub skipped_slots: u64,
     pub receive: ReceiveStats,
+    /// SRTP counters (None: plain RTP). Datagrams refused here never reach `receive`.
+    pub srtp: Option<SrtpStats>,
 }
 
 /// One step of a dial string.
@@ -155,6 +168,8 @@ enum Frame {
 pub struct Session {
     config: SessionConfig,
     receive: ReceivePath,
+    /// Protection of what we send and receive, when SRTP was negotiated.
+    srtp: Option<Srtp>,
     origin: Instant,
     /// The next slot to send.
     slot: u64,
@@ -184,9 +199,11 @@ impl Session {
         let ssrc = rng.next_u32();
         let first_seq = rng.next_u32() as u16;
         let first_ts = rng.next_u32();
+        let srtp = config.srtp.as_ref().map(Srtp::new);
         Session {
             config,
             receive,
+            srtp,
             origin: now,
             slot: 0,
             ssrc,
@@ -206,7 +223,16 @@ impl Session {
 
     /// Handles a datagram received on the RTP port.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
-        self.receive.handle_rtp(now, source, datagram);
+        match &mut self.srtp {
+            // Only the far end's datagrams are worth a key; the receive path counts the others
+            // as from the wrong source and drops them.
+            Some(srtp) if source == self.config.remote => {
+                if let Ok(plain) = srtp.unprotect_rtp(datagram) {
+                    self.receive.handle_rtp(now, source, &plain);
+                }
+            }
+            _ => self.receive.handle_rtp(now, source, datagram),
+        }
     }
 
     /// Handles a DTMF key received by SIP INFO.
@@ -382,13 +408,21 @@ impl Session {
             // Only a payload type above 127 in the configuration gets here.
             return;
         }
+        let payload = match &mut self.srtp {
+            None => self.buffer.clone(),
+            Some(srtp) => match srtp.protect_rtp(&self.buffer) {
+                Ok(protected) => protected,
+                // Only after 2^48 packets under one key (RFC 3711 §9.2): never sent in clear.
+                Err(_) => return,
+            },
+        };
         self.sent += 1;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += spec.payload.len() as u64;
         self.stats.event_packets_sent += u64::from(event);
         self.transmits.push_back(Transmit {
             destination: self.config.remote,
-            payload: self.buffer.clone(),
+            payload,
         });
     }
 
@@ -480,6 +514,7 @@ impl Session {
     pub fn stats(&self) -> MediaStats {
         MediaStats {
             receive: self.receive.stats().clone(),
+            srtp: self.srtp.as_ref().map(|s| s.stats().clone()),
             ..self.stats.clone()
         }
     }
@@ -504,7 +539,7 @@ impl Session {
     /// A compound RTCP report to send at `now` (RFC 3550 §6.4.1): an SR for our stream with a
     /// report block per SSRC received, and our CNAME (§6.5.1). `ntp` is the wall clock in NTP
     /// format (the core has no clock); the runtime sends it to the RTCP port about every 5 s
-    /// (§6.2).
+    /// (§6.2). With SRTP it is SRTCP (RFC 3711 §3.4); empty if it could not be protected.
     pub fn rtcp_report(&mut self, now: Instant, ntp: u64, cname: &str) -> Vec<u8> {
         let elapsed = now.saturating_duration_since(self.origin);
         let units =
@@ -523,14 +558,25 @@ impl Session {
             ssrc: self.ssrc,
             cname: cname.to_owned(),
         };
-        rtcp::write_compound(&[sr, cname])
+        let compound = rtcp::write_compound(&[sr, cname]);
+        self.protect_rtcp(compound)
     }
 
-    /// A BYE for our SSRC (RFC 3550 §6.6), to send when the call ends.
-    pub fn rtcp_bye(&self) -> Vec<u8> {
-        rtcp::write_compound(&[RtcpPacket::Bye {
+    /// A BYE for our SSRC (RFC 3550 §6.6), to send when the call ends (SRTCP with SRTP, empty
+    /// if it could not be protected).
+    pub fn rtcp_bye(&mut self) -> Vec<u8> {
+        let compound = rtcp::write_compound(&[RtcpPacket::Bye {
             ssrcs: vec![self.ssrc],
-        }])
+        }]);
+        self.protect_rtcp(compound)
+    }
+
+    fn protect_rtcp(&mut self, compound: Vec<u8>) -> Vec<u8> {
+        match &mut self.srtp {
+            None => compound,
+            // Never sent in clear when SRTP was negotiated.
+            Some(srtp) => srtp.protect_rtcp(&compound).unwrap_or_default(),
+        }
     }
 
     /// The fixed origin of the send grid (packet `n` is due at `origin + n × 20 ms`).

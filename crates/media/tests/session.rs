@@ -30,6 +30,7 @@ fn session(t0: Instant, codec: Codec, event_pt: Option<u8>, seed: u64) -> Sessio
             audio_pt: if codec == Codec::Pcma { 8 } else { 0 },
             telephone_event_pt: event_pt,
             seed: seed32(seed),
+            srtp: None,
         },
     )
 }
@@ -386,6 +387,7 @@ fn two_sessions_over_an_impaired_link() {
                 audio_pt: 0,
                 telephone_event_pt: Some(101),
                 seed: seed32(seed),
+                srtp: None,
             },
         );
         let mut phone = Session::new(
@@ -396,6 +398,7 @@ fn two_sessions_over_an_impaired_link() {
                 audio_pt: 0,
                 telephone_event_pt: Some(101),
                 seed: seed32(seed + 1000),
+                srtp: None,
             },
         );
         caller.play(t0, tone_prompt("greeting", 1500));

@@ -3,9 +3,15 @@
 //! The parser is tolerant (unknown lines ignored, `\n` or `\r\n`, session- or media-level
 //! `c=` and direction); the negotiation is strict about what matters: an audio stream with a
 //! port, an address, and a codec we can send.
+//!
+//! SRTP keys travel as SDES `a=crypto` attributes ([`crate::sdes`]): our offer carries them
+//! when [`LocalMedia::sdes`] is set, and [`Negotiated::sdes`] says what the other side's SDP
+//! carried. Whether a call may go on without them is the call flow's policy, not this module's.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::sdes::{Crypto, LocalSdes, Sdes};
 
 /// Largest SDP body we read (bytes).
 pub const MAX_SDP_BYTES: usize = 16 * 1024;
@@ -111,6 +117,15 @@ pub struct Media {
     pub ptime: Option<u32>,
     /// Media-level direction.
     pub direction: Option<Direction>,
+    /// The `a=crypto` attributes (RFC 4568): the first usable one, or why none is.
+    pub sdes: Sdes,
+}
+
+impl Media {
+    /// Whether the transport is `RTP/SAVP` (SRTP, RFC 3711 §12).
+    pub fn is_savp(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("RTP/SAVP")
+    }
 }
 
 /// A parsed session description (only what a voice call needs).
@@ -152,6 +167,10 @@ pub struct Negotiated {
     pub ptime: Option<u32>,
     /// Direction from the remote side's point of view.
     pub direction: Direction,
+    /// Whether the stream's transport is `RTP/SAVP`.
+    pub savp: bool,
+    /// What the SDP said about SRTP keys (the far end's key, when usable).
+    pub sdes: Sdes,
 }
 
 impl Negotiated {
@@ -170,6 +189,8 @@ pub struct LocalMedia {
     pub telephone_event_pt: u8,
     /// `o=` session id (any number, stable for the call).
     pub session_id: u64,
+    /// SRTP keys to offer (or answer with), when the call uses SDES.
+    pub sdes: Option<LocalSdes>,
 }
 
 impl LocalMedia {
@@ -179,6 +200,7 @@ impl LocalMedia {
             rtp,
             telephone_event_pt: DEFAULT_TELEPHONE_EVENT_PT,
             session_id,
+            sdes: None,
         }
     }
 }
@@ -190,22 +212,27 @@ fn ip_line(ip: IpAddr) -> String {
     }
 }
 
-/// Builds our offer: PCMU 0, PCMA 8, telephone-event/8000 0-16, ptime 20, sendrecv.
+/// Builds our offer: PCMU 0, PCMA 8, telephone-event/8000 0-16, ptime 20, sendrecv; with
+/// [`LocalMedia::sdes`], one `a=crypto` per suite (tags 1 and 2) on `RTP/SAVP` or `RTP/AVP`.
 pub fn build_offer(local: &LocalMedia, version: u64) -> String {
     let ip = local.rtp.ip();
     let te = local.telephone_event_pt;
+    let proto = local.sdes.as_ref().map_or("RTP/AVP", LocalSdes::proto);
     let mut s = String::new();
     // `write!` to a String cannot fail.
     let _ = write!(
         s,
         "v=0\r\no=callverify {} {version} {}\r\ns=callverify\r\nc={}\r\nt=0 0\r\n\
-m=audio {} RTP/AVP 0 8 {te}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+m=audio {} {proto} 0 8 {te}\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
 a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\na=ptime:{PTIME_MS}\r\na=sendrecv\r\n",
         local.session_id,
         ip_line(ip),
         ip_line(ip),
         local.rtp.port()
     );
+    for crypto in local.sdes.iter().flat_map(LocalSdes::offer) {
+        let _ = write!(s, "a=crypto:{}\r\n", crypto.to_value());
+    }
     s
 }
 
@@ -217,6 +244,21 @@ pub fn build_answer(
 ) -> Result<(String, Negotiated), SdpError> {
     let negotiated = offer.negotiate()?;
     let ip = local.rtp.ip();
+    // SRTP when we have keys and the offer has a usable attribute: the offer's tag and suite,
+    // our key for that suite, the offer's transport (RFC 4568 §7.1.2).
+    let crypto = match (&local.sdes, &negotiated.sdes) {
+        (Some(ours), Sdes::Usable(theirs)) => Some(Crypto {
+            tag: theirs.tag,
+            suite: theirs.suite,
+            key: ours.key(theirs.suite).clone(),
+        }),
+        _ => None,
+    };
+    let proto = if crypto.is_some() && negotiated.savp {
+        "RTP/SAVP"
+    } else {
+        "RTP/AVP"
+    };
     let (pt, name) = match negotiated.codec {
         Codec::Pcmu => (negotiated.codec_pt, "PCMU"),
         Codec::Pcma => (negotiated.codec_pt, "PCMA"),
@@ -230,10 +272,13 @@ pub fn build_answer(
             "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
         );
     }
+    if let Some(crypto) = &crypto {
+        let _ = write!(attrs, "a=crypto:{}\r\n", crypto.to_value());
+    }
     let mut s = String::new();
     let _ = write!(
         s,
-        "v=0\r\no=callverify {} {version} {}\r\ns=callverify\r\nc={}\r\nt=0 0\r\nm=audio {} RTP/AVP {fmts}\r\n{attrs}a=ptime:{PTIME_MS}\r\na={}\r\n",
+        "v=0\r\no=callverify {} {version} {}\r\ns=callverify\r\nc={}\r\nt=0 0\r\nm=audio {} {proto} {fmts}\r\n{attrs}a=ptime:{PTIME_MS}\r\na={}\r\n",
         local.session_id,
         ip_line(ip),
         ip_line(ip),
@@ -305,6 +350,7 @@ impl SessionDescription {
                         fmtps: Vec::new(),
                         ptime: None,
                         direction: None,
+                        sdes: Sdes::Absent,
                     });
                 }
                 "a" => {
@@ -336,6 +382,13 @@ impl SessionDescription {
                             }
                         }
                         ("ptime", Some(arg)) => m.ptime = arg.parse().ok(),
+                        // The first usable attribute counts; otherwise the first refusal.
+                        ("crypto", Some(arg)) => match (&m.sdes, Crypto::parse(arg)) {
+                            (Sdes::Usable(_), _) => {}
+                            (_, Ok(c)) => m.sdes = Sdes::Usable(c),
+                            (Sdes::Absent, Err(e)) => m.sdes = Sdes::Unusable(e),
+                            (Sdes::Unusable(_), Err(_)) => {}
+                        },
                         _ => {}
                     }
                 }
@@ -398,6 +451,8 @@ impl SessionDescription {
                 .direction
                 .or(self.direction)
                 .unwrap_or(Direction::SendRecv),
+            savp: audio.is_savp(),
+            sdes: audio.sdes.clone(),
         })
     }
 }
@@ -503,5 +558,96 @@ m=audio 4000 RTP/AVP 8 96\nc=IN IP4 10.0.0.2\na=rtpmap:96 Telephone-Event/8000\n
         assert_eq!(n.codec, Codec::Pcma);
         assert!(answer.contains("m=audio 27000 RTP/AVP 8 100\r\n"));
         assert!(answer.contains("a=recvonly\r\n"));
+    }
+
+    fn sdes(savp: bool) -> LocalSdes {
+        use crate::sdes::SdesKey;
+        LocalSdes {
+            savp,
+            keys: [
+                SdesKey::new(*b"0123456789abcdefghijklmnopqrst"),
+                SdesKey::new(*b"ABCDEFGHIJKLMNOPQRSTUVWXYZ!?+-"),
+            ],
+        }
+    }
+
+    #[test]
+    fn srtp_offer_carries_one_key_per_suite() {
+        use crate::sdes::CryptoSuite;
+        let mut local = local();
+        local.sdes = Some(sdes(true));
+        let offer = build_offer(&local, 1);
+        assert!(
+            offer.contains("m=audio 27000 RTP/SAVP 0 8 101\r\n"),
+            "{offer}"
+        );
+        assert!(offer.ends_with(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1ub3BxcnN0\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVohPyst\r\n"
+        ), "{offer}");
+        // Best effort: the same keys on RTP/AVP, which a plain-RTP answerer simply accepts.
+        local.sdes = Some(sdes(false));
+        let offer = build_offer(&local, 1);
+        assert!(
+            offer.contains("m=audio 27000 RTP/AVP 0 8 101\r\n"),
+            "{offer}"
+        );
+        // Read back as an offer: the first usable attribute is ours for the first suite.
+        let n = SessionDescription::parse(offer.as_bytes())
+            .unwrap()
+            .negotiate()
+            .unwrap();
+        let Sdes::Usable(c) = n.sdes else {
+            panic!("{n:?}")
+        };
+        assert_eq!((c.tag, c.suite), (1, CryptoSuite::AesCm128HmacSha1_80));
+        assert!(!n.savp);
+    }
+
+    #[test]
+    fn srtp_answers_rfc4568_style() {
+        use crate::sdes::CryptoSuite;
+        // An offer in the shape of RFC 4568 §8.1: an unusable (MKI) attribute, then two usable.
+        let offer =
+            b"v=0\r\no=sam 2890844526 2890842807 IN IP4 10.47.16.5\r\ns=SRTP Discussion\r\n\
+c=IN IP4 168.2.17.12\r\nt=2873397496 2873404696\r\nm=audio 49170 RTP/SAVP 0\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:NzB4d1BINUAvLEw6UzF3WSJ+PSdFcGdUJShpX1Zj|2^20\r\n\
+a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20\r\n";
+        let offer = SessionDescription::parse(offer).unwrap();
+        let mut local = local();
+        local.sdes = Some(sdes(false));
+        let (answer, n) = build_answer(&offer, &local, 2).unwrap();
+        assert!(n.savp);
+        let Sdes::Usable(theirs) = &n.sdes else {
+            panic!("{n:?}")
+        };
+        assert_eq!(
+            (theirs.tag, theirs.suite),
+            (2, CryptoSuite::AesCm128HmacSha1_32)
+        );
+        assert!(answer.contains("m=audio 27000 RTP/SAVP 0\r\n"), "{answer}");
+        assert!(
+            answer.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVohPyst\r\n"),
+            "{answer}"
+        );
+        assert_eq!(answer.matches("a=crypto").count(), 1);
+        // Without keys of our own we answer plain RTP and no attribute.
+        let (answer, _) = build_answer(&offer, &self::local(), 2).unwrap();
+        assert!(
+            answer.contains("RTP/AVP") && !answer.contains("crypto"),
+            "{answer}"
+        );
+        // Only unusable attributes: the reason of the first.
+        let bad = b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/SAVP 0\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:short\r\na=crypto:2 AES_256_CM_HMAC_SHA1_80 inline:x\r\n";
+        let n = SessionDescription::parse(bad).unwrap().negotiate().unwrap();
+        assert_eq!(n.sdes, Sdes::Unusable(crate::sdes::CryptoError::BadKey));
+        let plain =
+            SessionDescription::parse(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0\r\n")
+                .unwrap()
+                .negotiate()
+                .unwrap();
+        assert_eq!(plain.sdes, Sdes::Absent);
     }
 }

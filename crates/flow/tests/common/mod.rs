@@ -253,6 +253,7 @@ pub fn spec(mode: Mode, digits: Option<&str>, rules: Rules) -> CallSpec {
         extension: None,
         language: "en".into(),
         rules,
+        srtp: None,
     }
 }
 
