@@ -14,6 +14,11 @@ use callverify::store::{
 };
 use flow::{CallResult, Mode, TimelineEntry, TimelineEvent};
 
+/// The tag of a PIN for the client `auth` calling `number`, as the API seals it.
+fn tag(number: &str, pin: &str) -> flow::keys::DigitsTag {
+    test_key().seal("auth", number, &Secret::new(pin)).unwrap()
+}
+
 fn new(number: &str, created_at: i64) -> NewVerification {
     NewVerification {
         id: VerificationId::generate(),
@@ -21,7 +26,7 @@ fn new(number: &str, created_at: i64) -> NewVerification {
         destination: Destination::Phone(number.into()),
         extension: None,
         mode: Mode::Pin,
-        expected_digits: Some(Secret::new("2468")),
+        digits_tag: Some(tag(number, "2468")),
         language: "en".into(),
         callback_url: Some("https://auth.example.com/hook".into()),
         metadata: None,
@@ -30,7 +35,11 @@ fn new(number: &str, created_at: i64) -> NewVerification {
 }
 
 async fn queue(store: &dyn Store, number: &str, at: i64) -> VerificationId {
-    match store.create(new(number, at), None, false).await.unwrap() {
+    match store
+        .create(new(number, at), None, false, &[])
+        .await
+        .unwrap()
+    {
         Created::New(v) => v.id,
         other => panic!("{other:?}"),
     }
@@ -105,7 +114,7 @@ async fn claims_are_fifo_and_one_live_call_per_destination() {
     let v = store.claim_next(10).await.unwrap().unwrap();
     assert_eq!(v.id, first);
     assert_eq!(v.call_started_at, Some(10));
-    assert_eq!(v.expected_digits.as_ref().map(Secret::expose), Some("2468"));
+    assert_eq!(v.digits_tag, Some(tag(US_NUMBER, "2468")));
     // The second call to the same number waits; the other number goes first.
     assert_eq!(store.claim_next(11).await.unwrap().unwrap().id, other);
     assert!(store.claim_next(12).await.unwrap().is_none());
@@ -145,8 +154,8 @@ async fn completion_persists_the_timeline_queues_the_webhook_and_forgets_the_pin
     assert_eq!(v.timeline, confirmed_timeline());
     assert_eq!(v.completed_at, Some(9));
     assert!(
-        v.expected_digits.is_none(),
-        "the PIN is dropped once it is no longer needed"
+        v.digits_tag.is_none(),
+        "the PIN's tag is dropped once it is no longer needed"
     );
     // Completing twice changes nothing.
     assert!(
@@ -162,12 +171,12 @@ async fn completion_persists_the_timeline_queues_the_webhook_and_forgets_the_pin
         (outbox[0].state, outbox[0].next_attempt_at),
         (OutboxState::Pending, 9)
     );
-    let msg = store.claim_webhook(9, 100).await.unwrap().unwrap();
+    let msg = store.claim_webhook(9, 100, &[]).await.unwrap().unwrap();
     let payload: serde_json::Value = serde_json::from_str(&msg.payload).unwrap();
     assert_eq!(payload["data"]["result"], "confirmed");
     assert!(!msg.payload.contains("2468"));
     // Leased: not handed out twice.
-    assert!(store.claim_webhook(50, 200).await.unwrap().is_none());
+    assert!(store.claim_webhook(50, 200, &[]).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -197,7 +206,13 @@ async fn recovery_fails_calls_in_flight_and_releases_leases() {
         .complete(&waiting, done(CallResult::NoAnswer), 8)
         .await
         .unwrap();
-    assert!(store.claim_webhook(8, 1_000_000).await.unwrap().is_some());
+    assert!(
+        store
+            .claim_webhook(8, 1_000_000, &[])
+            .await
+            .unwrap()
+            .is_some()
+    );
     let _ = delivered;
 
     let r = store.recover(2_005).await.unwrap();
@@ -223,7 +238,7 @@ async fn recovery_fails_calls_in_flight_and_releases_leases() {
     );
     // Both webhooks are due now.
     let mut due = HashSet::new();
-    while let Some(m) = store.claim_webhook(2_005, 3_000).await.unwrap() {
+    while let Some(m) = store.claim_webhook(2_005, 3_000, &[]).await.unwrap() {
         due.insert(m.verification_id);
     }
     assert_eq!(due, HashSet::from([live, waiting]));
@@ -241,12 +256,12 @@ async fn idempotency_and_dequeue_at_the_store() {
         })
     };
     let a = store
-        .create(new(US_NUMBER, 1), key("fp-a"), false)
+        .create(new(US_NUMBER, 1), key("fp-a"), false, &[])
         .await
         .unwrap();
     let Created::New(a) = a else { panic!("{a:?}") };
     let again = store
-        .create(new(US_NUMBER, 2), key("fp-a"), false)
+        .create(new(US_NUMBER, 2), key("fp-a"), false, &[])
         .await
         .unwrap();
     assert!(
@@ -254,20 +269,23 @@ async fn idempotency_and_dequeue_at_the_store() {
         "{again:?}"
     );
     let other = store
-        .create(new(US_NUMBER, 3), key("fp-b"), false)
+        .create(new(US_NUMBER, 3), key("fp-b"), false, &[])
         .await
         .unwrap();
     assert!(matches!(other, Created::IdempotencyConflict));
     // Join: an identical open request of the same client.
-    let joined = store.create(new(US_NUMBER, 4), None, true).await.unwrap();
+    let joined = store
+        .create(new(US_NUMBER, 4), None, true, &[])
+        .await
+        .unwrap();
     assert!(
         matches!(&joined, Created::Joined(v) if v.id == a.id),
         "{joined:?}"
     );
     let mut other_pin = new(US_NUMBER, 5);
-    other_pin.expected_digits = Some(Secret::new("1357"));
+    other_pin.digits_tag = Some(tag(US_NUMBER, "1357"));
     assert!(matches!(
-        store.create(other_pin, None, true).await.unwrap(),
+        store.create(other_pin, None, true, &[]).await.unwrap(),
         Created::New(_)
     ));
 
@@ -305,8 +323,8 @@ async fn a_file_store_reopens_with_its_data_and_schema() {
         .unwrap();
     let v = store.get(&id).await.unwrap().unwrap();
     assert_eq!(
-        (v.status, v.expected_digits.as_ref().map(Secret::expose)),
-        (Status::Queued, Some("2468"))
+        (v.status, v.digits_tag),
+        (Status::Queued, Some(tag(US_NUMBER, "2468")))
     );
     let conn = rusqlite::Connection::open(&path).unwrap();
     let mode: String = conn
@@ -316,5 +334,5 @@ async fn a_file_store_reopens_with_its_data_and_schema() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
+use crate::fds::FdBudget;
 use crate::runtime::call_placer;
 use crate::service::{Service, ServiceError};
 
@@ -56,8 +57,14 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), ServiceError> {
+    // First: raise the open-files limit and count what is open before anything binds.
+    let budget = FdBudget::for_process(&config);
     let placer = call_placer(&config)?;
-    let running = Service::open(config, placer).await?.start().await?;
+    let running = Service::open(config, placer)
+        .await?
+        .with_fd_budget(budget)
+        .start()
+        .await?;
     shutdown_signal().await;
     running.shutdown().await
 }
