@@ -115,9 +115,7 @@ impl Service {
     /// Listens on `api.listen` and starts.
     pub async fn start(self) -> Result<Running, ServiceError> {
         let addr = self.state.config.api.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServiceError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| ServiceError::Bind { addr, source })?;
         self.start_on(listener).await
     }
 
@@ -172,6 +170,25 @@ impl Service {
             outbox,
         })
     }
+}
+
+/// Pending connections the kernel may queue for the API before it drops handshakes: under a
+/// connection flood the acceptor sheds strangers quickly, and a long queue keeps a genuine
+/// client's handshake from being dropped (and retried a second later) meanwhile. The kernel
+/// caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the API's listening socket (address reuse as `TcpListener::bind` does, a deeper
+/// backlog).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A started service.

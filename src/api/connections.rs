@@ -24,7 +24,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -37,6 +37,10 @@ const ADMIT_WAIT: Duration = Duration::from_secs(1);
 /// After an accept error (the descriptor limit reached despite the budget), pause before the
 /// next accept instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// A connection is never shed younger than this: it gets the time to send its request. This
+/// also bounds how fast a flood of reconnecting strangers churns the slots (at most
+/// `max_connections` per this interval), so the acceptor and the descriptors keep up.
+const MIN_AGE_TO_SHED: Duration = Duration::from_millis(300);
 /// At shutdown, how long connections get to finish their requests.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
@@ -54,6 +58,18 @@ struct Open {
     busy: Arc<AtomicUsize>,
     /// Fired to shed the connection.
     shed: CancellationToken,
+    /// When it was admitted.
+    since: tokio::time::Instant,
+}
+
+/// What shedding did.
+enum Shed {
+    /// A connection was shed.
+    Done,
+    /// The oldest idle connection may be shed from this instant on.
+    TooYoung(tokio::time::Instant),
+    /// Every connection is busy with a request.
+    AllBusy,
 }
 
 /// The open connections, oldest first (ids increase).
@@ -70,20 +86,24 @@ impl Registry {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sheds the connection idle the longest; false when every connection is busy.
-    fn shed_oldest_idle(&self) -> bool {
-        let mut open = self.lock();
-        let victim = open
+    /// Sheds the connection idle the longest, if it is at least [`MIN_AGE_TO_SHED`] old: it
+    /// leaves the registry at once (its slot is free for the newcomer; its task closes the
+    /// socket a moment later).
+    fn shed_oldest_idle(open: &mut BTreeMap<u64, Open>, now: tokio::time::Instant) -> Shed {
+        let Some((id, since)) = open
             .iter()
             .find(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
-            .map(|(id, _)| *id);
-        match victim.and_then(|id| open.remove(&id)) {
-            Some(c) => {
-                c.shed.cancel();
-                true
-            }
-            None => false,
+            .map(|(id, c)| (*id, c.since))
+        else {
+            return Shed::AllBusy;
+        };
+        if since + MIN_AGE_TO_SHED > now {
+            return Shed::TooYoung(since + MIN_AGE_TO_SHED);
         }
+        if let Some(c) = open.remove(&id) {
+            c.shed.cancel();
+        }
+        Shed::Done
     }
 }
 
@@ -96,7 +116,6 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let registry = Arc::new(Registry::default());
     let mut tasks = JoinSet::new();
     let mut next_id: u64 = 0;
@@ -114,24 +133,30 @@ pub async fn serve(
                 }
             },
         };
-        let Some((slot, fd)) = admit(&slots, &budget, &registry, &metrics).await else {
+        let id = next_id;
+        next_id += 1;
+        let busy = Arc::new(AtomicUsize::new(0));
+        let shed = CancellationToken::new();
+        let open = Open {
+            busy: Arc::clone(&busy),
+            shed: shed.clone(),
+            since: tokio::time::Instant::now(),
+        };
+        let admitted = admit(
+            id,
+            open,
+            limits.max_connections,
+            &budget,
+            &registry,
+            &metrics,
+        );
+        let Some(fd) = admitted.await else {
             metrics.http_refused();
             tracing::debug!(%peer, "HTTP connection refused: every connection is busy");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let id = next_id;
-        next_id += 1;
-        let busy = Arc::new(AtomicUsize::new(0));
-        let shed = CancellationToken::new();
-        registry.lock().insert(
-            id,
-            Open {
-                busy: Arc::clone(&busy),
-                shed: shed.clone(),
-            },
-        );
         metrics.http_opened();
         let connection = Connection {
             router: router.clone(),
@@ -145,7 +170,7 @@ pub async fn serve(
         tasks.spawn(async move {
             connection.run(stream).await;
             registry.lock().remove(&id);
-            drop((slot, fd));
+            drop(fd);
             metrics.http_closed();
             registry.closed.notify_one();
         });
@@ -165,32 +190,64 @@ pub async fn serve(
     Ok(())
 }
 
-/// A slot and a descriptor for a new connection: at once, or after shedding idle
-/// connections, or `None` when every connection stayed busy for [`ADMIT_WAIT`].
+/// Registers connection `id` with a descriptor: at once when a slot and a descriptor are
+/// free, or after shedding the connection idle the longest (whose slot it takes over at
+/// once), or `None` when every connection stayed busy for [`ADMIT_WAIT`]. Admission never
+/// waits for a shed connection's task unless descriptors, not slots, are short.
 async fn admit(
-    slots: &Arc<Semaphore>,
+    id: u64,
+    open: Open,
+    max_connections: usize,
     budget: &FdBudget,
     registry: &Registry,
     metrics: &Metrics,
-) -> Option<(OwnedSemaphorePermit, FdPermit)> {
+) -> Option<FdPermit> {
     let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+    let mut open = Some(open);
     loop {
         // Registered before trying, so a close in between is not missed.
         let closed = registry.closed.notified();
-        if let Ok(slot) = Arc::clone(slots).try_acquire_owned()
-            && let Some(fd) = budget.try_acquire()
+        let mut wake = deadline;
         {
-            return Some((slot, fd));
+            let mut registered = registry.lock();
+            let now = tokio::time::Instant::now();
+            let mut shed = |registered: &mut BTreeMap<u64, Open>, wake: &mut _| {
+                match Registry::shed_oldest_idle(registered, now) {
+                    Shed::Done => {
+                        metrics.http_shed();
+                        true
+                    }
+                    Shed::TooYoung(at) => {
+                        *wake = at.min(deadline);
+                        false
+                    }
+                    Shed::AllBusy => false,
+                }
+            };
+            let shed_now = registered.len() >= max_connections && shed(&mut registered, &mut wake);
+            if registered.len() < max_connections {
+                match budget.try_acquire() {
+                    Some(fd) => {
+                        let mut open = open.take()?;
+                        open.since = now;
+                        registered.insert(id, open);
+                        return Some(fd);
+                    }
+                    // Slots left, descriptors not: only a closing connection gives one back.
+                    None => {
+                        if !shed_now {
+                            shed(&mut registered, &mut wake);
+                        }
+                    }
+                }
+            }
         }
-        if registry.shed_oldest_idle() {
-            metrics.http_shed();
+        if tokio::time::Instant::now() >= deadline {
+            return None;
         }
         tokio::select! {
             _ = closed => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                let slot = Arc::clone(slots).try_acquire_owned().ok()?;
-                return budget.try_acquire().map(|fd| (slot, fd));
-            }
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
 }
