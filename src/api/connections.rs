@@ -211,7 +211,7 @@ async fn admit(
         {
             let mut registered = registry.lock();
             let now = tokio::time::Instant::now();
-            let mut shed = |registered: &mut BTreeMap<u64, Open>, wake: &mut _| {
+            let shed = |registered: &mut BTreeMap<u64, Open>, wake: &mut _| {
                 match Registry::shed_oldest_idle(registered, now) {
                     Shed::Done => {
                         metrics.http_shed();

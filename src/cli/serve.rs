@@ -44,7 +44,10 @@ pub fn run(args: Args) -> ExitCode {
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(
-            e @ (ServiceError::Config(_) | ServiceError::Bind { .. } | ServiceError::Runtime(_)),
+            e @ (ServiceError::Config(_)
+            | ServiceError::Bind { .. }
+            | ServiceError::Runtime(_)
+            | ServiceError::SecretKey(_)),
         ) => {
             eprintln!("callverify serve: {e}");
             ExitCode::from(super::EXIT_USAGE)

@@ -32,9 +32,9 @@ const LEASE_MARGIN_MS: i64 = 30_000;
 const MAX_IDLE: Duration = Duration::from_secs(5);
 /// Longest stored error text.
 const MAX_ERROR_LEN: usize = 500;
-/// Shortest pause of the worker loop when messages are due but every one of them is for a
-/// host at its limit (it then waits for an attempt to finish).
-const MIN_IDLE: Duration = Duration::from_millis(10);
+/// Shortest pause of the worker loop when nothing could be claimed although messages are due
+/// (they are for hosts at their limit): an attempt ending, or a new webhook, wakes it sooner.
+const BUSY_IDLE: Duration = Duration::from_millis(250);
 const USER_AGENT: &str = concat!("callverify/", env!("CARGO_PKG_VERSION"));
 
 /// What one call of [`OutboxWorker::try_deliver`] did.
@@ -210,7 +210,7 @@ impl OutboxWorker {
                 _ => MAX_IDLE,
             };
             // Due messages left unclaimed are for busy hosts: wait for an attempt to end.
-            let idle = if claimed { idle } else { idle.max(MIN_IDLE) };
+            let idle = if claimed { idle } else { idle.max(BUSY_IDLE) };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = wake.woken() => {}
