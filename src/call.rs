@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
+use flow::keys::SealedDigits;
 use flow::{CallResult, Mode, TimelineEntry};
 use futures::future::BoxFuture;
 use media::DtmfMethod;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CallConfig, Secret};
+use crate::config::CallConfig;
 use crate::model::{Destination, VerificationId};
 
 /// One call for the SIP runtime to place.
@@ -22,8 +23,9 @@ pub struct CallRequest {
     /// Digits, `*`, `#`, and `,` for a one-second pause, sent after answer.
     pub extension: Option<String>,
     pub mode: Mode,
-    /// The PIN (pin mode) or challenge digits (challenge mode), without the final `#`.
-    pub expected_digits: Option<Secret>,
+    /// The PIN (pin mode) or challenge digits (challenge mode), without the final `#`,
+    /// sealed: the call checks entries against their tag and never sees them in clear.
+    pub expected_digits: Option<SealedDigits>,
     /// Prompt language (`en`, `en-US`…), one of `media.languages`.
     pub language: String,
     /// Timeouts, fraud code, replays (`[call]`).
@@ -41,6 +43,10 @@ pub enum CallProgress {
     Timeline(TimelineEntry),
     /// A key press was detected this long after the key was released.
     DetectorLatency(Duration),
+    /// The result is settled (the key, the fraud code, a timeout, a hang-up): the verification
+    /// completes now; the closing prompts and the BYE that follow never change it. The
+    /// report's timeline is the record at the decision, ending with its `outcome` entry.
+    Decided(CallReport),
 }
 
 /// How a call ended.
@@ -51,6 +57,16 @@ pub struct CallReport {
     pub dtmf_method: Option<DtmfMethod>,
     /// Every event of the call, times relative to the start of the call.
     pub timeline: Vec<TimelineEntry>,
+}
+
+impl From<flow::Report> for CallReport {
+    fn from(r: flow::Report) -> CallReport {
+        CallReport {
+            result: r.result,
+            dtmf_method: r.dtmf_method,
+            timeline: r.timeline,
+        }
+    }
 }
 
 /// Places calls: the SIP runtime implements this; tests use scripted placers.

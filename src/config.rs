@@ -90,6 +90,18 @@ pub struct ApiConfig {
     pub body_max_bytes: usize,
     /// On SIGTERM/SIGINT, how long calls in flight may run before they are hung up, in seconds.
     pub shutdown_grace_secs: u64,
+    /// A request's head must arrive within this many seconds of the connection being ready for
+    /// it (accepted, or the previous response sent): slow and idle keep-alive connections close.
+    pub header_read_timeout_secs: u64,
+    /// A request's body must arrive within this many seconds of its head.
+    pub body_read_timeout_secs: u64,
+    /// Most HTTP connections open at once (also bounded by the descriptor budget). At the cap,
+    /// the connection idle the longest is closed to make room.
+    pub max_connections: usize,
+    /// Bearer key for `GET /metrics`; required unless `metrics_public`.
+    pub metrics_key: Option<Secret>,
+    /// Serve `GET /metrics` without a key (only behind a network that keeps strangers out).
+    pub metrics_public: bool,
     /// The API clients (auth servers).
     pub clients: Vec<ClientConfig>,
 }
@@ -102,6 +114,11 @@ impl Default for ApiConfig {
             metadata_max_bytes: 4096,
             body_max_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 10,
+            max_connections: 512,
+            metrics_key: None,
+            metrics_public: false,
             clients: Vec::new(),
         }
     }
@@ -122,8 +139,12 @@ pub struct ClientConfig {
     pub webhook_secret: Option<Secret>,
     /// Hosts `callback_url` may point to (`host` or `host:port`).
     pub callback_hosts: Vec<String>,
-    /// Verifications this client may create per minute (0: no limit).
+    /// Verifications this client may create per minute (0: `limits.per_client_per_minute`).
     pub rate_per_minute: u32,
+    /// Per hour (0: `limits.per_client_per_hour`).
+    pub rate_per_hour: u32,
+    /// Per day (0: `limits.per_client_per_day`).
+    pub rate_per_day: u32,
 }
 
 /// `[sip]`: the trunk.
@@ -266,12 +287,17 @@ impl Default for CallConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH`, `sqlite::memory:`; `postgres://…` is reserved for later.
     pub url: String,
+    /// The key that seals PINs, challenge digits and request fingerprints (64 hex digits, 32
+    /// bytes), never stored in the database. Unset with a SQLite file: kept in `PATH.key`
+    /// (created with mode 0600 on first start); with `sqlite::memory:`: random per process.
+    pub secret_key: Option<Secret>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "sqlite://callverify.db".to_owned(),
+            secret_key: None,
         }
     }
 }
@@ -294,20 +320,77 @@ pub enum DuplicatePolicy {
 pub struct LimitsConfig {
     /// ISO 3166 alpha-2 codes of the countries that may be called.
     pub countries: Vec<String>,
+    /// Number types refused besides premium-rate, shared-cost and toll-free (always refused):
+    /// names from [`NUMBER_TYPES`].
+    pub refused_number_types: Vec<String>,
+    /// Hosts a direct SIP URI may name when there is no trunk (`host` or `host:port`).
+    pub sip_uri_hosts: Vec<String>,
     /// Verifications per destination per hour (0: no limit).
     pub per_number_per_hour: u32,
+    /// Verifications per destination per day (0: no limit).
+    pub per_number_per_day: u32,
     /// Default verifications per client per minute (a client's `rate_per_minute` overrides).
     pub per_client_per_minute: u32,
+    /// Default per client per hour (`rate_per_hour` overrides; 0: no limit).
+    pub per_client_per_hour: u32,
+    /// Default per client per day (`rate_per_day` overrides; 0: no limit).
+    pub per_client_per_day: u32,
+    /// Verifications to one country per hour, each country counted apart (0: no limit).
+    pub per_country_per_hour: u32,
+    /// Per country per day (0: no limit).
+    pub per_country_per_day: u32,
+    /// All verifications per hour (0: no limit).
+    pub global_per_hour: u32,
+    /// All verifications per day (0: no limit).
+    pub global_per_day: u32,
+    /// A verification still queued this many seconds after it was created completes as
+    /// `expired` (its webhook goes out).
+    pub queue_ttl_secs: u64,
     /// One call at a time per number: join or queue duplicates.
     pub duplicate: DuplicatePolicy,
 }
+
+/// Number types `limits.refused_number_types` may name (libphonenumber's types).
+pub const NUMBER_TYPES: [&str; 12] = [
+    "fixed_line",
+    "mobile",
+    "fixed_line_or_mobile",
+    "personal_number",
+    "voip",
+    "pager",
+    "uan",
+    "voicemail",
+    "standard_rate",
+    "carrier",
+    "no_international",
+    "unknown",
+];
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             countries: Vec::new(),
+            refused_number_types: [
+                "personal_number",
+                "uan",
+                "voip",
+                "pager",
+                "voicemail",
+                "unknown",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            sip_uri_hosts: Vec::new(),
             per_number_per_hour: 5,
+            per_number_per_day: 10,
             per_client_per_minute: 120,
+            per_client_per_hour: 1000,
+            per_client_per_day: 10_000,
+            per_country_per_hour: 1000,
+            per_country_per_day: 10_000,
+            global_per_hour: 2000,
+            global_per_day: 20_000,
+            queue_ttl_secs: 300,
             duplicate: DuplicatePolicy::Join,
         }
     }
@@ -329,6 +412,11 @@ pub struct WebhookConfig {
     pub allow_http: bool,
     /// Allow callback targets on loopback, private and link-local addresses (SSRF guard off).
     pub allow_private_networks: bool,
+    /// Delivery attempts in flight at once, all hosts together.
+    pub concurrency: usize,
+    /// Delivery attempts in flight at once to one host (`host:port`): a host that never
+    /// answers holds at most this many and delays no other host.
+    pub per_host_concurrency: usize,
 }
 
 impl Default for WebhookConfig {
@@ -340,6 +428,8 @@ impl Default for WebhookConfig {
             max_backoff_secs: 2 * 60 * 60,
             allow_http: false,
             allow_private_networks: false,
+            concurrency: 16,
+            per_host_concurrency: 2,
         }
     }
 }
@@ -566,6 +656,74 @@ impl Config {
         self.store
             .backend()
             .map_err(|reason| invalid("store.url", reason))?;
+        if let Some(key) = &self.store.secret_key {
+            crate::secrets::StoreKey::parse_hex(key.expose())
+                .map_err(|reason| invalid("store.secret_key", reason))?;
+        }
+        for (i, kind) in self.limits.refused_number_types.iter().enumerate() {
+            if !NUMBER_TYPES.contains(&kind.as_str()) {
+                return Err(invalid(
+                    format!("limits.refused_number_types[{i}]"),
+                    format!(
+                        "unknown number type `{kind}` (known: {})",
+                        NUMBER_TYPES.join(", ")
+                    ),
+                ));
+            }
+        }
+        for (i, host) in self.limits.sip_uri_hosts.iter().enumerate() {
+            if host.is_empty() || host.contains(['/', '@', ';', '?', ' ']) {
+                return Err(invalid(
+                    format!("limits.sip_uri_hosts[{i}]"),
+                    "must be a host name or host:port, without scheme, user or parameters",
+                ));
+            }
+        }
+        for (key, value) in [
+            (
+                "api.header_read_timeout_secs",
+                self.api.header_read_timeout_secs,
+            ),
+            (
+                "api.body_read_timeout_secs",
+                self.api.body_read_timeout_secs,
+            ),
+            ("limits.queue_ttl_secs", self.limits.queue_ttl_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("api.max_connections", self.api.max_connections),
+            ("webhook.concurrency", self.webhook.concurrency),
+            (
+                "webhook.per_host_concurrency",
+                self.webhook.per_host_concurrency,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.webhook.per_host_concurrency > self.webhook.concurrency {
+            return Err(invalid(
+                "webhook.per_host_concurrency",
+                "must not be more than webhook.concurrency",
+            ));
+        }
+        match (&self.api.metrics_key, self.api.metrics_public) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    "api.metrics_public",
+                    "give api.metrics_key or set api.metrics_public, not both",
+                ));
+            }
+            (Some(key), false) if key.expose().len() < 16 => {
+                return Err(invalid("api.metrics_key", "must be at least 16 characters"));
+            }
+            _ => {}
+        }
         Ok(())
     }
 }

@@ -6,12 +6,21 @@
 //! One call at a time per destination: the claim skips destinations with a live call, so a
 //! second verification for the same number waits in the queue (the API may instead *join* an
 //! identical open request, see `limits.duplicate`).
+//!
+//! The verdict at the key (issue 9 item 3): when the call reports its decision
+//! ([`CallProgress::Decided`]), the verification is completed at once (long-polls return, the
+//! webhook goes out) with the line still held; the closing prompts and the BYE follow, and
+//! their timeline entries are appended when the call is over.
+//!
+//! Queued verifications expire: one still queued `limits.queue_ttl_secs` after it was created
+//! completes as `expired`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flow::keys::DigitsKey;
 use flow::{CallResult, TimelineEntry, TimelineEvent};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -21,7 +30,10 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::call::{CallPlacer, CallProgress, CallReport, CallRequest};
 use crate::config::{CallConfig, Config};
 use crate::metrics::Metrics;
-use crate::store::{Completion, Completions, Status, Store, Verification, VerificationId, now_ms};
+use crate::secrets::digits_context;
+use crate::store::{
+    Completion, Completions, Status, Store, UnixMs, Verification, VerificationId, now_ms,
+};
 use crate::webhook::OutboxWake;
 
 /// How often the dialer looks at the queue without being woken (other instances, missed wakes).
@@ -31,6 +43,8 @@ const QUEUE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const HANGUP_SETTLE: Duration = Duration::from_secs(5);
 /// Pause after a store error before claiming again.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// How often queued verifications past `limits.queue_ttl_secs` are expired.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Shared between the dialer and the API: wake-ups and the hang-up handles of live calls.
 #[derive(Clone, Debug, Default)]
@@ -102,9 +116,13 @@ pub struct Dialer {
     outbox: OutboxWake,
     channels: Arc<Semaphore>,
     call: CallConfig,
+    digits: DigitsKey,
+    queue_ttl: Duration,
 }
 
 impl Dialer {
+    /// `digits`: the key the calls check sealed PIN and challenge digits with
+    /// (`crate::secrets::StoreKey::digits_key`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
@@ -114,6 +132,7 @@ impl Dialer {
         metrics: Arc<Metrics>,
         completions: Completions,
         outbox: OutboxWake,
+        digits: DigitsKey,
     ) -> Dialer {
         let channels = usize::try_from(config.sip.channels).unwrap_or(usize::MAX);
         Dialer {
@@ -125,6 +144,8 @@ impl Dialer {
             outbox,
             channels: Arc::new(Semaphore::new(channels)),
             call: config.call.clone(),
+            digits,
+            queue_ttl: Duration::from_secs(config.limits.queue_ttl_secs),
         }
     }
 
@@ -133,10 +154,17 @@ impl Dialer {
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
         let this = Arc::new(self);
         let mut calls = JoinSet::new();
+        let mut expiry = tokio::time::interval(EXPIRY_INTERVAL);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while calls.try_join_next().is_some() {}
+            // Expiry runs while every channel is busy too: that is when verifications queue.
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = expiry.tick() => {
+                    this.expire().await;
+                    continue;
+                }
                 permit = Arc::clone(&this.channels).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break, // closed: never, the dialer owns the semaphore
@@ -191,16 +219,44 @@ impl Dialer {
         }
     }
 
-    /// One call: place it, record progress, persist the outcome.
+    /// Completes the verifications queued longer than `limits.queue_ttl_secs` as `expired`.
+    async fn expire(&self) {
+        let ttl_ms = i64::try_from(self.queue_ttl.as_millis()).unwrap_or(i64::MAX);
+        let now = now_ms();
+        match self
+            .store
+            .expire_queued(now.saturating_sub(ttl_ms), now)
+            .await
+        {
+            Ok(expired) => {
+                for v in &expired {
+                    tracing::info!(id = %v.id, destination = %v.destination, "queued too long: expired");
+                    self.metrics.completed(CallResult::Expired, None);
+                    self.completions.announce(&v.id);
+                }
+                if !expired.is_empty() {
+                    self.outbox.wake();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot expire queued verifications"),
+        }
+    }
+
+    /// One call: place it, record progress, persist the decision at once and the rest of the
+    /// timeline when the call is over.
     async fn drive(&self, v: Verification) {
         let id = v.id.clone();
         tracing::info!(%id, destination = %v.destination, mode = ?v.mode, "call started");
+        let expected_digits = v.digits_tag.map(|tag| {
+            self.digits
+                .sealed(&digits_context(&v.client, v.destination.expose()), tag)
+        });
         let request = CallRequest {
             id: id.clone(),
             destination: v.destination.clone(),
             extension: v.extension.clone(),
             mode: v.mode,
-            expected_digits: v.expected_digits.clone(),
+            expected_digits,
             language: v.language.clone(),
             call: self.call.clone(),
         };
@@ -210,85 +266,239 @@ impl Dialer {
         // Its own task, so a panicking placer fails this call instead of wedging the dialer.
         let mut call =
             AbortOnDropHandle::new(tokio::spawn(self.placer.place(request, tx, cancel.clone())));
-        let mut status = Status::Calling;
-        let mut timeline = Vec::new();
+        let mut live = LiveCall {
+            status: Status::Calling,
+            timeline: Vec::new(),
+            decided: None,
+        };
         let report = loop {
             tokio::select! {
                 report = &mut call => break report.unwrap_or_else(|e| {
                     tracing::error!(%id, error = %e, "the call task failed");
                     CallReport { result: CallResult::Failed, dtmf_method: None, timeline: Vec::new() }
                 }),
-                Some(event) = rx.recv() => {
-                    self.on_progress(&id, event, &mut status, &mut timeline).await;
-                }
+                Some(event) = rx.recv() => self.on_progress(&v, &cancel, event, &mut live).await,
             }
         };
         while let Ok(event) = rx.try_recv() {
-            self.on_progress(&id, event, &mut status, &mut timeline)
-                .await;
+            self.on_progress(&v, &cancel, event, &mut live).await;
         }
-        let mut completion = Completion {
-            result: report.result,
-            dtmf_method: report.dtmf_method,
-            timeline: if report.timeline.is_empty() {
-                timeline
-            } else {
-                report.timeline
-            },
-        };
+        match live.decided {
+            Some(decision) => {
+                // The call went on after the decision: append what followed, free the line.
+                let timeline = decision.closed(&report.timeline);
+                if let Err(e) = self.store.close_call(&id, &timeline, now_ms()).await {
+                    tracing::error!(%id, error = %e, "cannot store the end of a decided call");
+                }
+            }
+            None => {
+                let completion = Completion {
+                    result: report.result,
+                    dtmf_method: report.dtmf_method,
+                    timeline: if report.timeline.is_empty() {
+                        live.timeline
+                    } else {
+                        report.timeline
+                    },
+                };
+                self.persist(&v, &cancel, completion, false).await;
+            }
+        }
+        self.handle.unregister(&id);
+        self.metrics.call_ended();
+    }
+
+    /// Stores the outcome (`hold_line`: the call goes on after its decision), then wakes
+    /// long-polls and the outbox. Returns the timeline as stored.
+    async fn persist(
+        &self,
+        v: &Verification,
+        cancel: &CancellationToken,
+        mut completion: Completion,
+        hold_line: bool,
+    ) -> Vec<TimelineEntry> {
+        let id = &v.id;
         if cancel.is_cancelled()
             && self.handle.shutting_down()
             && completion.result == CallResult::Cancelled
         {
             // Hung up by our own shutdown, not by the client: an internal failure.
             completion.result = CallResult::Failed;
+            if let Some(TimelineEntry {
+                event: TimelineEvent::Outcome { result },
+                ..
+            }) = completion.timeline.last_mut()
+            {
+                *result = CallResult::Failed;
+            }
         }
         let last_outcome = completion
             .timeline
             .last()
             .is_some_and(|e| matches!(e.event, TimelineEvent::Outcome { .. }));
         if !last_outcome {
-            let start = v.call_started_at.unwrap_or_else(now_ms);
             completion.timeline.push(TimelineEntry {
-                at_ms: u64::try_from(now_ms() - start).unwrap_or(0),
+                at_ms: since(v.call_started_at, now_ms()),
                 event: TimelineEvent::Outcome {
                     result: completion.result,
                 },
             });
         }
         let (result, method) = (completion.result, completion.dtmf_method);
-        match self.store.complete(&id, completion, now_ms()).await {
+        let timeline = completion.timeline.clone();
+        let stored = if hold_line {
+            self.store.settle(id, completion, now_ms()).await
+        } else {
+            self.store.complete(id, completion, now_ms()).await
+        };
+        match stored {
             Ok(Some(_)) => {
                 self.metrics.completed(result, method);
-                tracing::info!(%id, %result, "call completed");
+                tracing::info!(%id, %result, "verification completed");
             }
             Ok(None) => tracing::warn!(%id, "call completed twice; first outcome kept"),
             Err(e) => tracing::error!(%id, error = %e, "cannot store the outcome of a call"),
         }
-        self.handle.unregister(&id);
-        self.metrics.call_ended();
-        self.completions.announce(&id);
+        self.completions.announce(id);
         self.outbox.wake();
+        timeline
     }
 
     async fn on_progress(
         &self,
-        id: &VerificationId,
+        v: &Verification,
+        cancel: &CancellationToken,
         event: CallProgress,
-        status: &mut Status,
-        timeline: &mut Vec<TimelineEntry>,
+        live: &mut LiveCall,
     ) {
         match event {
-            CallProgress::Ringing => *status = Status::Ringing,
-            CallProgress::Answered => *status = Status::InCall,
-            CallProgress::Timeline(entry) => timeline.push(entry),
+            CallProgress::Ringing => live.status = Status::Ringing,
+            CallProgress::Answered => live.status = Status::InCall,
+            CallProgress::Timeline(entry) => live.timeline.push(entry),
             CallProgress::DetectorLatency(latency) => {
                 self.metrics.detector_latency(latency);
                 return;
             }
+            CallProgress::Decided(report) => {
+                if live.decided.is_some() {
+                    return;
+                }
+                let completion = Completion {
+                    result: report.result,
+                    dtmf_method: report.dtmf_method,
+                    timeline: report.timeline,
+                };
+                let timeline = self.persist(v, cancel, completion, true).await;
+                live.decided = Some(Decision { timeline });
+                return;
+            }
         }
-        if let Err(e) = self.store.progress(id, *status, timeline, now_ms()).await {
-            tracing::warn!(%id, error = %e, "cannot store call progress");
+        if live.decided.is_some() {
+            // Completed already: the closing entries are stored when the call is over.
+            return;
         }
+        if let Err(e) = self
+            .store
+            .progress(&v.id, live.status, &live.timeline, now_ms())
+            .await
+        {
+            tracing::warn!(id = %v.id, error = %e, "cannot store call progress");
+        }
+    }
+}
+
+/// What the dialer knows of a call while it runs.
+struct LiveCall {
+    status: Status,
+    timeline: Vec<TimelineEntry>,
+    decided: Option<Decision>,
+}
+
+/// The decision of a call that went on afterwards.
+struct Decision {
+    /// The record's timeline at the decision, ending with its outcome entry.
+    timeline: Vec<TimelineEntry>,
+}
+
+impl Decision {
+    /// The record's timeline once the call is over: the decision's, then every entry of the
+    /// call's final timeline after the decision point (its own closing outcome entry left out:
+    /// the outcome was recorded at the decision).
+    fn closed(&self, final_timeline: &[TimelineEntry]) -> Vec<TimelineEntry> {
+        let before = self.timeline.len().saturating_sub(1);
+        let mut timeline = self.timeline.clone();
+        timeline.extend(
+            final_timeline
+                .iter()
+                .skip(before)
+                .filter(|e| !matches!(e.event, TimelineEvent::Outcome { .. }))
+                .cloned(),
+        );
+        timeline
+    }
+}
+
+/// Milliseconds from `start` (the timeline's zero) to `now`; 0 without a start.
+fn since(start: Option<UnixMs>, now: UnixMs) -> u64 {
+    start.map_or(0, |s| u64::try_from(now - s).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_timeline_is_the_decision_then_what_followed() {
+        let e = |at_ms, event| TimelineEntry { at_ms, event };
+        let outcome = |at_ms| {
+            e(
+                at_ms,
+                TimelineEvent::Outcome {
+                    result: CallResult::Confirmed,
+                },
+            )
+        };
+        let digit = e(
+            4_000,
+            TimelineEvent::Digit {
+                digit: "#".into(),
+                method: "inband".into(),
+            },
+        );
+        let decision = Decision {
+            timeline: vec![
+                e(0, TimelineEvent::InviteSent),
+                digit.clone(),
+                outcome(4_000),
+            ],
+        };
+        let final_timeline = vec![
+            e(0, TimelineEvent::InviteSent),
+            digit.clone(),
+            e(
+                4_001,
+                TimelineEvent::PromptStarted {
+                    prompt: "thanks".into(),
+                },
+            ),
+            e(6_500, TimelineEvent::ByeSent),
+            outcome(6_520),
+        ];
+        let closed = decision.closed(&final_timeline);
+        assert_eq!(
+            closed,
+            vec![
+                e(0, TimelineEvent::InviteSent),
+                digit,
+                outcome(4_000),
+                e(
+                    4_001,
+                    TimelineEvent::PromptStarted {
+                        prompt: "thanks".into()
+                    }
+                ),
+                e(6_500, TimelineEvent::ByeSent),
+            ]
+        );
     }
 }

@@ -28,6 +28,10 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     /// The SIP runtime's counters, once `serve` attached them.
     sip: OnceLock<Arc<SipCounters>>,
+    http_open: AtomicI64,
+    http_shed: AtomicU64,
+    http_refused: AtomicU64,
+    http_accept_errors: AtomicU64,
 }
 
 /// Why input from the network did not reach a call (the `reason` label of
@@ -224,6 +228,31 @@ impl Metrics {
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// An HTTP connection was admitted.
+    pub fn http_opened(&self) {
+        self.http_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An HTTP connection ended.
+    pub fn http_closed(&self) {
+        self.http_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An idle HTTP connection was closed to make room for a new one.
+    pub fn http_shed(&self) {
+        self.http_shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A new HTTP connection was refused: every connection was busy.
+    pub fn http_refused(&self) {
+        self.http_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `accept` failed (out of descriptors despite the budget, or a network error).
+    pub fn http_accept_error(&self) {
+        self.http_accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Completed verifications with this result so far.
     pub fn calls(&self, result: CallResult) -> u64 {
         let i = CallResult::ALL
@@ -340,6 +369,37 @@ impl Metrics {
             match self.sip.get() {
                 Some(sip) => sip.render(&mut out)?,
                 None => SipCounters::default().render(&mut out)?,
+            }
+            writeln!(
+                out,
+                "# HELP callverify_http_connections Open HTTP connections."
+            )?;
+            writeln!(out, "# TYPE callverify_http_connections gauge")?;
+            writeln!(
+                out,
+                "callverify_http_connections {}",
+                self.http_open.load(Ordering::Relaxed)
+            )?;
+            writeln!(
+                out,
+                "# HELP callverify_http_connections_dropped_total HTTP connections closed to \
+                 protect the others: `shed` (idle longest when all slots were taken), `refused` \
+                 (every connection busy), `accept_error`."
+            )?;
+            writeln!(
+                out,
+                "# TYPE callverify_http_connections_dropped_total counter"
+            )?;
+            for (reason, n) in [
+                ("shed", &self.http_shed),
+                ("refused", &self.http_refused),
+                ("accept_error", &self.http_accept_errors),
+            ] {
+                writeln!(
+                    out,
+                    "callverify_http_connections_dropped_total{{reason=\"{reason}\"}} {}",
+                    load(n)
+                )?;
             }
             Ok(())
         })();

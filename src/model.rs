@@ -1,12 +1,12 @@
 //! What the store keeps: verifications, their timelines, the webhook outbox.
 
 use std::fmt;
+use std::time::Duration;
 
+use flow::keys::DigitsTag;
 use flow::{CallResult, Mode, TimelineEntry};
 use media::DtmfMethod;
 use serde::{Deserialize, Serialize};
-
-use crate::config::Secret;
 
 /// Milliseconds since the Unix epoch (wall clock), as stored.
 pub type UnixMs = i64;
@@ -175,8 +175,10 @@ pub struct NewVerification {
     /// Digits, `*`, `#` and `,` (one-second pauses), sent after answer.
     pub extension: Option<String>,
     pub mode: Mode,
-    /// The PIN (pin mode) or the digits the service picked (challenge mode).
-    pub expected_digits: Option<Secret>,
+    /// The tag of the PIN (pin mode) or of the digits the service picked (challenge mode),
+    /// sealed under the store secret key (`crate::secrets`): the digits themselves are never
+    /// stored.
+    pub digits_tag: Option<DigitsTag>,
     pub language: String,
     pub callback_url: Option<String>,
     pub metadata: Option<serde_json::Value>,
@@ -191,8 +193,8 @@ pub struct Verification {
     pub destination: Destination,
     pub extension: Option<String>,
     pub mode: Mode,
-    /// PIN or challenge digits; cleared once the verification is completed.
-    pub expected_digits: Option<Secret>,
+    /// Tag of the PIN or challenge digits; cleared once the verification is completed.
+    pub digits_tag: Option<DigitsTag>,
     pub language: String,
     pub callback_url: Option<String>,
     pub metadata: Option<serde_json::Value>,
@@ -242,6 +244,29 @@ pub enum Created {
     Joined(Verification),
     /// Same idempotency key, different body.
     IdempotencyConflict,
+    /// A cap was reached: nothing was stored or counted.
+    Limited(Limited),
+}
+
+/// One cap a new verification counts against: at most `max` per `window` for `key`
+/// (`number:+1…`, `client:NAME`, `country:US`, `global`). Counted in the store, so caps hold
+/// across restarts and instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub key: String,
+    /// 0: no limit (not counted).
+    pub max: u32,
+    pub window: Duration,
+    /// Named in the 429 message (`"verifications of this phone number per hour"`).
+    pub what: &'static str,
+}
+
+/// A cap was reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limited {
+    pub what: &'static str,
+    /// When the request would next be accepted.
+    pub retry_after: Duration,
 }
 
 /// What cancelling a queued verification did.
@@ -268,6 +293,21 @@ pub struct OutboxMessage {
     pub created_at: UnixMs,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// [`callback_host`] of the URL: deliveries are limited per host.
+    pub host: String,
+}
+
+/// The host a webhook URL delivers to, as delivery limits count it: lowercase `host:port`
+/// (the scheme's default port when none is given); empty when the URL does not parse.
+pub fn callback_host(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_ascii_lowercase();
+            let port = u.port_or_known_default()?;
+            Some(format!("{host}:{port}"))
+        })
+        .unwrap_or_default()
 }
 
 /// One delivery attempt, as recorded.

@@ -10,10 +10,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::connections::{self, Limits};
 use crate::api::{AppState, app};
 use crate::call::CallPlacer;
 use crate::config::{Config, ConfigError};
 use crate::dialer::Dialer;
+use crate::fds::FdBudget;
+use crate::secrets::{SecretKeyError, StoreKey};
 use crate::store::{self, Recovery, Store, StoreError, now_ms};
 use crate::webhook::{self, OutboxWorker, WebhookError};
 
@@ -29,6 +32,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Webhook(#[from] WebhookError),
+    #[error(transparent)]
+    SecretKey(#[from] SecretKeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -47,6 +52,7 @@ pub struct Service {
     state: AppState,
     placer: Arc<dyn CallPlacer>,
     recovery: Recovery,
+    budget: Option<FdBudget>,
 }
 
 impl Service {
@@ -59,12 +65,15 @@ impl Service {
         Service::with_store(config, store, placer).await
     }
 
-    /// The same over a store the caller opened (tests, the demo's in-memory store).
+    /// The same over a store the caller opened (tests, the demo's in-memory store). The
+    /// store secret key comes from `store.secret_key`, else the key file of `store.url`'s
+    /// SQLite file, else is random (`crate::secrets`).
     pub async fn with_store(
         config: Config,
         store: Arc<dyn Store>,
         placer: Arc<dyn CallPlacer>,
     ) -> Result<Service, ServiceError> {
+        let key = StoreKey::load(&config.store)?;
         let recovery = store.recover(now_ms()).await?;
         if recovery != Recovery::default() {
             tracing::warn!(
@@ -74,7 +83,7 @@ impl Service {
                 "recovered from the previous run"
             );
         }
-        let state = AppState::new(config, store)?;
+        let state = AppState::new(config, store, key)?;
         for _ in 0..recovery.calls_failed {
             state.metrics.completed(flow::CallResult::Failed, None);
         }
@@ -82,7 +91,16 @@ impl Service {
             state,
             placer,
             recovery,
+            budget: None,
         })
+    }
+
+    /// Connections take their descriptors from `budget` (shared with the SIP runtime's
+    /// acceptors); without it, [`Service::start_on`] makes one for the process
+    /// ([`FdBudget::for_process`]).
+    pub fn with_fd_budget(mut self, budget: FdBudget) -> Service {
+        self.budget = Some(budget);
+        self
     }
 
     /// What startup recovery did.
@@ -97,9 +115,7 @@ impl Service {
     /// Listens on `api.listen` and starts.
     pub async fn start(self) -> Result<Running, ServiceError> {
         let addr = self.state.config.api.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServiceError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| ServiceError::Bind { addr, source })?;
         self.start_on(listener).await
     }
 
@@ -121,14 +137,26 @@ impl Service {
             Arc::clone(&state.metrics),
             state.completions.clone(),
             state.outbox.clone(),
+            state.secrets.digits_key(),
         );
         let shutdown = state.shutdown.clone();
         let outbox_stop = CancellationToken::new();
-        let http = tokio::spawn(
-            axum::serve(listener, app(state.clone()))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
+        let budget = self
+            .budget
+            .unwrap_or_else(|| FdBudget::for_process(&config));
+        let limits = Limits {
+            max_connections: config.api.max_connections,
+            header_read_timeout: Duration::from_secs(config.api.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(config.api.body_read_timeout_secs),
+        };
+        let http = tokio::spawn(connections::serve(
+            listener,
+            app(state.clone()),
+            limits,
+            budget,
+            Arc::clone(&state.metrics),
+            shutdown.clone(),
+        ));
         let grace = Duration::from_secs(config.api.shutdown_grace_secs);
         let dialer = tokio::spawn(dialer.run(shutdown.clone(), grace));
         let outbox = tokio::spawn(worker.run(state.outbox.clone(), outbox_stop.clone()));
@@ -142,6 +170,25 @@ impl Service {
             outbox,
         })
     }
+}
+
+/// Pending connections the kernel may queue for the API before it drops handshakes: under a
+/// connection flood the acceptor sheds strangers quickly, and a long queue keeps a genuine
+/// client's handshake from being dropped (and retried a second later) meanwhile. The kernel
+/// caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the API's listening socket (address reuse as `TcpListener::bind` does, a deeper
+/// backlog).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A started service.

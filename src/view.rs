@@ -71,11 +71,9 @@ fn mode_name(mode: flow::Mode) -> &'static str {
 }
 
 impl VerificationView {
-    /// The view of a record; `with_challenge` adds the challenge digits (POST responses).
-    pub fn from_record(v: &Verification, with_challenge: bool) -> VerificationView {
-        let challenge = (with_challenge && v.mode == flow::Mode::Challenge)
-            .then(|| v.expected_digits.as_ref().map(|d| d.expose().to_owned()))
-            .flatten();
+    /// The view of a record. `challenge` stays `None`: only the `POST` response fills it in,
+    /// with digits derived again from the store key (they are not stored).
+    pub fn from_record(v: &Verification) -> VerificationView {
         VerificationView {
             id: v.id.as_str().to_owned(),
             status: v.status.as_str(),
@@ -93,7 +91,7 @@ impl VerificationView {
             call_started_at: v.call_started_at.map(rfc3339),
             completed_at: v.completed_at.map(rfc3339),
             timeline: v.timeline.clone(),
-            challenge,
+            challenge: None,
         }
     }
 }

@@ -268,10 +268,21 @@ async fn policy_refusals_are_422() {
 
 #[tokio::test]
 async fn sip_uris_only_when_allowed() {
-    let (_, router) = api(config_with("[sip]\nallow_sip_uris = true\n")).await;
+    let (_, router) = api(config_with(
+        "[sip]\nallow_sip_uris = true\n[limits]\nsip_uri_hosts = [\"127.0.0.1\"]\n",
+    ))
+    .await;
     let r = post(&router, r#"{"phone_number":"sip:alice@127.0.0.1:5070"}"#).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json["phone_number"], "sip:alice@127.0.0.1:5070");
+    // Direct SIP URIs (no trunk) only to the listed hosts.
+    refused(
+        &router,
+        r#"{"phone_number":"sip:alice@192.0.2.7"}"#,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "sip_uri_host_not_allowed",
+    )
+    .await;
     refused(
         &router,
         r#"{"phone_number":"sip:al ice@x"}"#,
@@ -674,9 +685,11 @@ async fn the_dialer_completes_and_get_shows_the_outcome() {
     assert_eq!(timeline.first().unwrap()["event"], "invite_sent");
     assert_eq!(timeline.last().unwrap()["event"], "outcome");
     assert_eq!(timeline.last().unwrap()["result"], "confirmed");
-    // The placer got the PIN to expect; the API never shows it.
+    // The placer got the PIN to expect, sealed; the API never shows it.
     let placed = placer.placed.lock().unwrap()[0].clone();
-    assert_eq!(placed.expected_digits.as_ref().unwrap().expose(), "4321");
+    let sealed = placed.expected_digits.as_ref().unwrap();
+    assert!(sealed.matches("4321"));
+    assert!(!sealed.matches("4322"));
     assert!(!format!("{placed:?}").contains("4321"));
     assert!(!format!("{placed:?}").contains("2015550123"));
     // The outcome is visible in the store a moment before the dialer counts it.
@@ -887,6 +900,7 @@ impl callverify::store::Store for BrokenStore {
         _: callverify::store::NewVerification,
         _: Option<callverify::store::IdempotencyKey>,
         _: bool,
+        _: &[callverify::store::Quota],
     ) -> Result<callverify::store::Created, callverify::store::StoreError> {
         Err(broken())
     }
@@ -919,6 +933,29 @@ impl callverify::store::Store for BrokenStore {
     ) -> Result<Option<callverify::store::Verification>, callverify::store::StoreError> {
         Err(broken())
     }
+    async fn settle(
+        &self,
+        _: &callverify::store::VerificationId,
+        _: callverify::store::Completion,
+        _: i64,
+    ) -> Result<Option<callverify::store::Verification>, callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn close_call(
+        &self,
+        _: &callverify::store::VerificationId,
+        _: &[flow::TimelineEntry],
+        _: i64,
+    ) -> Result<(), callverify::store::StoreError> {
+        Err(broken())
+    }
+    async fn expire_queued(
+        &self,
+        _: i64,
+        _: i64,
+    ) -> Result<Vec<callverify::store::Verification>, callverify::store::StoreError> {
+        Err(broken())
+    }
     async fn dequeue(
         &self,
         _: &callverify::store::VerificationId,
@@ -940,6 +977,7 @@ impl callverify::store::Store for BrokenStore {
         &self,
         _: i64,
         _: i64,
+        _: &[String],
     ) -> Result<Option<callverify::store::OutboxMessage>, callverify::store::StoreError> {
         Err(broken())
     }
@@ -967,7 +1005,9 @@ impl callverify::store::Store for BrokenStore {
 
 #[tokio::test]
 async fn store_failures_are_500_and_503_without_internals() {
-    let state = callverify::api::AppState::new(config(), std::sync::Arc::new(BrokenStore)).unwrap();
+    let state =
+        callverify::api::AppState::new(config(), std::sync::Arc::new(BrokenStore), test_key())
+            .unwrap();
     let router = callverify::api::app(state);
     let r = post(&router, &body(US_NUMBER)).await;
     assert_eq!(

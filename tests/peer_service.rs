@@ -20,6 +20,7 @@ fn service_config(work: &Work, rtp_base: u16) -> callverify::config::Config {
     std::fs::create_dir_all(&prompts).unwrap();
     config_with(&format!(
         "[sip]\nlisten = \"127.0.0.1:0\"\nallow_sip_uris = true\n\n\
+         [limits]\nsip_uri_hosts = [\"127.0.0.1\"]\n\n\
          [media]\nrtp_ports = \"{rtp_base}-{}\"\nprompts = \"{}\"\n\n\
          [call]\nring_timeout_secs = 20\n",
         rtp_base + 19,
@@ -66,10 +67,32 @@ async fn verification_through_the_api_is_confirmed_by_rfc4733() {
         "answered",
         "prompt_started",
         "digit",
-        "bye_sent",
+        "outcome",
     ] {
         assert!(text.contains(event), "{event} missing: {v:#}");
     }
+    // The verdict came at the key: the closing prompt and the BYE are appended afterwards,
+    // behind the outcome, without changing it.
+    let start = Instant::now();
+    let v = loop {
+        let v = get(&router, &id).await.json;
+        if v.to_string().contains("bye_sent") {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no BYE: {v:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let events: Vec<&str> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    let outcome = events.iter().position(|e| *e == "outcome").unwrap();
+    let bye = events.iter().position(|e| *e == "bye_sent").unwrap();
+    assert!(outcome < bye, "{events:?}");
+    assert_eq!(events.iter().filter(|e| **e == "outcome").count(), 1);
+    assert_eq!(v["result"], "confirmed", "{v:#}");
     stop.cancel();
     let _ = dialer.await;
 }

@@ -32,7 +32,7 @@ async fn one_message(url: &str) -> (Arc<dyn Store>, VerificationId, UnixMs) {
                 destination: Destination::Phone(US_NUMBER.into()),
                 extension: None,
                 mode: Mode::Standard,
-                expected_digits: None,
+                digits_tag: None,
                 language: "en".into(),
                 callback_url: Some(url.to_owned()),
                 metadata: Some(serde_json::json!({"session": "s-1"})),
@@ -40,6 +40,7 @@ async fn one_message(url: &str) -> (Arc<dyn Store>, VerificationId, UnixMs) {
             },
             None,
             false,
+            &[],
         )
         .await
         .unwrap();

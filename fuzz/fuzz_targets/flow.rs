@@ -51,8 +51,11 @@ fuzz_target!(|data: &[u8]| {
                     local_rtp: rtp,
                     credentials: None,
                     mode,
-                    expected_digits: (mode != Mode::Standard)
-                        .then(|| sip::redact::Secret::new("1234")),
+                    expected_digits: (mode != Mode::Standard).then(|| {
+                        flow::keys::DigitsKey::new([0x5a; flow::keys::SEAL_LEN])
+                            .seal_digits(b"fuzz", "1234")
+                            .expect("digits")
+                    }),
                     extension: (arg & 1 == 1).then(|| "1,2".to_string()),
                     language: "en".into(),
                     rules: Rules {

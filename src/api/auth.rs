@@ -19,8 +19,10 @@ pub struct Client {
     key_hash: [u8; 32],
     /// `host` or `host:port`, lowercase.
     pub callback_hosts: Vec<String>,
-    /// Verifications per minute (0: no limit).
+    /// Verifications per minute, hour and day (0: no limit).
     pub rate_per_minute: u32,
+    pub rate_per_hour: u32,
+    pub rate_per_day: u32,
     pub has_webhook_secret: bool,
 }
 
@@ -44,11 +46,9 @@ impl Clients {
                     .iter()
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
-                rate_per_minute: if c.rate_per_minute > 0 {
-                    c.rate_per_minute
-                } else {
-                    config.limits.per_client_per_minute
-                },
+                rate_per_minute: or_default(c.rate_per_minute, config.limits.per_client_per_minute),
+                rate_per_hour: or_default(c.rate_per_hour, config.limits.per_client_per_hour),
+                rate_per_day: or_default(c.rate_per_day, config.limits.per_client_per_day),
                 has_webhook_secret: c.webhook_secret.is_some(),
             }));
         }
@@ -67,6 +67,11 @@ impl Clients {
         }
         found
     }
+}
+
+/// A client's own limit, or the default when it has none (0).
+fn or_default(own: u32, default: u32) -> u32 {
+    if own > 0 { own } else { default }
 }
 
 /// The authenticated client of a request.

@@ -5,10 +5,15 @@
 //! from the same client for the same destination with the same parameters as an open
 //! verification returns that verification (200); every other request for a number being called
 //! is queued behind it (the dialer never runs two calls to one destination).
+//!
+//! Caps (issue 8 item 6) are counted in the store, in the transaction that creates the
+//! verification, so they hold across restarts and instances: per number (hour, day), per
+//! client (minute, hour, day), per country (hour, day) and global (hour, day); a reached cap is
+//! a 429 with `Retry-After`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -18,36 +23,37 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 mod auth;
+pub mod connections;
 mod error;
-mod ratelimit;
+pub mod sip_uri;
 pub mod validate;
 
 pub use crate::view::{VerificationView, rfc3339};
 pub use auth::{Caller, Client, Clients};
 pub use error::{AppError, ErrorBody, ErrorDetail};
-pub use ratelimit::{Limit, Limited, RateLimiter};
 
-use crate::config::{Config, ConfigError, DuplicatePolicy};
+use crate::config::{Config, ConfigError, DuplicatePolicy, Secret};
 use crate::dialer::DialerHandle;
 use crate::metrics::Metrics;
+use crate::secrets::StoreKey;
 use crate::store::{
-    Completions, Created, Dequeued, IdempotencyKey, Status, Store, Verification, VerificationId,
-    now_ms,
+    Completions, Created, Dequeued, IdempotencyKey, Quota, Status, Store, Verification,
+    VerificationId, now_ms,
 };
 use crate::webhook::OutboxWake;
 
 /// Longest `Idempotency-Key` accepted, in bytes.
 const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
-/// Window of the per-client limit.
-const CLIENT_WINDOW: Duration = Duration::from_secs(60);
-/// Window of the per-number limit.
-const NUMBER_WINDOW: Duration = Duration::from_secs(3600);
+/// Cap windows.
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything the handlers share.
 #[derive(Clone)]
@@ -60,13 +66,19 @@ pub struct AppState {
     pub outbox: OutboxWake,
     /// Cancelled when the service shuts down: long-polls answer at once.
     pub shutdown: CancellationToken,
+    /// Seals PINs, challenge digits and request fingerprints (`crate::secrets`).
+    pub secrets: Arc<StoreKey>,
     clients: Arc<Clients>,
-    limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
-    /// State for `config` over `store`, with fresh dialer, completion and outbox handles.
-    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<AppState, ConfigError> {
+    /// State for `config` over `store` and its secret key, with fresh dialer, completion and
+    /// outbox handles.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        secrets: StoreKey,
+    ) -> Result<AppState, ConfigError> {
         Ok(AppState {
             clients: Arc::new(Clients::from_config(&config)?),
             config: Arc::new(config),
@@ -76,7 +88,7 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             outbox: OutboxWake::new(),
             shutdown: CancellationToken::new(),
-            limiter: Arc::new(RateLimiter::new()),
+            secrets: Arc::new(secrets),
         })
     }
 }
@@ -157,12 +169,28 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     })
 }
 
-fn view_response(status: StatusCode, v: &Verification, with_challenge: bool) -> Response {
-    let mut response = (
-        status,
-        Json(VerificationView::from_record(v, with_challenge)),
-    )
-        .into_response();
+/// The challenge digits of an open challenge-mode verification, derived again from the key
+/// (they are not stored); `None` once it is completed (its tag is cleared) or if the digits no
+/// longer match the tag (`call.challenge_digits` changed since it was created).
+fn challenge(state: &AppState, v: &Verification) -> Option<Secret> {
+    let tag = v.digits_tag?;
+    if v.mode != flow::Mode::Challenge {
+        return None;
+    }
+    let digits = state
+        .secrets
+        .challenge_digits(&v.id, state.config.call.challenge_digits);
+    let ours = state
+        .secrets
+        .seal(&v.client, v.destination.expose(), &digits)
+        .ok()?;
+    bool::from(ours.to_bytes().ct_eq(&tag.to_bytes())).then_some(digits)
+}
+
+fn view_response(status: StatusCode, v: &Verification, challenge: Option<Secret>) -> Response {
+    let mut view = VerificationView::from_record(v);
+    view.challenge = challenge.map(|c| c.expose().to_owned());
+    let mut response = (status, Json(view)).into_response();
     if status == StatusCode::CREATED
         && let Ok(location) = format!("/v1/verifications/{}", v.id).parse()
     {
@@ -221,72 +249,112 @@ async fn create_verification(
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         AppError::bad_request("invalid_json", format!("the request body is not JSON: {e}"))
     })?;
-    let fingerprint = hex::encode(Sha256::digest(canonical_json(&value).as_bytes()));
+    // A MAC, not a plain hash: the body may hold a PIN (crate::secrets).
+    let fingerprint = state.secrets.fingerprint(canonical_json(&value).as_bytes());
     let request = validate::request(value)?;
-    let new = validate::verification(request, &client, &state.config)?;
-
-    let limits = [
-        Limit {
-            key: format!("client:{}", client.name),
-            max: client.rate_per_minute,
-            window: CLIENT_WINDOW,
-            what: "this client's verifications per minute",
-        },
-        Limit {
-            key: format!("number:{}", new.destination.expose()),
-            max: state.config.limits.per_number_per_hour,
-            window: NUMBER_WINDOW,
-            what: "verifications of this phone number per hour",
-        },
-    ];
-    let reservation = state
-        .limiter
-        .acquire(&limits, Instant::now())
-        .map_err(|limited| {
-            tracing::info!(client = %client.name, destination = %new.destination, limit = limited.what, "rate limited");
-            AppError::RateLimited {
+    let (new, target) = validate::verification(request, &client, &state.config, &state.secrets)?;
+    let quotas = quotas(&state.config, &client, &target);
+    let key = idempotency.map(|key| IdempotencyKey { key, fingerprint });
+    let join = state.config.limits.duplicate == DuplicatePolicy::Join;
+    let destination = new.destination.clone();
+    match state.store.create(new, key, join, &quotas).await? {
+        Created::New(v) => {
+            tracing::info!(id = %v.id, client = %client.name, %destination, mode = ?v.mode, "verification queued");
+            state.dialer.wake();
+            Ok(view_response(
+                StatusCode::CREATED,
+                &v,
+                challenge(&state, &v),
+            ))
+        }
+        Created::Replayed(v) => Ok(view_response(StatusCode::OK, &v, challenge(&state, &v))),
+        Created::Joined(v) => {
+            tracing::info!(id = %v.id, client = %client.name, %destination, "request joined an open verification");
+            Ok(view_response(StatusCode::OK, &v, challenge(&state, &v)))
+        }
+        Created::IdempotencyConflict => Err(AppError::Conflict {
+            code: "idempotency_key_reused",
+            message: "Idempotency-Key was already used with a different request body".to_owned(),
+        }),
+        Created::Limited(limited) => {
+            tracing::info!(client = %client.name, %destination, limit = limited.what, "rate limited");
+            Err(AppError::RateLimited {
                 message: format!(
                     "too many requests: limit of {} reached; retry in {} s",
                     limited.what,
                     limited.retry_after.as_secs().max(1)
                 ),
                 retry_after: limited.retry_after,
-            }
-        })?;
-    let key = idempotency.map(|key| IdempotencyKey { key, fingerprint });
-    let join = state.config.limits.duplicate == DuplicatePolicy::Join;
-    let destination = new.destination.clone();
-    let created = match state.store.create(new, key, join).await {
-        Ok(created) => created,
-        Err(e) => {
-            state.limiter.release(reservation);
-            return Err(e.into());
-        }
-    };
-    match created {
-        Created::New(v) => {
-            tracing::info!(id = %v.id, client = %client.name, %destination, mode = ?v.mode, "verification queued");
-            state.dialer.wake();
-            Ok(view_response(StatusCode::CREATED, &v, true))
-        }
-        Created::Replayed(v) => {
-            state.limiter.release(reservation);
-            Ok(view_response(StatusCode::OK, &v, true))
-        }
-        Created::Joined(v) => {
-            state.limiter.release(reservation);
-            tracing::info!(id = %v.id, client = %client.name, %destination, "request joined an open verification");
-            Ok(view_response(StatusCode::OK, &v, true))
-        }
-        Created::IdempotencyConflict => {
-            state.limiter.release(reservation);
-            Err(AppError::Conflict {
-                code: "idempotency_key_reused",
-                message: "Idempotency-Key was already used with a different request body"
-                    .to_owned(),
             })
         }
     }
+}
+
+/// The caps a new verification of `client` to `target` counts against.
+fn quotas(config: &Config, client: &Client, target: &validate::Target) -> Vec<Quota> {
+    let limits = &config.limits;
+    let number = format!("number:{}", target.destination.expose());
+    let client_key = format!("client:{}", client.name);
+    let mut quotas = vec![
+        Quota {
+            key: number.clone(),
+            max: limits.per_number_per_hour,
+            window: HOUR,
+            what: "verifications of this phone number per hour",
+        },
+        Quota {
+            key: number,
+            max: limits.per_number_per_day,
+            window: DAY,
+            what: "verifications of this phone number per day",
+        },
+        Quota {
+            key: client_key.clone(),
+            max: client.rate_per_minute,
+            window: MINUTE,
+            what: "this client's verifications per minute",
+        },
+        Quota {
+            key: client_key.clone(),
+            max: client.rate_per_hour,
+            window: HOUR,
+            what: "this client's verifications per hour",
+        },
+        Quota {
+            key: client_key,
+            max: client.rate_per_day,
+            window: DAY,
+            what: "this client's verifications per day",
+        },
+        Quota {
+            key: "global".to_owned(),
+            max: limits.global_per_hour,
+            window: HOUR,
+            what: "verifications per hour (all clients)",
+        },
+        Quota {
+            key: "global".to_owned(),
+            max: limits.global_per_day,
+            window: DAY,
+            what: "verifications per day (all clients)",
+        },
+    ];
+    if let Some(country) = &target.country {
+        let key = format!("country:{country}");
+        quotas.push(Quota {
+            key: key.clone(),
+            max: limits.per_country_per_hour,
+            window: HOUR,
+            what: "verifications to this country per hour",
+        });
+        quotas.push(Quota {
+            key,
+            max: limits.per_country_per_day,
+            window: DAY,
+            what: "verifications to this country per day",
+        });
+    }
+    quotas
 }
 
 fn parse_id(raw: &str) -> Result<VerificationId, AppError> {
@@ -350,7 +418,7 @@ async fn get_verification(
     let mut completions = state.completions.subscribe();
     let v = load_owned(&state, &id, &client).await?;
     if wait == 0 || v.status == Status::Completed {
-        return Ok(view_response(StatusCode::OK, &v, false));
+        return Ok(view_response(StatusCode::OK, &v, None));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
@@ -365,14 +433,14 @@ async fn get_verification(
             Ok(Err(RecvError::Lagged(_))) => {
                 let v = load_owned(&state, &id, &client).await?;
                 if v.status == Status::Completed {
-                    return Ok(view_response(StatusCode::OK, &v, false));
+                    return Ok(view_response(StatusCode::OK, &v, None));
                 }
             }
             Ok(Err(RecvError::Closed)) => break,
         }
     }
     let v = load_owned(&state, &id, &client).await?;
-    Ok(view_response(StatusCode::OK, &v, false))
+    Ok(view_response(StatusCode::OK, &v, None))
 }
 
 /// Cancel: a queued verification is dequeued (completed as `cancelled`, 200); a live call is
@@ -404,7 +472,7 @@ async fn cancel_verification(
             state.metrics.completed(flow::CallResult::Cancelled, None);
             state.completions.announce(&id);
             state.outbox.wake();
-            Ok(view_response(StatusCode::OK, &v, false))
+            Ok(view_response(StatusCode::OK, &v, None))
         }
         Dequeued::NotQueued(v) if v.status == Status::Completed => Err(AppError::Conflict {
             code: "already_completed",
@@ -416,7 +484,7 @@ async fn cancel_verification(
         Dequeued::NotQueued(v) => {
             tracing::info!(%id, "hang-up requested");
             state.dialer.hang_up(&id);
-            Ok(view_response(StatusCode::ACCEPTED, &v, false))
+            Ok(view_response(StatusCode::ACCEPTED, &v, None))
         }
     }
 }
@@ -429,10 +497,36 @@ async fn healthz(State(state): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(serde_json::json!({"status": "ok"})).into_response())
 }
 
-/// Prometheus metrics (text format 0.0.4).
+/// Prometheus metrics (text format 0.0.4): `Authorization: Bearer <api.metrics_key>`, unless
+/// `api.metrics_public`.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong metrics key", body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
+    if !state.config.api.metrics_public {
+        let Some(key) = &state.config.api.metrics_key else {
+            return Err(AppError::Unauthorized(
+                "GET /metrics needs api.metrics_key (or api.metrics_public) in the configuration",
+            ));
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .unwrap_or("");
+        // Compared as SHA-256 digests: constant time, whatever the lengths.
+        use sha2::{Digest as _, Sha256};
+        let want = Sha256::digest(key.expose().as_bytes());
+        let got = Sha256::digest(token.as_bytes());
+        if !bool::from(want.ct_eq(&got)) {
+            return Err(AppError::Unauthorized(
+                "GET /metrics: send `Authorization: Bearer <api.metrics_key>`",
+            ));
+        }
+    }
     let depth = state.store.queue_depth().await?;
     Ok((
         [(

@@ -1,17 +1,25 @@
 //! Parsing a `POST /v1/verifications` body into a [`NewVerification`]: "parse, don't
 //! validate". 400 for what cannot be understood, 422 for what policy refuses.
+//!
+//! Toll fraud (issue 8 item 6): an E.164 number must be valid, in an allowed country and of an
+//! allowed type (premium-rate, shared-cost and toll-free always refused; personal, UAN, VoIP,
+//! pager, voicemail access and unknown types by default, `limits.refused_number_types`). A SIP
+//! URI through the trunk is only a way to write such a number: its user part must be one, and
+//! the verification is stored as that number. A direct SIP URI (no trunk) may only name a host
+//! of `limits.sip_uri_hosts`, and is stored in canonical form.
 
 use std::net::IpAddr;
 
 use flow::Mode;
 use phonenumber::Type;
-use rand::Rng as _;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::AppError;
 use super::auth::Client;
+use super::sip_uri::SipUri;
 use crate::config::{Config, Secret};
+use crate::secrets::StoreKey;
 use crate::store::{Destination, NewVerification, VerificationId, now_ms};
 use crate::webhook::is_public;
 
@@ -21,7 +29,6 @@ const E164_MAX_DIGITS: usize = 15;
 const EXTENSION_MAX_LEN: usize = 32;
 const PIN_MIN_DIGITS: usize = 4;
 const PIN_MAX_DIGITS: usize = 12;
-const SIP_URI_MAX_LEN: usize = 256;
 const CALLBACK_URL_MAX_LEN: usize = 2048;
 
 /// The request body.
@@ -79,13 +86,23 @@ pub fn request(value: serde_json::Value) -> Result<CreateRequest, AppError> {
     })
 }
 
-/// Checks every field against the configuration and the client; picks challenge digits.
+/// A checked destination and the country it is in (`None` for a direct SIP URI).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub destination: Destination,
+    pub country: Option<String>,
+}
+
+/// Checks every field against the configuration and the client; seals the PIN, or the
+/// challenge digits derived for the new id, under `key` (they are never stored in clear).
 pub fn verification(
     req: CreateRequest,
     client: &Client,
     config: &Config,
-) -> Result<NewVerification, AppError> {
-    let destination = destination(&req.phone_number, config)?;
+    key: &StoreKey,
+) -> Result<(NewVerification, Target), AppError> {
+    let target = destination(&req.phone_number, config)?;
+    let id = VerificationId::generate();
     let extension = req.extension.map(extension).transpose()?;
     let mode = match req.mode.as_deref() {
         None | Some("standard") => Mode::Standard,
@@ -98,7 +115,7 @@ pub fn verification(
             ));
         }
     };
-    let expected_digits = match (mode, req.pin) {
+    let digits = match (mode, req.pin) {
         (Mode::Pin, None) => {
             return Err(AppError::bad_request(
                 "missing_field",
@@ -123,15 +140,15 @@ pub fn verification(
                 "pin: only accepted in pin mode",
             ));
         }
-        (Mode::Challenge, None) => {
-            let mut rng = rand::rng();
-            let digits: String = (0..config.call.challenge_digits)
-                .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
-                .collect();
-            Some(Secret::new(digits))
-        }
+        (Mode::Challenge, None) => Some(key.challenge_digits(&id, config.call.challenge_digits)),
         (Mode::Standard, None) => None,
     };
+    let digits_tag = digits
+        .map(|d| {
+            key.seal(&client.name, target.destination.expose(), &d)
+                .map_err(|_| AppError::bad_request("invalid_pin", "pin: must be digits"))
+        })
+        .transpose()?;
     let language = match req.language {
         None => config
             .media
@@ -184,45 +201,94 @@ pub fn verification(
             ));
         }
     };
-    Ok(NewVerification {
-        id: VerificationId::generate(),
+    let new = NewVerification {
+        id,
         client: client.name.clone(),
-        destination,
+        destination: target.destination.clone(),
         extension,
         mode,
-        expected_digits,
+        digits_tag,
         language,
         callback_url,
         metadata,
         created_at: now_ms(),
-    })
+    };
+    Ok((new, target))
 }
 
 /// An E.164 number allowed by the country allowlist and number-type policy, or an allowed
-/// SIP URI.
-pub fn destination(raw: &str, config: &Config) -> Result<Destination, AppError> {
-    if raw.starts_with("sip:") || raw.starts_with("sips:") {
+/// SIP URI (through the trunk: an allowed E.164 number written as a URI; direct: to a listed
+/// host), in canonical form.
+pub fn destination(raw: &str, config: &Config) -> Result<Target, AppError> {
+    let scheme = raw.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+    if matches!(scheme.as_deref(), Some("sip" | "sips")) {
         if !config.sip.allow_sip_uris {
             return Err(AppError::unprocessable(
                 "sip_uri_not_allowed",
                 "phone_number: SIP URIs are not allowed by this service (sip.allow_sip_uris)",
             ));
         }
-        let (_, rest) = raw.split_once(':').unwrap_or(("", raw));
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        if raw.len() > SIP_URI_MAX_LEN
-            || host.is_empty()
-            || raw
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || "<>\"".contains(c))
-        {
-            return Err(AppError::bad_request(
+        let uri = SipUri::parse(raw).map_err(|e| {
+            AppError::bad_request(
                 "invalid_phone_number",
-                "phone_number: not a valid SIP URI (sip:user@host)",
+                format!("phone_number: not an accepted SIP URI: {e}"),
+            )
+        })?;
+        if !config.sip.trunk.trim().is_empty() {
+            // Through the trunk, a URI is only another way to write a phone number: the same
+            // policy applies, and the call goes to that number.
+            let number = uri.e164_user().ok_or_else(|| {
+                AppError::unprocessable(
+                    "sip_uri_not_e164",
+                    "phone_number: a SIP URI sent through the trunk must have an E.164 number                      as its user part (sip:+14255550123@…)",
+                )
+            })?;
+            return phone(&number, config);
+        }
+        let (host, port) = uri.host_port();
+        let listed = config.limits.sip_uri_hosts.iter().any(|h| {
+            let h = h.to_ascii_lowercase();
+            h == host || h == format!("{host}:{port}")
+        });
+        if !listed {
+            return Err(AppError::unprocessable(
+                "sip_uri_host_not_allowed",
+                format!("phone_number: SIP URI host `{host}` is not among limits.sip_uri_hosts"),
             ));
         }
-        return Ok(Destination::SipUri(raw.to_owned()));
+        return Ok(Target {
+            destination: Destination::SipUri(uri.to_string()),
+            country: None,
+        });
     }
+    phone(raw, config)
+}
+
+/// The name of a number type in `limits.refused_number_types`.
+fn type_name(t: Type) -> &'static str {
+    match t {
+        Type::FixedLine => "fixed_line",
+        Type::Mobile => "mobile",
+        Type::FixedLineOrMobile => "fixed_line_or_mobile",
+        Type::TollFree => "toll_free",
+        Type::PremiumRate => "premium_rate",
+        Type::SharedCost => "shared_cost",
+        Type::PersonalNumber => "personal_number",
+        Type::Voip => "voip",
+        Type::Pager => "pager",
+        Type::Uan => "uan",
+        Type::Emergency => "emergency",
+        Type::Voicemail => "voicemail",
+        Type::ShortCode => "short_code",
+        Type::StandardRate => "standard_rate",
+        Type::Carrier => "carrier",
+        Type::NoInternational => "no_international",
+        Type::Unknown => "unknown",
+    }
+}
+
+/// An E.164 number allowed by the country allowlist and number-type policy.
+fn phone(raw: &str, config: &Config) -> Result<Target, AppError> {
     let digits = raw.strip_prefix('+').unwrap_or("");
     if !(E164_MIN_DIGITS..=E164_MAX_DIGITS).contains(&digits.len())
         || !digits.bytes().all(|b| b.is_ascii_digit())
@@ -261,19 +327,29 @@ pub fn destination(raw: &str, config: &Config) -> Result<Destination, AppError> 
             ));
         }
     }
-    let refused = match number.number_type(&phonenumber::metadata::DATABASE) {
-        Type::PremiumRate => Some("premium-rate"),
-        Type::SharedCost => Some("shared-cost"),
-        Type::TollFree => Some("toll-free"),
-        _ => None,
-    };
-    if let Some(kind) = refused {
+    let kind = number.number_type(&phonenumber::metadata::DATABASE);
+    // Always refused: the callee's network bills us (premium, shared cost) or the number is
+    // not a person's line (toll-free).
+    let always = matches!(kind, Type::PremiumRate | Type::SharedCost | Type::TollFree);
+    let name = type_name(kind);
+    if always || config.limits.refused_number_types.iter().any(|t| t == name) {
         return Err(AppError::unprocessable(
             "number_type_not_allowed",
-            format!("phone_number: {kind} numbers are refused"),
+            format!(
+                "phone_number: {} numbers are refused{}",
+                name.replace('_', "-"),
+                if always {
+                    ""
+                } else {
+                    " (limits.refused_number_types)"
+                }
+            ),
         ));
     }
-    Ok(Destination::Phone(raw.to_owned()))
+    Ok(Target {
+        destination: Destination::Phone(raw.to_owned()),
+        country: code,
+    })
 }
 
 /// Digits, `*`, `#` and `,` (one-second pause).

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallProgress, CallReport};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::metrics::{Dropped, SipCounters};
 use crate::runtime::{CallOrder, Runtime, RuntimeConfig, Trunk};
 
@@ -223,7 +223,14 @@ fn prepare(args: Args) -> Result<Prepared, UsageError> {
             destination: dest,
             extension: args.extension,
             mode,
-            expected_digits: expected.map(|(_, d)| Secret::new(d)),
+            // A one-off call keeps its digits in memory only: sealed under a key of its own.
+            expected_digits: expected
+                .map(|(flag, d)| {
+                    flow::keys::DigitsKey::new(rand::random())
+                        .seal_digits(b"callverify call", &d)
+                        .map_err(|_| UsageError::NotDigits(flag))
+                })
+                .transpose()?,
             language,
             call: config.call.clone(),
         },

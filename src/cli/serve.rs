@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
+use crate::fds::FdBudget;
 use crate::runtime::counted_call_placer;
 use crate::service::{Service, ServiceError};
 
@@ -43,7 +44,10 @@ pub fn run(args: Args) -> ExitCode {
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(
-            e @ (ServiceError::Config(_) | ServiceError::Bind { .. } | ServiceError::Runtime(_)),
+            e @ (ServiceError::Config(_)
+            | ServiceError::Bind { .. }
+            | ServiceError::Runtime(_)
+            | ServiceError::SecretKey(_)),
         ) => {
             eprintln!("callverify serve: {e}");
             ExitCode::from(super::EXIT_USAGE)
@@ -56,8 +60,10 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), ServiceError> {
+    // First: raise the open-files limit and count what is open before anything binds.
+    let budget = FdBudget::for_process(&config);
     let (placer, sip_counters) = counted_call_placer(&config)?;
-    let service = Service::open(config, placer).await?;
+    let service = Service::open(config, placer).await?.with_fd_budget(budget);
     service.state().metrics.attach_sip(sip_counters);
     let running = service.start().await?;
     shutdown_signal().await;

@@ -464,6 +464,7 @@ impl Driver {
             Event::Answered => CallProgress::Answered,
             Event::Timeline(entry) => CallProgress::Timeline(entry),
             Event::DetectorLatency(d) => CallProgress::DetectorLatency(d),
+            Event::Decided(report) => CallProgress::Decided(report.into()),
             Event::Finished(report) => {
                 tracing::info!(call = %id, result = %report.result, "call finished");
                 if let Some(reason) = report.timeline.iter().find_map(|e| match &e.event {

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallPlacer, CallProgress, CallReport, CallRequest};
-use crate::config::{CallConfig, Config, Secret, SrtpMode};
+use crate::config::{CallConfig, Config, SrtpMode};
 use crate::metrics::SipCounters;
 
 pub use live::{PromptError, Prompts};
@@ -249,7 +249,7 @@ pub struct CallOrder {
     pub destination: String,
     pub extension: Option<String>,
     pub mode: Mode,
-    pub expected_digits: Option<Secret>,
+    pub expected_digits: Option<flow::keys::SealedDigits>,
     pub language: String,
     pub call: CallConfig,
 }
@@ -401,10 +401,7 @@ impl Runtime {
             local_rtp: SocketAddr::new(self.local_sip.ip(), 0),
             credentials: cfg.credentials.clone(),
             mode: order.mode,
-            expected_digits: order
-                .expected_digits
-                .as_ref()
-                .map(|s| sip::redact::Secret::new(s.expose())),
+            expected_digits: order.expected_digits.clone(),
             extension: order.extension.clone(),
             language: order.language.clone(),
             rules: flow::Rules {

@@ -46,19 +46,23 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Stores a new verification as `queued`, honouring the idempotency key (scoped to the
     /// client) and, when `join` is set, returning an open verification of the same client with
-    /// the same destination and parameters instead of queueing another.
+    /// the same destination and parameters instead of queueing another. A new verification
+    /// counts against every quota with a limit, in the same transaction; when one is reached,
+    /// nothing is stored or counted ([`Created::Limited`]). Replays and joins count nothing.
     async fn create(
         &self,
         new: NewVerification,
         idempotency: Option<IdempotencyKey>,
         join: bool,
+        quotas: &[Quota],
     ) -> Result<Created, StoreError>;
 
     /// One verification.
     async fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError>;
 
-    /// Atomically moves the oldest queued verification whose destination has no live call to
-    /// `calling` and returns it (with its expected digits). `None`: nothing claimable.
+    /// Atomically moves the oldest queued verification whose destination has no live call
+    /// (and no call still closing after its decision, see [`Store::settle`]) to `calling` and
+    /// returns it (with its digits tag). `None`: nothing claimable.
     async fn claim_next(&self, now: UnixMs) -> Result<Option<Verification>, StoreError>;
 
     /// Records progress of a live call (status and the timeline so far).
@@ -79,6 +83,34 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMs,
     ) -> Result<Option<Verification>, StoreError>;
 
+    /// The decision of a call that goes on (closing prompts, BYE): completes it like
+    /// [`Store::complete`] (webhook queued, digits tag cleared) but keeps its destination's line
+    /// held, so no other call to it starts until [`Store::close_call`].
+    async fn settle(
+        &self,
+        id: &VerificationId,
+        completion: Completion,
+        now: UnixMs,
+    ) -> Result<Option<Verification>, StoreError>;
+
+    /// The call of a settled verification is over: replaces its timeline (the decision's, with
+    /// the closing entries appended; result, webhook and `completed_at` unchanged) and frees its
+    /// line.
+    async fn close_call(
+        &self,
+        id: &VerificationId,
+        timeline: &[flow::TimelineEntry],
+        now: UnixMs,
+    ) -> Result<(), StoreError>;
+
+    /// Completes every verification still queued that was created before `created_before` as
+    /// `expired` (webhooks queued); returns them.
+    async fn expire_queued(
+        &self,
+        created_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<Vec<Verification>, StoreError>;
+
     /// Completes a *queued* verification as `cancelled` (and queues its webhook).
     async fn dequeue(
         &self,
@@ -87,19 +119,21 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMs,
     ) -> Result<Dequeued, StoreError>;
 
-    /// Startup: calls in flight in a previous process become `failed` (webhooks queued), and
-    /// webhook leases are released.
+    /// Startup: calls in flight in a previous process become `failed` (webhooks queued), lines
+    /// held by settled calls are freed, and webhook leases are released.
     async fn recover(&self, now: UnixMs) -> Result<Recovery, StoreError>;
 
     /// Verifications waiting for a channel.
     async fn queue_depth(&self) -> Result<u64, StoreError>;
 
     /// Leases the next due webhook message until `lease_until` (so a crash mid-attempt only
-    /// delays it). `None`: nothing due.
+    /// delays it), skipping messages whose host is in `busy_hosts` (at its concurrency
+    /// limit). `None`: nothing due.
     async fn claim_webhook(
         &self,
         now: UnixMs,
         lease_until: UnixMs,
+        busy_hosts: &[String],
     ) -> Result<Option<OutboxMessage>, StoreError>;
 
     /// Records an attempt and moves the message to `state` (`Pending` with `next_attempt_at`).

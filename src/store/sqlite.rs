@@ -1,22 +1,30 @@
 //! The embedded store: one SQLite file in WAL mode (or a private in-memory database), one
 //! connection behind a mutex (SQLite has one writer anyway), every call on the blocking pool.
+//!
+//! Secrets at rest (issue 8 item 7): expected digits are stored only as a keyed tag (see
+//! `crate::secrets`), cleared at completion; `secure_delete` zeroes what is deleted or
+//! overwritten, and after a completion that cleared a tag the WAL is checkpointed and
+//! truncated, so no old page image outlives the verification.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use flow::keys::{DigitsTag, SEAL_LEN};
 use flow::{CallResult, Mode, TimelineEntry, TimelineEvent};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::*;
-use crate::config::Secret;
 
 /// How long a writer waits for the file lock before failing, in milliseconds.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Cap events older than this are deleted: the longest cap window (a day), in milliseconds.
+const RATE_EVENTS_KEPT_MS: i64 = 24 * 3600 * 1000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
 /// Append only: a released migration never changes.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE verifications (
     id              TEXT PRIMARY KEY,
     client          TEXT NOT NULL,
@@ -77,9 +85,28 @@ CREATE TABLE webhook_attempts (
     duration_ms INTEGER NOT NULL,
     PRIMARY KEY (message_id, number)
 );
-"#];
+"#,
+    r#"
+-- Issue 8 item 7: expected digits are kept as a keyed tag (crate::secrets), never in clear.
+-- Rows written before held clear digits: they are wiped here (with secure_delete on), and an
+-- open pin/challenge verification from before fails, its digits no longer checkable.
+UPDATE verifications SET expected_digits = NULL;
+ALTER TABLE verifications RENAME COLUMN expected_digits TO digits_tag;
+-- Idempotency fingerprints were plain SHA-256 of bodies that may hold a PIN: dropped.
+DELETE FROM idempotency_keys;
+-- Issue 9 item 3: completed at the decision, a call holds its line until its BYE.
+ALTER TABLE verifications ADD COLUMN line_held INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX verifications_line_held ON verifications (destination) WHERE line_held = 1;
+-- Issue 9 item 4: per-host delivery limits (host:port of the URL, filled in by Rust below).
+ALTER TABLE webhook_outbox ADD COLUMN host TEXT NOT NULL DEFAULT '';
+-- Issue 8 item 6: caps counted in the store (one row per key per created verification).
+CREATE TABLE rate_events (key TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE INDEX rate_events_key_at ON rate_events (key, at);
+CREATE INDEX rate_events_at ON rate_events (at);
+"#,
+];
 
-const COLUMNS: &str = "id, client, destination, extension, mode, expected_digits, language, \
+const COLUMNS: &str = "id, client, destination, extension, mode, digits_tag, language, \
     callback_url, metadata, status, result, dtmf_method, timeline, created_at, updated_at, \
     call_started_at, completed_at";
 
@@ -127,7 +154,11 @@ impl SqliteStore {
             .run(|conn| {
                 conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
                 conn.pragma_update(None, "foreign_keys", "ON")?;
-                migrate(conn)
+                // Deleted and overwritten content is zeroed, not left in free space.
+                conn.pragma_update(None, "secure_delete", "ON")?;
+                migrate(conn)?;
+                scrub(conn);
+                Ok(())
             })
             .await?;
         Ok(store)
@@ -150,16 +181,78 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// [`Store::complete`] (`hold_line` false) and [`Store::settle`] (true).
+    async fn finish(
+        &self,
+        id: &VerificationId,
+        completion: Completion,
+        now: UnixMs,
+        hold_line: bool,
+    ) -> Result<Option<Verification>, StoreError> {
+        let id = id.clone();
+        let payload = self.payload;
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done = complete_in(&tx, payload, id.as_str(), &completion, now, hold_line)?;
+            tx.commit()?;
+            if done.cleared_tag {
+                scrub(conn);
+            }
+            Ok(done.verification)
+        })
+        .await
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let applied = usize::try_from(applied).unwrap_or(0);
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if i == 1 {
+            backfill_outbox_hosts(&tx)?;
+        }
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
         tx.commit()?;
     }
     Ok(())
+}
+
+/// Migration 2: the host of every queued webhook, which SQL cannot parse out of a URL.
+fn backfill_outbox_hosts(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let rows: Vec<(String, String)> = {
+        let mut stmt = tx.prepare("SELECT id, url FROM webhook_outbox WHERE host = ''")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for (id, url) in rows {
+        tx.execute(
+            "UPDATE webhook_outbox SET host = ?2 WHERE id = ?1",
+            params![id, callback_host(&url)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Copies the WAL into the database and truncates it to nothing, so old page images (a
+/// digits tag before it was cleared) do not linger in the `-wal` file. Best effort: a reader
+/// in another process may keep part of it until its next checkpoint.
+fn scrub(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "WAL checkpoint failed");
+    }
+}
+
+fn tag_hex(tag: Option<&DigitsTag>) -> Option<String> {
+    tag.map(|t| hex::encode(t.to_bytes()))
+}
+
+fn tag_parse(text: &str) -> Option<DigitsTag> {
+    let mut out = [0u8; SEAL_LEN];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(DigitsTag::from_bytes(out))
 }
 
 fn mode_str(mode: Mode) -> &'static str {
@@ -190,7 +283,7 @@ struct RawRow {
     destination: String,
     extension: Option<String>,
     mode: String,
-    expected_digits: Option<String>,
+    digits_tag: Option<String>,
     language: String,
     callback_url: Option<String>,
     metadata: Option<String>,
@@ -211,7 +304,7 @@ fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         destination: row.get(2)?,
         extension: row.get(3)?,
         mode: row.get(4)?,
-        expected_digits: row.get(5)?,
+        digits_tag: row.get(5)?,
         language: row.get(6)?,
         callback_url: row.get(7)?,
         metadata: row.get(8)?,
@@ -250,7 +343,10 @@ impl TryFrom<RawRow> for Verification {
             },
             client: r.client,
             extension: r.extension,
-            expected_digits: r.expected_digits.map(Secret::new),
+            digits_tag: match r.digits_tag {
+                Some(t) => Some(tag_parse(&t).ok_or_else(|| corrupt("digits_tag", "not a tag"))?),
+                None => None,
+            },
             language: r.language,
             callback_url: r.callback_url,
             created_at: r.created_at,
@@ -276,18 +372,37 @@ fn timeline_json(timeline: &[TimelineEntry]) -> Result<String, StoreError> {
     serde_json::to_string(timeline).map_err(|e| corrupt("timeline", e))
 }
 
+/// What [`complete_in`] did.
+struct Completed {
+    /// The completed record; `None` when it was already completed.
+    verification: Option<Verification>,
+    /// A digits tag was cleared: the WAL should be scrubbed after commit.
+    cleared_tag: bool,
+}
+
 /// Completes `id` (if not completed yet) and queues its webhook, inside the caller's
-/// transaction.
+/// transaction. `hold_line`: the call goes on after the decision (closing prompts, BYE), so
+/// no other call to the destination may start until [`Store::close_call`].
 fn complete_in(
     tx: &rusqlite::Transaction<'_>,
     payload: PayloadFn,
     id: &str,
     completion: &Completion,
     now: UnixMs,
-) -> Result<Option<Verification>, StoreError> {
+    hold_line: bool,
+) -> Result<Completed, StoreError> {
+    let cleared_tag: bool = tx
+        .query_row(
+            "SELECT digits_tag IS NOT NULL FROM verifications WHERE id = ?1 \
+             AND status <> 'completed'",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
     let changed = tx.execute(
         "UPDATE verifications SET status = 'completed', result = ?2, dtmf_method = ?3, \
-         timeline = ?4, completed_at = ?5, updated_at = ?5, expected_digits = NULL \
+         timeline = ?4, completed_at = ?5, updated_at = ?5, digits_tag = NULL, line_held = ?6 \
          WHERE id = ?1 AND status <> 'completed'",
         params![
             id,
@@ -295,22 +410,101 @@ fn complete_in(
             completion.dtmf_method.map(|m| m.as_str()),
             timeline_json(&completion.timeline)?,
             now,
+            hold_line,
         ],
     )?;
     if changed == 0 {
-        return Ok(None);
+        return Ok(Completed {
+            verification: None,
+            cleared_tag: false,
+        });
     }
     let v = fetch(tx, id)?.ok_or_else(|| corrupt("verification", "vanished in transaction"))?;
     if let Some(url) = &v.callback_url {
         let message_id = format!("msg_{}", hex::encode(rand::random::<[u8; 16]>()));
         tx.execute(
             "INSERT INTO webhook_outbox \
-             (id, verification_id, client, url, payload, state, created_at, next_attempt_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
-            params![message_id, id, v.client, url, payload(&v), now],
+             (id, verification_id, client, url, payload, state, created_at, next_attempt_at, \
+             host) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
+            params![
+                message_id,
+                id,
+                v.client,
+                url,
+                payload(&v),
+                now,
+                callback_host(url)
+            ],
         )?;
     }
-    Ok(Some(v))
+    Ok(Completed {
+        verification: Some(v),
+        cleared_tag,
+    })
+}
+
+/// The cap that is reached, if any (the one that lifts last), for a request at `now`.
+fn quota_reached(
+    tx: &rusqlite::Transaction<'_>,
+    quotas: &[Quota],
+    now: UnixMs,
+) -> Result<Option<Limited>, StoreError> {
+    let mut worst: Option<Limited> = None;
+    for q in quotas.iter().filter(|q| q.max > 0) {
+        let window_ms = i64::try_from(q.window.as_millis()).unwrap_or(i64::MAX);
+        let since = now.saturating_sub(window_ms);
+        let count: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM rate_events WHERE key = ?1 AND at > ?2",
+            params![q.key, since],
+            |r| r.get(0),
+        )?;
+        if count < i64::from(q.max) {
+            continue;
+        }
+        // The event whose leaving the window makes room: the (count - max + 1)-th oldest.
+        let freeing: i64 = tx.query_row(
+            "SELECT at FROM rate_events WHERE key = ?1 AND at > ?2 ORDER BY at \
+             LIMIT 1 OFFSET ?3",
+            params![q.key, since, count - i64::from(q.max)],
+            |r| r.get(0),
+        )?;
+        let retry_ms = freeing.saturating_add(window_ms).saturating_sub(now).max(0);
+        let retry_after = std::time::Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0));
+        if worst.as_ref().is_none_or(|w| w.retry_after < retry_after) {
+            worst = Some(Limited {
+                what: q.what,
+                retry_after,
+            });
+        }
+    }
+    Ok(worst)
+}
+
+/// Counts one verification against every cap that has a limit (one event per distinct key),
+/// and forgets events older than any window.
+fn quota_take(
+    tx: &rusqlite::Transaction<'_>,
+    quotas: &[Quota],
+    now: UnixMs,
+) -> Result<(), StoreError> {
+    let mut keys: Vec<&str> = quotas
+        .iter()
+        .filter(|q| q.max > 0)
+        .map(|q| q.key.as_str())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        tx.execute(
+            "INSERT INTO rate_events (key, at) VALUES (?1, ?2)",
+            params![key, now],
+        )?;
+    }
+    tx.execute(
+        "DELETE FROM rate_events WHERE at <= ?1",
+        [now.saturating_sub(RATE_EVENTS_KEPT_MS)],
+    )?;
+    Ok(())
 }
 
 #[async_trait]
@@ -320,7 +514,9 @@ impl Store for SqliteStore {
         new: NewVerification,
         idempotency: Option<IdempotencyKey>,
         join: bool,
+        quotas: &[Quota],
     ) -> Result<Created, StoreError> {
+        let quotas = quotas.to_vec();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(key) = &idempotency {
@@ -352,14 +548,14 @@ impl Store for SqliteStore {
                 }
                 Ok(())
             };
-            let expected = new.expected_digits.as_ref().map(|s| s.expose().to_owned());
+            let tag = tag_hex(new.digits_tag.as_ref());
             if join {
                 let open: Option<String> = tx
                     .query_row(
                         "SELECT id FROM verifications WHERE client = ?1 AND destination = ?2 \
                          AND status <> 'completed' AND extension IS ?3 AND mode = ?4 \
                          AND language = ?5 AND callback_url IS ?6 \
-                         AND (mode <> 'pin' OR expected_digits IS ?7) \
+                         AND (mode <> 'pin' OR digits_tag IS ?7) \
                          ORDER BY created_at, rowid LIMIT 1",
                         params![
                             new.client,
@@ -368,7 +564,7 @@ impl Store for SqliteStore {
                             mode_str(new.mode),
                             new.language,
                             new.callback_url,
-                            expected,
+                            tag,
                         ],
                         |r| r.get(0),
                     )
@@ -381,6 +577,10 @@ impl Store for SqliteStore {
                     return Ok(Created::Joined(v));
                 }
             }
+            if let Some(limited) = quota_reached(&tx, &quotas, new.created_at)? {
+                return Ok(Created::Limited(limited));
+            }
+            quota_take(&tx, &quotas, new.created_at)?;
             let metadata = new
                 .metadata
                 .as_ref()
@@ -399,7 +599,7 @@ impl Store for SqliteStore {
                     new.destination.expose(),
                     new.extension,
                     mode_str(new.mode),
-                    expected,
+                    tag,
                     new.language,
                     new.callback_url,
                     metadata,
@@ -432,7 +632,7 @@ impl Store for SqliteStore {
                      WHERE id = (SELECT q.id FROM verifications q WHERE q.status = 'queued' \
                        AND NOT EXISTS (SELECT 1 FROM verifications l \
                          WHERE l.destination = q.destination \
-                         AND l.status IN ('calling', 'ringing', 'in_call')) \
+                         AND (l.status IN ('calling', 'ringing', 'in_call') OR l.line_held = 1)) \
                        ORDER BY q.created_at, q.rowid LIMIT 1) \
                      RETURNING id",
                     [now],
@@ -475,13 +675,83 @@ impl Store for SqliteStore {
         completion: Completion,
         now: UnixMs,
     ) -> Result<Option<Verification>, StoreError> {
+        self.finish(id, completion, now, false).await
+    }
+
+    async fn settle(
+        &self,
+        id: &VerificationId,
+        completion: Completion,
+        now: UnixMs,
+    ) -> Result<Option<Verification>, StoreError> {
+        self.finish(id, completion, now, true).await
+    }
+
+    async fn close_call(
+        &self,
+        id: &VerificationId,
+        timeline: &[TimelineEntry],
+        now: UnixMs,
+    ) -> Result<(), StoreError> {
         let id = id.clone();
+        let timeline = timeline_json(timeline)?;
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE verifications SET timeline = ?2, updated_at = ?3, line_held = 0 \
+                 WHERE id = ?1 AND status = 'completed'",
+                params![id.as_str(), timeline, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expire_queued(
+        &self,
+        created_before: UnixMs,
+        now: UnixMs,
+    ) -> Result<Vec<Verification>, StoreError> {
         let payload = self.payload;
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let v = complete_in(&tx, payload, id.as_str(), &completion, now)?;
+            let ids: Vec<String> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id FROM verifications WHERE status = 'queued' AND created_at < ?1 \
+                     ORDER BY created_at, rowid",
+                )?;
+                stmt.query_map([created_before], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let completion = Completion {
+                result: CallResult::Expired,
+                dtmf_method: None,
+                timeline: vec![
+                    TimelineEntry {
+                        at_ms: 0,
+                        event: TimelineEvent::Timeout {
+                            timer: "queue".to_owned(),
+                        },
+                    },
+                    TimelineEntry {
+                        at_ms: 0,
+                        event: TimelineEvent::Outcome {
+                            result: CallResult::Expired,
+                        },
+                    },
+                ],
+            };
+            let mut expired = Vec::with_capacity(ids.len());
+            let mut cleared = false;
+            for id in ids {
+                let done = complete_in(&tx, payload, &id, &completion, now, false)?;
+                cleared |= done.cleared_tag;
+                expired.extend(done.verification);
+            }
             tx.commit()?;
-            Ok(v)
+            if cleared {
+                scrub(conn);
+            }
+            Ok(expired)
         })
         .await
     }
@@ -513,10 +783,15 @@ impl Store for SqliteStore {
                     },
                 }],
             };
-            let done = complete_in(&tx, payload, id.as_str(), &completion, now)?
+            let done = complete_in(&tx, payload, id.as_str(), &completion, now, false)?;
+            let v = done
+                .verification
                 .ok_or_else(|| corrupt("verification", "completed in transaction"))?;
             tx.commit()?;
-            Ok(Dequeued::Cancelled(done))
+            if done.cleared_tag {
+                scrub(conn);
+            }
+            Ok(Dequeued::Cancelled(v))
         })
         .await
     }
@@ -534,6 +809,7 @@ impl Store for SqliteStore {
                     .collect::<rusqlite::Result<_>>()?
             };
             let mut calls_failed = 0;
+            let mut cleared = false;
             for raw in live {
                 let v = Verification::try_from(raw)?;
                 let mut timeline = v.timeline.clone();
@@ -551,10 +827,17 @@ impl Store for SqliteStore {
                     dtmf_method: v.dtmf_method,
                     timeline,
                 };
-                if complete_in(&tx, payload, v.id.as_str(), &completion, now)?.is_some() {
+                let done = complete_in(&tx, payload, v.id.as_str(), &completion, now, false)?;
+                cleared |= done.cleared_tag;
+                if done.verification.is_some() {
                     calls_failed += 1;
                 }
             }
+            // Calls that had decided and were closing when the process stopped: gone too.
+            tx.execute(
+                "UPDATE verifications SET line_held = 0 WHERE line_held = 1",
+                [],
+            )?;
             let webhooks_released = tx.execute(
                 "UPDATE webhook_outbox SET leased = 0, next_attempt_at = ?1 \
                  WHERE state = 'pending' AND leased = 1",
@@ -566,6 +849,9 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )?;
             tx.commit()?;
+            if cleared {
+                scrub(conn);
+            }
             Ok(Recovery {
                 calls_failed,
                 webhooks_released,
@@ -591,7 +877,9 @@ impl Store for SqliteStore {
         &self,
         now: UnixMs,
         lease_until: UnixMs,
+        busy_hosts: &[String],
     ) -> Result<Option<OutboxMessage>, StoreError> {
+        let busy = serde_json::to_string(busy_hosts).map_err(|e| corrupt("busy hosts", e))?;
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let msg = tx
@@ -599,9 +887,11 @@ impl Store for SqliteStore {
                     "UPDATE webhook_outbox SET leased = 1, next_attempt_at = ?2 \
                      WHERE id = (SELECT id FROM webhook_outbox \
                        WHERE state = 'pending' AND next_attempt_at <= ?1 \
+                       AND host NOT IN (SELECT value FROM json_each(?3)) \
                        ORDER BY next_attempt_at, rowid LIMIT 1) \
-                     RETURNING id, verification_id, client, url, payload, created_at, attempts",
-                    params![now, lease_until],
+                     RETURNING id, verification_id, client, url, payload, created_at, attempts, \
+                       host",
+                    params![now, lease_until, busy],
                     |r| {
                         Ok((
                             r.get::<_, String>(0)?,
@@ -611,23 +901,27 @@ impl Store for SqliteStore {
                             r.get::<_, String>(4)?,
                             r.get::<_, i64>(5)?,
                             r.get::<_, i64>(6)?,
+                            r.get::<_, String>(7)?,
                         ))
                     },
                 )
                 .optional()?;
             tx.commit()?;
-            msg.map(|(id, vid, client, url, payload, created_at, attempts)| {
-                Ok(OutboxMessage {
-                    verification_id: VerificationId::parse(&vid)
-                        .ok_or_else(|| corrupt("outbox verification id", &vid))?,
-                    id,
-                    client,
-                    url,
-                    payload,
-                    created_at,
-                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                })
-            })
+            msg.map(
+                |(id, vid, client, url, payload, created_at, attempts, host)| {
+                    Ok(OutboxMessage {
+                        verification_id: VerificationId::parse(&vid)
+                            .ok_or_else(|| corrupt("outbox verification id", &vid))?,
+                        id,
+                        client,
+                        url,
+                        payload,
+                        created_at,
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        host,
+                    })
+                },
+            )
             .transpose()
         })
         .await

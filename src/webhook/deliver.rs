@@ -3,6 +3,11 @@
 //!
 //! At least once: a message is leased before the attempt and released after it is recorded;
 //! a crash in between only delays it until the lease ends (or the next start's recovery).
+//!
+//! In parallel (issue 9 item 4): [`OutboxWorker::run`] keeps up to `webhook.concurrency`
+//! attempts in flight, at most `webhook.per_host_concurrency` per host (`host:port`); a
+//! message for a host at its limit is not claimed, so a host that never answers holds only
+//! its own messages back.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::OutboxWake;
@@ -26,6 +32,9 @@ const LEASE_MARGIN_MS: i64 = 30_000;
 const MAX_IDLE: Duration = Duration::from_secs(5);
 /// Longest stored error text.
 const MAX_ERROR_LEN: usize = 500;
+/// Shortest pause of the worker loop when nothing could be claimed although messages are due
+/// (they are for hosts at their limit): an attempt ending, or a new webhook, wakes it sooner.
+const BUSY_IDLE: Duration = Duration::from_millis(250);
 const USER_AGENT: &str = concat!("callverify/", env!("CARGO_PKG_VERSION"));
 
 /// What one call of [`OutboxWorker::try_deliver`] did.
@@ -72,6 +81,11 @@ pub fn backoff(config: &WebhookConfig, attempt: u32, jitter: f64) -> Duration {
 
 /// Delivers webhooks from the outbox.
 pub struct OutboxWorker {
+    inner: Arc<Worker>,
+}
+
+/// What every attempt shares.
+struct Worker {
     store: Arc<dyn Store>,
     http: reqwest::Client,
     keys: HashMap<String, WebhookKey>,
@@ -107,23 +121,127 @@ impl OutboxWorker {
             }))
             .build()?;
         Ok(OutboxWorker {
-            store,
-            http,
-            keys,
-            config: config.webhook.clone(),
-            metrics,
+            inner: Arc::new(Worker {
+                store,
+                http,
+                keys,
+                config: config.webhook.clone(),
+                metrics,
+            }),
         })
     }
 
     /// Makes at most one delivery attempt: the next message due at `now`, if any.
     pub async fn try_deliver(&self, now: UnixMs) -> Result<Delivery, StoreError> {
+        match self.inner.claim(now, &[]).await? {
+            Some(msg) => self.inner.deliver(msg, now).await,
+            None => Ok(Delivery::Empty),
+        }
+    }
+
+    /// Delivers until `shutdown`: keeps up to `webhook.concurrency` attempts in flight (at
+    /// most `webhook.per_host_concurrency` per host), sleeps until the next message is due or
+    /// something is queued. Attempts in progress at shutdown are finished and recorded.
+    pub async fn run(self, wake: OutboxWake, shutdown: CancellationToken) {
+        let worker = self.inner;
+        let total = worker.config.concurrency.max(1);
+        let per_host = worker.config.per_host_concurrency.max(1);
+        let mut in_flight: JoinSet<(String, Result<Delivery, StoreError>)> = JoinSet::new();
+        let mut hosts: HashMap<String, usize> = HashMap::new();
+        let done =
+            |hosts: &mut HashMap<String, usize>,
+             finished: Result<(String, Result<Delivery, StoreError>), _>| {
+                match finished {
+                    Ok((host, result)) => {
+                        if let Some(n) = hosts.get_mut(&host) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                hosts.remove(&host);
+                            }
+                        }
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "outbox worker cannot record an attempt");
+                        }
+                    }
+                    // A panicking attempt: its message stays leased until the lease ends. Its
+                    // host's count cannot be found any more; recount from what is left.
+                    Err(e) => {
+                        tracing::error!(error = %e, "a webhook attempt panicked");
+                        hosts.clear();
+                    }
+                }
+            };
+        loop {
+            while let Some(finished) = in_flight.try_join_next() {
+                done(&mut hosts, finished);
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let mut claimed = false;
+            while in_flight.len() < total {
+                let busy: Vec<String> = hosts
+                    .iter()
+                    .filter(|(_, n)| **n >= per_host)
+                    .map(|(h, _)| h.clone())
+                    .collect();
+                let now = now_ms();
+                match worker.claim(now, &busy).await {
+                    Ok(Some(msg)) => {
+                        claimed = true;
+                        *hosts.entry(msg.host.clone()).or_default() += 1;
+                        let w = Arc::clone(&worker);
+                        in_flight.spawn(async move {
+                            let host = msg.host.clone();
+                            (host, w.deliver(msg, now).await)
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "outbox worker cannot read the store");
+                        break;
+                    }
+                }
+            }
+            let idle = match worker.store.next_webhook_due().await {
+                Ok(Some(due)) => {
+                    Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)).min(MAX_IDLE)
+                }
+                _ => MAX_IDLE,
+            };
+            // Due messages left unclaimed are for busy hosts: wait for an attempt to end.
+            let idle = if claimed { idle } else { idle.max(BUSY_IDLE) };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.woken() => {}
+                _ = tokio::time::sleep(idle) => {}
+                Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    done(&mut hosts, finished);
+                }
+            }
+        }
+        while let Some(finished) = in_flight.join_next().await {
+            done(&mut hosts, finished);
+        }
+    }
+}
+
+impl Worker {
+    /// Leases the next message due at `now` whose host is not in `busy`.
+    async fn claim(
+        &self,
+        now: UnixMs,
+        busy: &[String],
+    ) -> Result<Option<OutboxMessage>, StoreError> {
         let timeout_ms = i64::try_from(self.config.timeout_secs * 1000).unwrap_or(i64::MAX);
         let lease_until = now
             .saturating_add(timeout_ms)
             .saturating_add(LEASE_MARGIN_MS);
-        let Some(msg) = self.store.claim_webhook(now, lease_until).await? else {
-            return Ok(Delivery::Empty);
-        };
+        self.store.claim_webhook(now, lease_until, busy).await
+    }
+
+    /// One attempt at a leased message, recorded.
+    async fn deliver(&self, msg: OutboxMessage, now: UnixMs) -> Result<Delivery, StoreError> {
         let number = msg.attempts + 1;
         let started = Instant::now();
         let outcome = self.attempt(&msg, now).await;
@@ -227,41 +345,14 @@ impl OutboxWorker {
             .send()
             .await
             .map_err(|e| {
-                let mut text = if e.is_timeout() {
+                let text = if e.is_timeout() {
                     "timeout".to_owned()
                 } else {
                     error_chain(&e)
                 };
-                text.truncate(MAX_ERROR_LEN);
-                text
+                truncated(text, MAX_ERROR_LEN)
             })?;
         Ok(response.status().as_u16())
-    }
-
-    /// Delivers until `shutdown`: drains what is due, then sleeps until the next message is due
-    /// or something is queued. The attempt in progress at shutdown is finished and recorded.
-    pub async fn run(self, wake: OutboxWake, shutdown: CancellationToken) {
-        loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            match self.try_deliver(now_ms()).await {
-                Ok(Delivery::Empty) => {}
-                Ok(_) => continue,
-                Err(e) => tracing::error!(error = %e, "outbox worker cannot read the store"),
-            }
-            let idle = match self.store.next_webhook_due().await {
-                Ok(Some(due)) => {
-                    Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)).min(MAX_IDLE)
-                }
-                _ => MAX_IDLE,
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = wake.woken() => {}
-                _ = tokio::time::sleep(idle) => {}
-            }
-        }
     }
 }
 
@@ -276,31 +367,71 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Addresses a webhook may reach when `webhook.allow_private_networks` is off (SSRF guard):
-/// not loopback, private, link-local, CGNAT, unique-local, multicast or unspecified.
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// Addresses a webhook may reach when `webhook.allow_private_networks` is off (SSRF guard).
+///
+/// Refused IPv4: this network `0/8`, private `10/8`, `172.16/12`, `192.168/16` (RFC 1918),
+/// shared CGNAT `100.64/10` (RFC 6598), loopback `127/8`, link-local `169.254/16`, IETF
+/// protocol assignments `192.0.0/24`, documentation `192.0.2/24`, `198.51.100/24`,
+/// `203.0.113/24` (RFC 5737), benchmarking `198.18/15` (RFC 2544), multicast `224/4`, reserved
+/// `240/4` and broadcast. Refused IPv6: unspecified, loopback, IPv4-compatible `::/96` and
+/// IPv4-mapped `::ffff:0:0/96` unless the IPv4 inside is public, NAT64 `64:ff9b::/96` (RFC
+/// 6052) and `64:ff9b:1::/48` (RFC 8215), discard `100::/64`, Teredo `2001::/32`,
+/// documentation `2001:db8::/32`, 6to4 `2002::/16` (all of these reach IPv4 hosts through a
+/// translator or tunnel, or nowhere), unique-local `fc00::/7`, link-local `fe80::/10`,
+/// site-local `fec0::/10` and multicast `ff00::/8`.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+            !(o[0] == 0
+                || o[0] == 10
+                || o[0] == 127
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 169 && o[1] == 254)
+                || (o[0] == 172 && (o[1] & 0xf0) == 16)
+                || (o[0] == 192 && o[1] == 0 && (o[2] == 0 || o[2] == 2))
+                || (o[0] == 192 && o[1] == 168)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 198 && o[1] == 51 && o[2] == 100)
+                || (o[0] == 203 && o[1] == 0 && o[2] == 113)
+                || o[0] >= 224)
         }
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+            // IPv4-compatible (deprecated, RFC 4291 2.5.5.1): `::a.b.c.d`; `::` and `::1`
+            // are the unspecified and loopback addresses.
+            if seg[..6] == [0; 6] {
+                let v4 = std::net::Ipv4Addr::new(
+                    (seg[6] >> 8) as u8,
+                    seg[6] as u8,
+                    (seg[7] >> 8) as u8,
+                    seg[7] as u8,
+                );
+                return !v6.is_unspecified() && !v6.is_loopback() && is_public(IpAddr::V4(v4));
+            }
+            !((seg[0] == 0x64 && seg[1] == 0xff9b && (seg[2..6] == [0; 4] || seg[2] == 1))
+                || (seg[0] == 0x100 && seg[1..4] == [0; 3])
+                || (seg[0] == 0x2001 && (seg[1] == 0 || seg[1] == 0xdb8))
+                || seg[0] == 0x2002
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] & 0xffc0) == 0xfec0
+                || (seg[0] & 0xff00) == 0xff00)
         }
     }
 }
@@ -353,19 +484,58 @@ mod tests {
         for ip in [
             "127.0.0.1",
             "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
             "192.168.1.1",
             "169.254.169.254",
             "100.64.0.1",
+            "100.127.255.254",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.255.255.250",
+            "192.0.2.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
             "::1",
             "fe80::1",
+            "fec0::1",
             "fd00::1",
+            "ff02::1",
+            "ff0e::1",
             "::ffff:127.0.0.1",
-            "0.0.0.0",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::192.168.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::808:808",
+            "64:ff9b:1::1",
+            "2002:c0a8:101::1",
+            "2002:808:808::1",
+            "2001:0:4136:e378::1",
+            "2001:db8::1",
+            "100::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "2001:4860:4860::8888"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "172.32.0.1",
+            "198.20.0.1",
+            "223.255.255.254",
+            "2001:4860:4860::8888",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "::8.8.8.8",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
+        assert_eq!(truncated("ééé".to_owned(), 3), "é");
     }
 }

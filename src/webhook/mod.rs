@@ -17,7 +17,7 @@ pub const EVENT_COMPLETED: &str = "verification.completed";
 /// The body of the webhook for a completed verification (Standard Webhooks payload shape:
 /// `type`, `timestamp`, `data`), `data` being the same JSON as `GET /v1/verifications/{id}`.
 pub fn payload(v: &Verification) -> String {
-    let view = crate::view::VerificationView::from_record(v, false);
+    let view = crate::view::VerificationView::from_record(v);
     let body = serde_json::json!({
         "type": EVENT_COMPLETED,
         "timestamp": crate::view::rfc3339(v.completed_at.unwrap_or(v.updated_at)),

@@ -77,6 +77,10 @@ url = "sqlite::memory:"
     );
     set(&mut table, "limits", "per_number_per_hour", 0.into());
     set(&mut table, "webhook", "allow_http", true.into());
+    // Most tests read /metrics without a key; the metrics-key tests say otherwise.
+    if !extra.contains("metrics_key") {
+        set(&mut table, "api", "metrics_public", true.into());
+    }
     set(&mut table, "webhook", "allow_private_networks", true.into());
     Config::from_toml(
         &toml::to_string(&table).expect("serializes"),
@@ -99,9 +103,14 @@ pub async fn memory_store() -> Arc<dyn Store> {
     )
 }
 
+/// The store secret key of the tests (fixed, so tests can seal digits the same way).
+pub fn test_key() -> callverify::secrets::StoreKey {
+    callverify::secrets::StoreKey::from_bytes([0x42; 32])
+}
+
 /// State and router over a fresh in-memory store.
 pub async fn api(config: Config) -> (AppState, Router) {
-    let state = AppState::new(config, memory_store().await).expect("state");
+    let state = AppState::new(config, memory_store().await, test_key()).expect("state");
     let router = app(state.clone());
     (state, router)
 }
@@ -339,6 +348,7 @@ pub fn spawn_dialer(
         Arc::clone(&state.metrics),
         state.completions.clone(),
         state.outbox.clone(),
+        state.secrets.digits_key(),
     );
     let stop = CancellationToken::new();
     let handle = tokio::spawn(dialer.run(stop.clone(), Duration::from_secs(5)));

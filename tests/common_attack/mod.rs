@@ -614,15 +614,18 @@ impl Drop for Serve {
 }
 
 /// A serve configuration: API on `api`, SIP on `sip`, RTP ports `rtp..rtp+19`, SIP URIs
-/// allowed, an empty prompt folder (beeps), an in-memory store, `extra` TOML appended.
+/// allowed to 127.0.0.1 without per-number caps (the attack tests call one peer many times),
+/// `/metrics` behind the client's key, an empty prompt folder (beeps), an in-memory store, `extra` TOML appended.
 pub fn serve_config(dir: &Path, api: SocketAddr, sip: SocketAddr, rtp: u16, extra: &str) -> String {
     let prompts = dir.join("prompts");
     std::fs::create_dir_all(&prompts).unwrap();
     format!(
-        "[api]\nlisten = \"{api}\"\n\n[[api.clients]]\nname = \"attack-test\"\nkey = \"{API_KEY}\"\n\n\
+        "[api]\nlisten = \"{api}\"\nmetrics_key = \"{API_KEY}\"\n\n\
+         [[api.clients]]\nname = \"attack-test\"\nkey = \"{API_KEY}\"\n\n\
          [sip]\nlisten = \"{sip}\"\nallow_sip_uris = true\n{extra}\n\n\
          [media]\nrtp_ports = \"{rtp}-{}\"\nprompts = \"{}\"\n\n[store]\nurl = \"sqlite::memory:\"\n\n\
-         [limits]\ncountries = [\"US\"]\n",
+         [limits]\ncountries = [\"US\"]\nsip_uri_hosts = [\"127.0.0.1\"]\n\
+         per_number_per_hour = 0\nper_number_per_day = 0\n",
         rtp + 19,
         prompts.display()
     )

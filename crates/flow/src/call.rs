@@ -34,7 +34,8 @@ use crate::{CallResult, Mode, TimelineEntry, TimelineEvent};
 /// (the reorder window is 60 ms in `media::Session`; a detector needs a few more blocks).
 const HANGUP_FLUSH: Duration = Duration::from_millis(200);
 
-/// What a call reports to the runtime, in order; [`Event::Finished`] is always last.
+/// What a call reports to the runtime, in order; [`Event::Decided`] comes exactly once, before
+/// [`Event::Finished`], which is always last.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// The far end is ringing (first 18x).
@@ -45,6 +46,11 @@ pub enum Event {
     Timeline(TimelineEntry),
     /// A key counted this long after it was released (detector latency, for metrics).
     DetectorLatency(Duration),
+    /// The result is settled (the key, the fraud code, a timeout, a hang-up, a refusal): the
+    /// closing prompts and the BYE that follow never change it. The report's timeline is the
+    /// timeline so far and an outcome entry at the decision ([`Event::Finished`]'s timeline
+    /// has the same prefix, then the closing entries and its outcome entry at the end).
+    Decided(Report),
     /// The call is over.
     Finished(Report),
 }
@@ -98,6 +104,8 @@ pub(crate) struct Core {
     /// Anything at all came back to the INVITE (even 100 Trying).
     heard_back: bool,
     rang: bool,
+    /// [`Event::Decided`] was reported.
+    decided: bool,
     pub(crate) events: VecDeque<Event>,
 }
 
@@ -136,6 +144,7 @@ impl Core {
             method: None,
             heard_back: false,
             rang: false,
+            decided: false,
             events: VecDeque::new(),
         };
         core.log(init.started, TimelineEvent::InviteSent);
@@ -158,7 +167,26 @@ impl Core {
         }
     }
 
+    /// Reports the decision, once: the first result settled is the one the call keeps.
+    fn settle(&mut self, now: Instant, result: CallResult) {
+        if !std::mem::replace(&mut self.decided, true) {
+            let mut timeline = Vec::with_capacity(self.timeline.len() + 1);
+            timeline.extend_from_slice(&self.timeline);
+            timeline.push(TimelineEntry {
+                at_ms: u64::try_from(now.saturating_duration_since(self.started).as_millis())
+                    .unwrap_or(u64::MAX),
+                event: TimelineEvent::Outcome { result },
+            });
+            self.events.push_back(Event::Decided(Report {
+                result,
+                dtmf_method: self.method,
+                timeline,
+            }));
+        }
+    }
+
     fn finish(&mut self, now: Instant, result: CallResult) {
+        self.settle(now, result);
         self.log(now, TimelineEvent::Outcome { result });
         self.events.push_back(Event::Finished(Report {
             result,
@@ -394,7 +422,7 @@ impl<M: Media> Stage<M> {
                 core.heard_back = true;
                 let result = failed(core, now, &failure);
                 match self {
-                    Stage::Dialing(_) | Stage::Ringing(_) => hanging_up(now, result),
+                    Stage::Dialing(_) | Stage::Ringing(_) => hanging_up(core, now, result),
                     other => other,
                 }
             }
@@ -453,9 +481,9 @@ impl<M: Media> Stage<M> {
                 core.log(now, TimelineEvent::ByeReceived);
                 match s {
                     Stage::Extension(_) | Stage::Prompting(_) | Stage::Collecting(_) => {
-                        hanging_up(now, CallResult::HungUp)
+                        hanging_up(core, now, CallResult::HungUp)
                     }
-                    Stage::Closing(c) => hanging_up(now, c.result),
+                    Stage::Closing(c) => hanging_up(core, now, c.result),
                     other => other,
                 }
             }
@@ -602,7 +630,7 @@ impl<M: Media> Stage<M> {
             _ => unreachable!("only Prompting and Collecting reach here (matched above)"),
         };
         match entry.push(c, &core.expect) {
-            Some(result) => decide(now, live, result),
+            Some(result) => decide(core, now, live, result),
             None => Stage::Collecting(Collecting {
                 live,
                 entry,
@@ -644,15 +672,15 @@ impl<M: Media> Stage<M> {
             }
             Stage::Extension(e) if expired => {
                 core.log(now, timeout("challenge"));
-                decide(now, e.live, CallResult::Expired)
+                decide(core, now, e.live, CallResult::Expired)
             }
             Stage::Prompting(p) if expired => {
                 core.log(now, timeout("challenge"));
-                decide(now, p.live, CallResult::Expired)
+                decide(core, now, p.live, CallResult::Expired)
             }
             Stage::Collecting(c) if expired => {
                 core.log(now, timeout("challenge"));
-                decide(now, c.live, CallResult::Expired)
+                decide(core, now, c.live, CallResult::Expired)
             }
             Stage::Collecting(mut c) if now >= c.deadline => {
                 if c.entry.is_empty() && c.replays_left > 0 {
@@ -673,7 +701,7 @@ impl<M: Media> Stage<M> {
                     };
                     core.log(now, timeout(timer));
                     let result = c.entry.abandoned();
-                    decide(now, c.live, result)
+                    decide(core, now, c.live, result)
                 }
             }
             Stage::Closing(c) if now >= c.until => hang_up(core, cx, now, c.result),
@@ -709,7 +737,8 @@ fn timeout(timer: &str) -> TimelineEvent {
     }
 }
 
-fn hanging_up<M>(now: Instant, result: CallResult) -> Stage<M> {
+fn hanging_up<M>(core: &mut Core, now: Instant, result: CallResult) -> Stage<M> {
+    core.settle(now, result);
     Stage::HangingUp(HangingUp {
         result,
         until: now + HANGUP_WAIT,
@@ -720,9 +749,10 @@ fn hanging_up<M>(now: Instant, result: CallResult) -> Stage<M> {
 fn cancel<M, F>(core: &mut Core, cx: &mut Cx<'_, F>, now: Instant, result: CallResult) -> Stage<M> {
     // The handle is ours and the call is not over: hangup cannot fail here; if it did, the
     // call is already gone on the SIP side and the wait below simply runs out.
+    core.settle(now, result);
     let _ = cx.ua.hangup(now, core.sip);
     core.log(now, TimelineEvent::CancelSent);
-    hanging_up(now, result)
+    hanging_up(core, now, result)
 }
 
 /// After answer: BYE now, no closing prompt.
@@ -732,9 +762,10 @@ fn hang_up<M, F>(
     now: Instant,
     result: CallResult,
 ) -> Stage<M> {
+    core.settle(now, result);
     let _ = cx.ua.hangup(now, core.sip);
     core.log(now, TimelineEvent::ByeSent);
-    hanging_up(now, result)
+    hanging_up(core, now, result)
 }
 
 /// The closing prompts of a decision taken while the callee is on the line.
@@ -750,7 +781,13 @@ fn closing_prompts(result: CallResult) -> &'static [PromptKind] {
 }
 
 /// Decided while the callee is on the line: play the closing prompts, then BYE.
-fn decide<M: Media>(now: Instant, mut live: Live<M>, result: CallResult) -> Stage<M> {
+fn decide<M: Media>(
+    core: &mut Core,
+    now: Instant,
+    mut live: Live<M>,
+    result: CallResult,
+) -> Stage<M> {
+    core.settle(now, result);
     let prompts = closing_prompts(result);
     live.media.play(now, prompts);
     let prompt = prompts[prompts.len() - 1];

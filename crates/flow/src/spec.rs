@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sip::auth::Credentials;
-use sip::redact::Secret;
 use sip::{Transport, Uri};
 
 use crate::Mode;
+use crate::keys::SealedDigits;
 
 /// DESIGN.md step 5: ring timeout, then CANCEL (`no_answer`).
 pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,8 +92,9 @@ pub struct CallSpec {
     pub credentials: Option<Credentials>,
     /// What the callee must key in.
     pub mode: Mode,
-    /// PIN (pin mode) or challenge digits (challenge mode), without the final `#`.
-    pub expected_digits: Option<Secret>,
+    /// PIN (pin mode) or challenge digits (challenge mode), without the final `#`, sealed
+    /// (never in clear: see [`crate::keys`]).
+    pub expected_digits: Option<SealedDigits>,
     /// Digits, `*`, `#` and `,` (one second pause) sent after answer.
     pub extension: Option<String>,
     /// Prompt language.
@@ -111,8 +112,8 @@ pub enum SpecError {
     /// Pin or challenge mode without digits to expect.
     #[error("{0:?} mode needs the expected digits")]
     MissingDigits(Mode),
-    /// Expected digits must be 0-9 only.
-    #[error("the expected digits must be 0-9 only")]
+    /// Expected digits must be 0-9 only, at least one.
+    #[error("the expected digits must be 0-9 only, at least one")]
     InvalidDigits,
     /// The extension has a character other than `0-9 * # A-D ,`.
     #[error("the extension may only hold 0-9, *, #, A-D and `,` (pause)")]
@@ -127,22 +128,16 @@ pub enum SpecError {
 }
 
 impl CallSpec {
-    /// Checks what the flow relies on; returns the digits that confirm (before `#`).
-    pub(crate) fn validate(&self) -> Result<String, SpecError> {
+    /// Checks what the flow relies on; returns the sealed digits that confirm (before `#`),
+    /// `None` in standard mode.
+    pub(crate) fn validate(&self) -> Result<Option<SealedDigits>, SpecError> {
         let digits = match self.mode {
-            Mode::Standard => String::new(),
-            Mode::Pin | Mode::Challenge => {
-                let d = self
-                    .expected_digits
-                    .as_ref()
-                    .map(|s| s.expose().to_string())
-                    .filter(|d| !d.is_empty())
-                    .ok_or(SpecError::MissingDigits(self.mode))?;
-                if !d.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(SpecError::InvalidDigits);
-                }
-                d
-            }
+            Mode::Standard => None,
+            Mode::Pin | Mode::Challenge => Some(
+                self.expected_digits
+                    .clone()
+                    .ok_or(SpecError::MissingDigits(self.mode))?,
+            ),
         };
         if let Some(ext) = &self.extension
             && !ext

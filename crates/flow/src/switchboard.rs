@@ -123,8 +123,7 @@ impl<F: MediaFactory> Switchboard<F> {
 
     /// Places a call: the INVITE goes out at once.
     pub fn place(&mut self, now: Instant, spec: CallSpec) -> Result<CallId, SpecError> {
-        let digits = spec.validate()?;
-        let expect = Expect::new(&digits, &spec.rules.fraud_code);
+        let expect = Expect::new(spec.validate()?, &spec.rules.fraud_code);
         // Keys go into the offer only over TLS (SDES over clear SIP protects nothing);
         // `require` without TLS never gets here (`validate`).
         let srtp = spec

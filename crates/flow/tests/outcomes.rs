@@ -514,3 +514,81 @@ fn challenge_without_credentials_is_rejected_with_the_reason() {
         TimelineEvent::AuthFailed { code: 407, .. }
     )));
 }
+
+/// The verdict at the key (issue 9 item 3): the decision is reported the moment the flow
+/// takes it, once, before the closing prompts and the BYE, which never change it.
+#[test]
+fn the_decision_is_reported_at_the_key_before_the_closing_prompts() {
+    for (mode, digits, keys, result) in [
+        (Mode::Standard, None, "#", CallResult::Confirmed),
+        (Mode::Standard, None, "0#", CallResult::FraudReported),
+        (Mode::Pin, Some("2468"), "2468#", CallResult::Confirmed),
+        (Mode::Pin, Some("2468"), "2469#", CallResult::WrongDigits),
+    ] {
+        let mut sim = Sim::new(answering());
+        for (i, k) in keys.chars().enumerate() {
+            sim.key(3_500 + 300 * i as u64, k, DtmfMethod::Inband);
+        }
+        sim.place(spec(mode, digits, Rules::default()));
+        let r = sim.run(LIMIT);
+        assert_result(&r, result);
+        let decided: Vec<&(Duration, Event)> = sim
+            .events
+            .iter()
+            .filter(|e| matches!(e.1, Event::Decided(_)))
+            .collect();
+        assert_eq!(decided.len(), 1, "{keys}: {:#?}", sim.events);
+        let (at, Event::Decided(d)) = decided[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            (d.result, d.dtmf_method),
+            (r.result, r.dtmf_method),
+            "{keys}"
+        );
+        // At the last key: the timeline so far ends with it, no closing prompt, no BYE yet.
+        let last_key = Duration::from_millis(3_500 + 300 * (keys.len() as u64 - 1));
+        assert!(
+            *at >= last_key && *at < last_key + Duration::from_millis(100),
+            "{keys}: decided at {at:?}"
+        );
+        let (outcome, before) = d.timeline.split_last().unwrap();
+        assert_eq!(outcome.event, TimelineEvent::Outcome { result });
+        assert_eq!(outcome.at_ms, at.as_millis() as u64, "{keys}");
+        assert!(matches!(
+            before.last().map(|e| &e.event),
+            Some(TimelineEvent::Digit { .. })
+        ));
+        assert!(r.timeline.starts_with(before), "{keys}");
+        let finished = sim
+            .events
+            .iter()
+            .position(|e| matches!(e.1, Event::Finished(_)))
+            .unwrap();
+        let decided_pos = sim
+            .events
+            .iter()
+            .position(|e| matches!(e.1, Event::Decided(_)))
+            .unwrap();
+        assert!(decided_pos < finished);
+        assert!(has(&r, |e| matches!(e, TimelineEvent::ByeSent)));
+        assert!(has(
+            &r,
+            |e| matches!(e, TimelineEvent::PromptStarted { prompt } if prompt != "greeting" && prompt != "pin")
+        ));
+    }
+    // Decided before answer too: a busy phone, and the ring timeout's CANCEL.
+    let mut sim = Sim::new(Phone::Reject {
+        status: 486,
+        after: Duration::from_secs(1),
+    });
+    sim.place(spec(Mode::Standard, None, Rules::default()));
+    let r = sim.run(LIMIT);
+    assert_result(&r, CallResult::Busy);
+    let decided = sim
+        .events
+        .iter()
+        .filter(|e| matches!(&e.1, Event::Decided(d) if d.result == CallResult::Busy))
+        .count();
+    assert_eq!(decided, 1);
+}
