@@ -31,6 +31,10 @@ const QUEUE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const HANGUP_SETTLE: Duration = Duration::from_secs(5);
 /// Pause after a store error before claiming again.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// Retries of an outcome the store could not take (database unreachable): first pause,
+/// doubled up to the cap, until it is stored or the service shuts down.
+const OUTCOME_RETRY_MIN: Duration = Duration::from_millis(250);
+const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Shared between the dialer and the API: wake-ups and the hang-up handles of live calls.
 #[derive(Clone, Debug, Default)]
@@ -65,6 +69,19 @@ impl DialerHandle {
     /// Calls this process is placing now.
     pub fn live_calls(&self) -> usize {
         self.live().len()
+    }
+
+    /// The call of `id` runs in this process (or was asked to hang up before it started).
+    pub fn is_live(&self, id: &VerificationId) -> bool {
+        self.live().contains_key(id)
+    }
+
+    /// Hangs up every call of this process without shutting down (their outcomes were
+    /// already recorded elsewhere: this instance had been declared dead).
+    pub fn hang_up_live(&self) {
+        for token in self.live().values() {
+            token.cancel();
+        }
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<VerificationId, CancellationToken>> {
@@ -257,7 +274,7 @@ impl Dialer {
             });
         }
         let (result, method) = (completion.result, completion.dtmf_method);
-        match self.store.complete(&id, completion, now_ms()).await {
+        match self.store_outcome(&id, completion).await {
             Ok(Some(_)) => {
                 self.metrics.completed(result, method);
                 tracing::info!(%id, %result, "call completed");
@@ -269,6 +286,27 @@ impl Dialer {
         self.metrics.call_ended();
         self.completions.announce(&id);
         self.outbox.wake();
+    }
+
+    /// Persists an outcome; while the store is unreachable (a database restart) it retries,
+    /// so the outcome is not lost, until it is stored or the service shuts down (then the next
+    /// start, or a surviving instance, completes the call as `failed`).
+    async fn store_outcome(
+        &self,
+        id: &VerificationId,
+        completion: Completion,
+    ) -> Result<Option<Verification>, crate::store::StoreError> {
+        let mut pause = OUTCOME_RETRY_MIN;
+        loop {
+            match self.store.complete(id, completion.clone(), now_ms()).await {
+                Err(e) if e.is_unavailable() && !self.handle.shutting_down() => {
+                    tracing::warn!(%id, error = %e, retry_in_ms = pause.as_millis() as u64, "store unreachable: outcome kept for a retry");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(OUTCOME_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn on_progress(
