@@ -30,7 +30,10 @@ fn the_systemd_unit_verifies_clean() {
     let path = dir.path().join("callverify@a.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/callverify", env!("CARGO_BIN_EXE_callverify")),
+        unit.replace(
+            "/usr/local/bin/callverify",
+            env!("CARGO_BIN_EXE_callverify"),
+        ),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
@@ -64,13 +67,20 @@ fn the_two_instance_example_loads_with_secrets_from_the_environment() {
     for name in ["instance-a.toml", "instance-b.toml"] {
         let path = deploy().join(name);
         let text = std::fs::read_to_string(&path).unwrap();
-        let config = Config::from_toml(&text, &path, env.clone())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let config =
+            Config::from_toml(&text, &path, env.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let StoreBackend::Postgres(pg) = config.store.backend().unwrap() else {
             panic!("{name} does not use PostgreSQL")
         };
-        assert_eq!(pg.get_password(), Some(&b"change-me"[..]), "{name}: from the env");
-        assert!(!format!("{config:?}").contains("change-me"), "{name}: secrets print");
+        assert_eq!(
+            pg.get_password(),
+            Some(&b"change-me"[..]),
+            "{name}: from the env"
+        );
+        assert!(
+            !format!("{config:?}").contains("change-me"),
+            "{name}: secrets print"
+        );
         listens.push((config.api.listen, config.sip.listen, config.media.rtp_ports));
     }
     assert_ne!(listens[0].0, listens[1].0, "own API addresses");
