@@ -126,13 +126,16 @@ impl Pg {
             data = dir.join("data").display(),
             dir = dir.display(),
         );
-        Command::new("setsid")
-            .args(["sh", "-c", &watchdog])
+        // `setsid -f` forks the watchdog into its own session and returns at once: it
+        // outlives this process by design.
+        let started = Command::new("setsid")
+            .args(["-f", "sh", "-c", &watchdog])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("watchdog");
+        assert!(started.success(), "cannot start the PostgreSQL watchdog");
         let mut pg = Pg {
             dir,
             bin,
