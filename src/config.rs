@@ -74,6 +74,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub webhook: WebhookConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[api]`: the HTTP API and its clients.
@@ -285,19 +286,50 @@ impl Default for CallConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH`, `sqlite::memory:`; `postgres://…` is reserved for later.
-    pub url: String,
+    /// `sqlite://PATH`, `sqlite::memory:`, or `postgres://user:pass@host[:port]/db` for several
+    /// instances on one database. A secret (it may hold the password): never printed; give it
+    /// as `CALLVERIFY_STORE__URL`.
+    pub url: Secret,
     /// The key that seals PINs, challenge digits and request fingerprints (64 hex digits, 32
     /// bytes), never stored in the database. Unset with a SQLite file: kept in `PATH.key`
     /// (created with mode 0600 on first start); with `sqlite::memory:`: random per process.
     pub secret_key: Option<Secret>,
+    /// PostgreSQL: connections in this instance's pool.
+    pub pool_size: usize,
+    /// PostgreSQL: longest wait for a connection (connect, or a free one from the pool), in
+    /// seconds; past it the API answers 503.
+    pub timeout_secs: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            url: "sqlite://callverify.db".to_owned(),
+            url: Secret::new("sqlite://callverify.db"),
             secret_key: None,
+            pool_size: 16,
+            timeout_secs: 5,
+        }
+    }
+}
+
+/// `[cluster]`: several instances on one PostgreSQL database (DESIGN.md "Storage and scale").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// How often an instance records that it is alive, in seconds.
+    pub heartbeat_secs: u64,
+    /// An instance silent this long is dead: a survivor fails its calls in progress
+    /// (`instance_lost`) and releases its webhook leases, in seconds.
+    pub dead_after_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        // Death is noticed within dead_after + heartbeat = 25 s (the 30 s promised in
+        // DESIGN.md "Storage and scale"), and 4 missed beats are needed to be declared dead.
+        ClusterConfig {
+            heartbeat_secs: 5,
+            dead_after_secs: 20,
         }
     }
 }
@@ -659,6 +691,14 @@ impl Config {
         if let Some(key) = &self.store.secret_key {
             crate::secrets::StoreKey::parse_hex(key.expose())
                 .map_err(|reason| invalid("store.secret_key", reason))?;
+        } else if matches!(self.store.backend(), Ok(StoreBackend::Postgres(_))) {
+            // Instances on one database must seal with one key: a PIN sealed by the instance
+            // that took the request is checked by whichever instance claims the call.
+            return Err(invalid(
+                "store.secret_key",
+                "is required with a postgres:// store (every instance must hold the same key; \
+                 `openssl rand -hex 32`, given as CALLVERIFY_STORE__SECRET_KEY)",
+            ));
         }
         for (i, kind) in self.limits.refused_number_types.iter().enumerate() {
             if !NUMBER_TYPES.contains(&kind.as_str()) {
@@ -724,6 +764,21 @@ impl Config {
             }
             _ => {}
         }
+        if self.store.pool_size == 0 {
+            return Err(invalid("store.pool_size", "must be at least 1"));
+        }
+        if self.store.timeout_secs == 0 {
+            return Err(invalid("store.timeout_secs", "must be at least 1"));
+        }
+        if self.cluster.heartbeat_secs == 0 {
+            return Err(invalid("cluster.heartbeat_secs", "must be at least 1"));
+        }
+        if self.cluster.dead_after_secs < 2 * self.cluster.heartbeat_secs {
+            return Err(invalid(
+                "cluster.dead_after_secs",
+                "must be at least twice cluster.heartbeat_secs (one late beat is not a death)",
+            ));
+        }
         Ok(())
     }
 }
@@ -776,12 +831,15 @@ pub enum StoreBackend {
     SqliteFile(PathBuf),
     /// A private in-memory SQLite database (tests, demo): nothing survives the process.
     SqliteMemory,
+    /// A PostgreSQL database that several instances may share (the parsed URL holds the
+    /// password: its `Debug` prints it redacted).
+    Postgres(Box<tokio_postgres::Config>),
 }
 
 impl StoreConfig {
-    /// Parses `url` into a backend.
+    /// Parses `url` into a backend. Error messages never repeat the URL (it is a secret).
     pub fn backend(&self) -> Result<StoreBackend, String> {
-        let url = self.url.as_str();
+        let url = self.url.expose();
         if url == "sqlite::memory:" || url == "sqlite://:memory:" {
             return Ok(StoreBackend::SqliteMemory);
         }
@@ -792,10 +850,42 @@ impl StoreConfig {
             return Ok(StoreBackend::SqliteFile(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err("PostgreSQL is not implemented yet; use sqlite://PATH".to_owned());
+            let config: tokio_postgres::Config = url
+                .parse()
+                .map_err(|e| format!("not a PostgreSQL URL: {}", error_text(&e)))?;
+            if config.get_user().is_none_or(str::is_empty) {
+                return Err(
+                    "the PostgreSQL URL needs a user (`postgres://USER@host/db`)".to_owned(),
+                );
+            }
+            if config.get_hosts().is_empty() {
+                return Err(
+                    "the PostgreSQL URL needs a host (`postgres://user@HOST/db`)".to_owned(),
+                );
+            }
+            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                return Err(
+                    "sslmode=require: TLS to PostgreSQL is not supported; reach the database \
+                     over a private network or a local socket"
+                        .to_owned(),
+                );
+            }
+            return Ok(StoreBackend::Postgres(Box::new(config)));
         }
-        Err("must start with `sqlite://` (or be `sqlite::memory:`)".to_owned())
+        Err("must start with `sqlite://` or `postgres://` (or be `sqlite::memory:`)".to_owned())
     }
+}
+
+/// An error with its causes, for messages that must not quote the input.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The key of a Standard Webhooks secret (`whsec_` + base64 of the key bytes).
@@ -1067,8 +1157,41 @@ callback_hosts = ["auth.example.com"]
             e.to_string().contains("api.clients[0].webhook_secret"),
             "{e}"
         );
-        let e = load("[store]\nurl = \"postgres://x\"\n", &[]).unwrap_err();
+        let e = load("[store]\nurl = \"mysql://x\"\n", &[]).unwrap_err();
         assert!(e.to_string().contains("store.url"), "{e}");
+        let e = load("[store]\nurl = \"postgres://127.0.0.1/cv\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("needs a user"), "{e}");
+        let e = load("[cluster]\nheartbeat_secs = 5\ndead_after_secs = 6\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("cluster.dead_after_secs"), "{e}");
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres_and_never_prints() {
+        let url = "postgres://cv:s3cret-pw@db.internal:5433/callverify";
+        let config = load("", &[("CALLVERIFY_STORE__URL", url)]).unwrap();
+        let StoreBackend::Postgres(pg) = config.store.backend().unwrap() else {
+            panic!("not postgres")
+        };
+        assert_eq!(pg.get_user(), Some("cv"));
+        assert_eq!(pg.get_dbname(), Some("callverify"));
+        assert_eq!(pg.get_ports(), &[5433]);
+        for text in [
+            format!("{config:?}"),
+            format!("{pg:?}"),
+            toml::to_string(&config).unwrap(),
+        ] {
+            assert!(!text.contains("s3cret-pw"), "{text}");
+        }
+        let e = load(
+            "",
+            &[(
+                "CALLVERIFY_STORE__URL",
+                "postgres://cv:s3cret-pw@h/db?bogus=1",
+            )],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("store.url"), "{e}");
+        assert!(!e.to_string().contains("s3cret-pw"), "{e}");
     }
 
     #[test]

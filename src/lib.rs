@@ -5,6 +5,7 @@ pub mod api;
 pub mod audio;
 pub mod call;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dialer;

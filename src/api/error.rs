@@ -64,7 +64,19 @@ pub enum AppError {
     Unavailable(#[source] StoreError),
     /// 500: a bug or a broken store; logged, not shown.
     #[error("internal error")]
-    Internal(#[from] StoreError),
+    Internal(#[source] StoreError),
+}
+
+impl From<StoreError> for AppError {
+    /// An unreachable database (down, restarting) is 503, so clients retry; anything else
+    /// from the store is a 500.
+    fn from(e: StoreError) -> AppError {
+        if e.is_unavailable() {
+            AppError::Unavailable(e)
+        } else {
+            AppError::Internal(e)
+        }
+    }
 }
 
 impl AppError {

@@ -483,18 +483,32 @@ async fn cancel_verification(
         }),
         Dequeued::NotQueued(v) => {
             tracing::info!(%id, "hang-up requested");
-            state.dialer.hang_up(&id);
+            match state.store.shared() {
+                // Several instances: the call may run on another one; the instance that
+                // claimed it hears the request and hangs up.
+                Some(shared) if !state.dialer.is_live(&id) => {
+                    if !shared.request_hang_up(&id).await? {
+                        tracing::info!(%id, "no live call to hang up (it just ended)");
+                    }
+                }
+                _ => state.dialer.hang_up(&id),
+            }
             Ok(view_response(StatusCode::ACCEPTED, &v, None))
         }
     }
 }
 
-/// Liveness: 200 when the store answers.
+/// Health: 200 when the store answers (`{"status":"ok","store":"reachable"}`, with this
+/// instance's id on a shared store), 503 when it does not.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Up"), (status = 503, description = "Store unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "Up: the store is reachable"), (status = 503, description = "Store unreachable", body = ErrorBody)))]
 async fn healthz(State(state): State<AppState>) -> Result<Response, AppError> {
     state.store.ping().await.map_err(AppError::Unavailable)?;
-    Ok(Json(serde_json::json!({"status": "ok"})).into_response())
+    let mut body = serde_json::json!({"status": "ok", "store": "reachable"});
+    if let Some(shared) = state.store.shared() {
+        body["instance"] = shared.instance().as_str().into();
+    }
+    Ok(Json(body).into_response())
 }
 
 /// Prometheus metrics (text format 0.0.4): `Authorization: Bearer <api.metrics_key>`, unless

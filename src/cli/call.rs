@@ -340,6 +340,7 @@ fn describe(entry: &TimelineEntry) -> Option<String> {
         E::ByeSent => "hanging up (BYE)".into(),
         E::ByeReceived => "the callee hung up".into(),
         E::Outcome { result } => format!("outcome: {result}"),
+        E::InstanceLost => "the instance running the call was lost".into(),
     })
 }
 

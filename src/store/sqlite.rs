@@ -818,6 +818,10 @@ impl Store for SqliteStore {
                     .map_or(0, |start| u64::try_from(now - start).unwrap_or(0));
                 timeline.push(TimelineEntry {
                     at_ms,
+                    event: TimelineEvent::InstanceLost,
+                });
+                timeline.push(TimelineEntry {
+                    at_ms,
                     event: TimelineEvent::Outcome {
                         result: CallResult::Failed,
                     },

@@ -79,4 +79,7 @@ pub enum TimelineEvent {
     },
     /// A call timer fired: `ring`, `response`, `inter_digit`, `challenge`.
     Timeout { timer: String },
+    /// The process running the call died (crash, kill, lost host) before the call ended; the
+    /// verification was completed as `failed` by a restart or a surviving instance.
+    InstanceLost,
 }
