@@ -12,10 +12,13 @@ use async_trait::async_trait;
 
 mod notify;
 mod sqlite;
+mod sqlite_users;
+mod users;
 
 pub use crate::model::*;
 pub use notify::Completions;
 pub use sqlite::SqliteStore;
+pub use users::{Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, Switched};
 
 use crate::config::{StoreBackend, StoreConfig};
 
@@ -118,6 +121,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness check for `/healthz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The sign-in directory (users, methods, verifications by user) of this backend, when it
+    /// has one yet.
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        None
+    }
 }
 
 /// Opens the store that `store.url` names.

@@ -10,13 +10,14 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::*;
 use crate::config::Secret;
+use crate::user::{MethodId, MethodKind, MethodRef, UserId};
 
 /// How long a writer waits for the file lock before failing, in milliseconds.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
 /// Append only: a released migration never changes.
-const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE verifications (
     id              TEXT PRIMARY KEY,
     client          TEXT NOT NULL,
@@ -77,17 +78,106 @@ CREATE TABLE webhook_attempts (
     duration_ms INTEGER NOT NULL,
     PRIMARY KEY (message_id, number)
 );
+"#,
+// Sign-in methods (issue 11): users, their methods, hosted prompts, and verifications by user.
+// SQLite cannot change a CHECK constraint in place, so `verifications` is rebuilt (the SQLite
+// "12-step" procedure; `migrate` turns foreign keys off around it and checks them before
+// committing) to allow the `awaiting_user` status and no destination (an app-code attempt);
+// the new columns are nullable. PostgreSQL: ALTER the status CHECK, DROP NOT NULL on
+// destination, ADD the four columns.
+r#"
+CREATE TABLE verifications_next (
+    id              TEXT PRIMARY KEY,
+    client          TEXT NOT NULL,
+    destination     TEXT,
+    extension       TEXT,
+    mode            TEXT NOT NULL,
+    expected_digits TEXT,
+    language        TEXT NOT NULL,
+    callback_url    TEXT,
+    metadata        TEXT,
+    status          TEXT NOT NULL
+        CHECK (status IN ('queued', 'calling', 'ringing', 'in_call', 'completed',
+                          'awaiting_user')),
+    result          TEXT,
+    dtmf_method     TEXT,
+    timeline        TEXT NOT NULL DEFAULT '[]',
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    call_started_at INTEGER,
+    completed_at    INTEGER,
+    user_id         TEXT,
+    method_id       TEXT,
+    method_type     TEXT,
+    attempts        TEXT
+);
+INSERT INTO verifications_next
+    (id, client, destination, extension, mode, expected_digits, language, callback_url,
+     metadata, status, result, dtmf_method, timeline, created_at, updated_at,
+     call_started_at, completed_at)
+SELECT id, client, destination, extension, mode, expected_digits, language, callback_url,
+     metadata, status, result, dtmf_method, timeline, created_at, updated_at,
+     call_started_at, completed_at
+FROM verifications;
+DROP TABLE verifications;
+ALTER TABLE verifications_next RENAME TO verifications;
+CREATE INDEX verifications_queued ON verifications (created_at) WHERE status = 'queued';
+CREATE UNIQUE INDEX verifications_one_live_call ON verifications (destination)
+    WHERE status IN ('calling', 'ringing', 'in_call');
+CREATE INDEX verifications_open ON verifications (client, destination)
+    WHERE status <> 'completed';
+CREATE INDEX verifications_awaiting ON verifications (created_at)
+    WHERE status = 'awaiting_user';
+
+CREATE TABLE users (
+    id           TEXT PRIMARY KEY,
+    client       TEXT NOT NULL,
+    external_id  TEXT NOT NULL,
+    display_name TEXT,
+    created_at   INTEGER NOT NULL,
+    UNIQUE (client, external_id)
+);
+
+CREATE TABLE methods (
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    kind           TEXT NOT NULL CHECK (kind IN ('phone', 'app_code')),
+    status         TEXT NOT NULL CHECK (status IN ('pending', 'active')),
+    label          TEXT,
+    position       INTEGER NOT NULL,
+    destination    TEXT,
+    extension      TEXT,
+    secret         BLOB,
+    last_code_step INTEGER,
+    failed_codes   INTEGER NOT NULL DEFAULT 0,
+    locked_until   INTEGER,
+    created_at     INTEGER NOT NULL,
+    confirmed_at   INTEGER
+);
+CREATE INDEX methods_of_user ON methods (user_id, position);
+
+CREATE TABLE signin_prompts (
+    verification_id    TEXT PRIMARY KEY REFERENCES verifications (id),
+    client             TEXT NOT NULL,
+    return_url         TEXT NOT NULL,
+    token_hash         BLOB NOT NULL UNIQUE,
+    token_expires_at   INTEGER NOT NULL,
+    token_used_at      INTEGER,
+    session_hash       BLOB UNIQUE,
+    csrf_hash          BLOB,
+    session_expires_at INTEGER
+);
 "#];
 
-const COLUMNS: &str = "id, client, destination, extension, mode, expected_digits, language, \
-    callback_url, metadata, status, result, dtmf_method, timeline, created_at, updated_at, \
-    call_started_at, completed_at";
+pub(super) const COLUMNS: &str = "id, client, destination, extension, mode, expected_digits, \
+    language, callback_url, metadata, status, result, dtmf_method, timeline, created_at, \
+    updated_at, call_started_at, completed_at, user_id, method_id, method_type, attempts";
 
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    payload: PayloadFn,
+    pub(super) payload: PayloadFn,
 }
 
 impl SqliteStore {
@@ -134,7 +224,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` with the connection on the blocking pool.
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -153,13 +243,35 @@ impl SqliteStore {
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let applied = usize::try_from(applied).unwrap_or(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
-        tx.commit()?;
+    if applied >= MIGRATIONS.len() {
+        return Ok(());
     }
-    Ok(())
+    // A migration may rebuild a table that others reference (SQLite's "12-step" ALTER):
+    // foreign keys are off while it runs (the pragma is a no-op inside a transaction) and
+    // checked before each commit.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = (|| {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            let violations: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM pragma_foreign_key_check",
+                [],
+                |r| r.get(0),
+            )?;
+            if violations > 0 {
+                return Err(corrupt(
+                    "schema",
+                    format!("migration {} leaves {violations} foreign key violations", i + 1),
+                ));
+            }
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    result
 }
 
 fn mode_str(mode: Mode) -> &'static str {
@@ -176,7 +288,7 @@ fn mode_parse(s: &str) -> Option<Mode> {
         .find(|m| mode_str(*m) == s)
 }
 
-fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         what,
         detail: detail.to_string(),
@@ -187,7 +299,7 @@ fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
 struct RawRow {
     id: String,
     client: String,
-    destination: String,
+    destination: Option<String>,
     extension: Option<String>,
     mode: String,
     expected_digits: Option<String>,
@@ -202,6 +314,10 @@ struct RawRow {
     updated_at: i64,
     call_started_at: Option<i64>,
     completed_at: Option<i64>,
+    user_id: Option<String>,
+    method_id: Option<String>,
+    method_type: Option<String>,
+    attempts: Option<String>,
 }
 
 fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
@@ -223,6 +339,10 @@ fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         updated_at: row.get(14)?,
         call_started_at: row.get(15)?,
         completed_at: row.get(16)?,
+        user_id: row.get(17)?,
+        method_id: row.get(18)?,
+        method_type: row.get(19)?,
+        attempts: row.get(20)?,
     })
 }
 
@@ -232,7 +352,22 @@ impl TryFrom<RawRow> for Verification {
     fn try_from(r: RawRow) -> Result<Verification, StoreError> {
         Ok(Verification {
             id: VerificationId::parse(&r.id).ok_or_else(|| corrupt("id", &r.id))?,
-            destination: Destination::from_stored(&r.destination),
+            destination: r.destination.as_deref().map(Destination::from_stored),
+            user_id: match r.user_id {
+                Some(s) => Some(UserId::parse(&s).ok_or_else(|| corrupt("user_id", &s))?),
+                None => None,
+            },
+            method: match (r.method_id, r.method_type) {
+                (Some(id), Some(kind)) => Some(MethodRef {
+                    id: MethodId::parse(&id).ok_or_else(|| corrupt("method_id", &id))?,
+                    kind: MethodKind::parse(&kind).ok_or_else(|| corrupt("method_type", &kind))?,
+                }),
+                _ => None,
+            },
+            attempts: match r.attempts {
+                Some(s) => serde_json::from_str(&s).map_err(|e| corrupt("attempts", e))?,
+                None => Vec::new(),
+            },
             mode: mode_parse(&r.mode).ok_or_else(|| corrupt("mode", &r.mode))?,
             status: Status::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?,
             result: match r.result {
@@ -261,7 +396,7 @@ impl TryFrom<RawRow> for Verification {
     }
 }
 
-fn fetch(conn: &Connection, id: &str) -> Result<Option<Verification>, StoreError> {
+pub(super) fn fetch(conn: &Connection, id: &str) -> Result<Option<Verification>, StoreError> {
     let raw = conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"),
@@ -272,13 +407,15 @@ fn fetch(conn: &Connection, id: &str) -> Result<Option<Verification>, StoreError
     raw.map(Verification::try_from).transpose()
 }
 
-fn timeline_json(timeline: &[TimelineEntry]) -> Result<String, StoreError> {
+pub(super) fn timeline_json(timeline: &[TimelineEntry]) -> Result<String, StoreError> {
     serde_json::to_string(timeline).map_err(|e| corrupt("timeline", e))
 }
 
 /// Completes `id` (if not completed yet) and queues its webhook, inside the caller's
-/// transaction.
-fn complete_in(
+/// transaction. Only a verification that is queued or in a call completes here: one waiting
+/// for its user on another method (`awaiting_user`: the user switched away from the call)
+/// is not completed by that call's late report.
+pub(super) fn complete_in(
     tx: &rusqlite::Transaction<'_>,
     payload: PayloadFn,
     id: &str,
@@ -288,7 +425,7 @@ fn complete_in(
     let changed = tx.execute(
         "UPDATE verifications SET status = 'completed', result = ?2, dtmf_method = ?3, \
          timeline = ?4, completed_at = ?5, updated_at = ?5, expected_digits = NULL \
-         WHERE id = ?1 AND status <> 'completed'",
+         WHERE id = ?1 AND status IN ('queued', 'calling', 'ringing', 'in_call')",
         params![
             id,
             completion.result.as_str(),
@@ -301,16 +438,28 @@ fn complete_in(
         return Ok(None);
     }
     let v = fetch(tx, id)?.ok_or_else(|| corrupt("verification", "vanished in transaction"))?;
+    enqueue_webhook(tx, payload, &v, now)?;
+    Ok(Some(v))
+}
+
+/// Queues the webhook of the completed `v` (when it has a callback), inside the caller's
+/// transaction.
+pub(super) fn enqueue_webhook(
+    tx: &rusqlite::Transaction<'_>,
+    payload: PayloadFn,
+    v: &Verification,
+    now: UnixMs,
+) -> Result<(), StoreError> {
     if let Some(url) = &v.callback_url {
         let message_id = format!("msg_{}", hex::encode(rand::random::<[u8; 16]>()));
         tx.execute(
             "INSERT INTO webhook_outbox \
              (id, verification_id, client, url, payload, state, created_at, next_attempt_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
-            params![message_id, id, v.client, url, payload(&v), now],
+            params![message_id, v.id.as_str(), v.client, url, payload(v), now],
         )?;
     }
-    Ok(Some(v))
+    Ok(())
 }
 
 #[async_trait]
@@ -391,7 +540,7 @@ impl Store for SqliteStore {
                 &format!(
                     "INSERT INTO verifications ({COLUMNS}) VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', NULL, NULL, '[]', ?10, ?10, \
-                     NULL, NULL)"
+                     NULL, NULL, NULL, NULL, NULL, NULL)"
                 ),
                 params![
                     new.id.as_str(),
@@ -729,5 +878,9 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        Some(Arc::new(self.clone()))
     }
 }
