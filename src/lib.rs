@@ -14,6 +14,7 @@ pub mod model;
 pub mod runtime;
 pub mod seal;
 pub mod service;
+pub mod signin;
 pub mod signed_result;
 pub mod store;
 pub mod user;

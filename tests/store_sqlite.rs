@@ -316,5 +316,5 @@ async fn a_file_store_reopens_with_its_data_and_schema() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2, "both migrations applied");
 }

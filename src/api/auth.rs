@@ -22,6 +22,8 @@ pub struct Client {
     /// Verifications per minute (0: no limit).
     pub rate_per_minute: u32,
     pub has_webhook_secret: bool,
+    /// Hosts a hosted prompt's `return_url` may point to (`host` or `host:port`), lowercase.
+    pub return_hosts: Vec<String>,
 }
 
 /// Every configured client.
@@ -50,6 +52,11 @@ impl Clients {
                     config.limits.per_client_per_minute
                 },
                 has_webhook_secret: c.webhook_secret.is_some(),
+                return_hosts: c
+                    .return_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
             }));
         }
         Ok(Clients(clients))

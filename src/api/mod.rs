@@ -26,6 +26,8 @@ use utoipa::OpenApi;
 mod auth;
 mod error;
 mod ratelimit;
+pub mod signin;
+pub mod users;
 pub mod validate;
 
 pub use crate::view::{VerificationView, rfc3339};
@@ -60,6 +62,8 @@ pub struct AppState {
     pub outbox: OutboxWake,
     /// Cancelled when the service shuts down: long-polls answer at once.
     pub shutdown: CancellationToken,
+    /// Sign-in by user and the hosted prompt (shares the handles above).
+    pub signin: crate::signin::SignIn,
     clients: Arc<Clients>,
     limiter: Arc<RateLimiter>,
 }
@@ -67,15 +71,28 @@ pub struct AppState {
 impl AppState {
     /// State for `config` over `store`, with fresh dialer, completion and outbox handles.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<AppState, ConfigError> {
+        let clients = Arc::new(Clients::from_config(&config)?);
+        let config = Arc::new(config);
+        let (dialer, completions) = (DialerHandle::new(), Completions::new());
+        let (metrics, outbox) = (Arc::new(Metrics::new()), OutboxWake::new());
+        let signin = crate::signin::SignIn::new(
+            Arc::clone(&config),
+            Arc::clone(&store),
+            dialer.clone(),
+            completions.clone(),
+            outbox.clone(),
+            Arc::clone(&metrics),
+        )?;
         Ok(AppState {
-            clients: Arc::new(Clients::from_config(&config)?),
-            config: Arc::new(config),
+            clients,
+            config,
             store,
-            dialer: DialerHandle::new(),
-            completions: Completions::new(),
-            metrics: Arc::new(Metrics::new()),
-            outbox: OutboxWake::new(),
+            dialer,
+            completions,
+            metrics,
+            outbox,
             shutdown: CancellationToken::new(),
+            signin,
             limiter: Arc::new(RateLimiter::new()),
         })
     }
@@ -93,10 +110,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(users::routes())
+        .merge(signin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::signin::page::routes(state.signin))
 }
 
 /// The OpenAPI 3.1 document, generated from the handler annotations.
@@ -104,7 +124,8 @@ pub fn app(state: AppState) -> Router {
 #[openapi(
     info(title = "callverify", description = "Voice-call verification for multi-factor sign-in."),
     paths(create_verification, get_verification, cancel_verification, healthz, metrics, openapi),
-    components(schemas(validate::CreateRequest, VerificationView, ErrorBody, ErrorDetail)),
+    components(schemas(validate::CreateRequest, VerificationView, ErrorBody, ErrorDetail,
+                       crate::view::MethodView, crate::view::AttemptView)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -222,7 +243,16 @@ async fn create_verification(
         AppError::bad_request("invalid_json", format!("the request body is not JSON: {e}"))
     })?;
     let fingerprint = hex::encode(Sha256::digest(canonical_json(&value).as_bytes()));
-    let request = validate::request(value)?;
+    if value.get("user_id").is_some() {
+        let key = idempotency.map(|key| IdempotencyKey { key, fingerprint });
+        return signin::create_for_user(&state, &client, value, key).await;
+    }
+    let mut request = validate::request(value)?;
+    let return_url = request
+        .hosted
+        .take()
+        .map(|h| signin::return_url(&h.return_url, &client))
+        .transpose()?;
     let new = validate::verification(request, &client, &state.config)?;
 
     let limits = [
@@ -254,7 +284,8 @@ async fn create_verification(
             }
         })?;
     let key = idempotency.map(|key| IdempotencyKey { key, fingerprint });
-    let join = state.config.limits.duplicate == DuplicatePolicy::Join;
+    // A hosted prompt is one browser's: never joined to another request's verification.
+    let join = state.config.limits.duplicate == DuplicatePolicy::Join && return_url.is_none();
     let destination = new.destination.clone();
     let created = match state.store.create(new, key, join).await {
         Ok(created) => created,
@@ -267,6 +298,10 @@ async fn create_verification(
         Created::New(v) => {
             tracing::info!(id = %v.id, client = %client.name, %destination, mode = ?v.mode, "verification queued");
             state.dialer.wake();
+            if let Some(url) = return_url {
+                let prompt_url = state.signin.create_prompt(&v, url).await?;
+                return Ok(signin::created(&v, Some(prompt_url)));
+            }
             Ok(view_response(StatusCode::CREATED, &v, true))
         }
         Created::Replayed(v) => {
@@ -406,6 +441,19 @@ async fn cancel_verification(
             state.outbox.wake();
             Ok(view_response(StatusCode::OK, &v, false))
         }
+        Dequeued::NotQueued(v) if v.status == Status::AwaitingUser => {
+            match state.signin.cancel_awaiting(&id).await? {
+                Some(done) => {
+                    tracing::info!(%id, "verification waiting for its user cancelled");
+                    Ok(view_response(StatusCode::OK, &done, false))
+                }
+                // It moved on meanwhile (a code decided it, or its call was queued).
+                None => Err(AppError::Conflict {
+                    code: "state_changed",
+                    message: format!("verification `{id}` changed meanwhile; read it and retry"),
+                }),
+            }
+        }
         Dequeued::NotQueued(v) if v.status == Status::Completed => Err(AppError::Conflict {
             code: "already_completed",
             message: format!(
@@ -448,7 +496,10 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(users::UsersDoc::openapi());
+    doc.merge(signin::SigninDoc::openapi());
+    Json(doc)
 }
 
 async fn not_found() -> AppError {

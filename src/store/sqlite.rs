@@ -508,7 +508,7 @@ impl Store for SqliteStore {
                         "SELECT id FROM verifications WHERE client = ?1 AND destination = ?2 \
                          AND status <> 'completed' AND extension IS ?3 AND mode = ?4 \
                          AND language = ?5 AND callback_url IS ?6 \
-                         AND (mode <> 'pin' OR expected_digits IS ?7) \
+                         AND (mode <> 'pin' OR expected_digits IS ?7) AND user_id IS NULL \
                          ORDER BY created_at, rowid LIMIT 1",
                         params![
                             new.client,
