@@ -626,7 +626,10 @@ impl Config {
         }
         for (key, value) in [
             ("methods.code_attempts", self.methods.code_attempts as u64),
-            ("methods.lockout_failures", self.methods.lockout_failures as u64),
+            (
+                "methods.lockout_failures",
+                self.methods.lockout_failures as u64,
+            ),
             ("methods.lockout_secs", self.methods.lockout_secs),
             ("methods.max_per_user", self.methods.max_per_user as u64),
             ("signin.link_ttl_secs", self.signin.link_ttl_secs),

@@ -205,7 +205,12 @@ mod tests {
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .unwrap();
         let signer = ResultSigner::from_pem(&Secret::new(pem.as_str())).unwrap();
-        assert_eq!(signer.kid(), ResultSigner::from_seed(&[4; 32]).unwrap().kid());
-        assert!(ResultSigner::from_pem(&Secret::new("-----BEGIN PRIVATE KEY-----\nAAAA\n")).is_err());
+        assert_eq!(
+            signer.kid(),
+            ResultSigner::from_seed(&[4; 32]).unwrap().kid()
+        );
+        assert!(
+            ResultSigner::from_pem(&Secret::new("-----BEGIN PRIVATE KEY-----\nAAAA\n")).is_err()
+        );
     }
 }

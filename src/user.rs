@@ -323,11 +323,15 @@ impl fmt::Debug for BrowserToken {
 
 /// Masks a phone number for display to whoever holds the sign-in page: `••• ••23`.
 pub fn mask_phone(destination: &Destination) -> String {
-    let digits: String = destination
-        .expose()
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
+    // A SIP URI's number is its user part (`sip:+14255550123@host:5060`), not the host.
+    let number = match destination {
+        Destination::Phone(n) => n.as_str(),
+        Destination::SipUri(uri) => {
+            let rest = uri.split_once(':').map_or(uri.as_str(), |(_, r)| r);
+            rest.split_once('@').map_or("", |(user, _)| user)
+        }
+    };
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
     let n = digits.len();
     let tail = if n >= 2 { &digits[n - 2..] } else { "" };
     format!("\u{2022}\u{2022}\u{2022} \u{2022}\u{2022}{tail}")
@@ -350,7 +354,7 @@ mod tests {
     fn phones_mask_to_the_last_two_digits() {
         let d = Destination::Phone("+14255550123".into());
         assert_eq!(mask_phone(&d), "••• ••23");
-        let s = Destination::SipUri("sip:alice45@example.com".into());
+        let s = Destination::SipUri("sip:alice45@127.0.0.1:5060".into());
         assert_eq!(mask_phone(&s), "••• ••45");
     }
 }

@@ -59,8 +59,14 @@ fn an_authenticator_app_code_signs_in() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("otpauth://totp/callverify:alice%40example.com?secret="), "{text}");
-    assert!(text.contains("Outcome: confirmed (approved: true), by \"app_code\""), "{text}");
+    assert!(
+        text.contains("otpauth://totp/callverify:alice%40example.com?secret="),
+        "{text}"
+    );
+    assert!(
+        text.contains("Outcome: confirmed (approved: true), by \"app_code\""),
+        "{text}"
+    );
     assert!(text.contains("signature verified"), "{text}");
     assert!(!text.contains("BUT IT DIFFERS"), "{text}");
 }

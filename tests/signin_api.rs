@@ -145,7 +145,10 @@ async fn users_and_methods_are_per_client_ordered_and_never_show_secrets() {
         Some(json!({"external_id": "alice@example.com"})),
     )
     .await;
-    assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "user_exists"));
+    assert_eq!(
+        (again.status, again.code()),
+        (StatusCode::CONFLICT, "user_exists")
+    );
     // The other client may use the same external id: its own user.
     let theirs = create_user(&router, OTHER_KEY, "alice@example.com").await;
     assert_ne!(theirs, user);
@@ -163,14 +166,24 @@ async fn users_and_methods_are_per_client_ordered_and_never_show_secrets() {
     assert!(phone.json["id"].as_str().unwrap().starts_with("mth_"));
     let (code_method, secret) = enrol_app_code(&router, &user).await;
 
-    let list = call(&router, Method::GET, &format!("/v1/users/{user}/methods"), KEY, None).await;
+    let list = call(
+        &router,
+        Method::GET,
+        &format!("/v1/users/{user}/methods"),
+        KEY,
+        None,
+    )
+    .await;
     let ids: Vec<&str> = list.json["methods"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [phone.json["id"].as_str().unwrap(), code_method.as_str()]);
+    assert_eq!(
+        ids,
+        [phone.json["id"].as_str().unwrap(), code_method.as_str()]
+    );
     for text in [&list.text] {
         assert!(!text.contains(&secret) && !text.contains("otpauth") && !text.contains("svg"));
     }
@@ -184,33 +197,76 @@ async fn users_and_methods_are_per_client_ordered_and_never_show_secrets() {
     )
     .await;
     assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
-    assert_eq!((moved.json["position"].as_u64(), moved.json["label"].as_str()), (Some(0), Some("authenticator")));
-    let got = call(&router, Method::GET, &format!("/v1/users/{user}"), KEY, None).await;
+    assert_eq!(
+        (
+            moved.json["position"].as_u64(),
+            moved.json["label"].as_str()
+        ),
+        (Some(0), Some("authenticator"))
+    );
+    let got = call(
+        &router,
+        Method::GET,
+        &format!("/v1/users/{user}"),
+        KEY,
+        None,
+    )
+    .await;
     assert_eq!(got.json["methods"][0]["id"], code_method.as_str());
     assert_eq!(got.json["methods"][1]["position"], 1);
     assert!(!got.text.contains(&secret));
-    let found = call(&router, Method::GET, "/v1/users?external_id=alice%40example.com", KEY, None).await;
+    let found = call(
+        &router,
+        Method::GET,
+        "/v1/users?external_id=alice%40example.com",
+        KEY,
+        None,
+    )
+    .await;
     assert_eq!(found.json["users"][0]["id"], user.as_str());
 
     // Another client's user and methods are not found, and nothing changes.
     for (method, uri, body) in [
         (Method::GET, format!("/v1/users/{user}"), None),
         (Method::GET, format!("/v1/users/{user}/methods"), None),
-        (Method::DELETE, format!("/v1/users/{user}/methods/{code_method}"), None),
-        (Method::POST, format!("/v1/users/{user}/methods/{code_method}/confirm"), Some(json!({"code": "123456"}))),
+        (
+            Method::DELETE,
+            format!("/v1/users/{user}/methods/{code_method}"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{user}/methods/{code_method}/confirm"),
+            Some(json!({"code": "123456"})),
+        ),
         (Method::DELETE, format!("/v1/users/{user}"), None),
     ] {
         let r = call(&router, method, &uri, OTHER_KEY, body).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}: {}", r.text);
     }
-    let still = call(&router, Method::GET, &format!("/v1/users/{user}/methods"), KEY, None).await;
+    let still = call(
+        &router,
+        Method::GET,
+        &format!("/v1/users/{user}/methods"),
+        KEY,
+        None,
+    )
+    .await;
     assert_eq!(still.json["methods"].as_array().unwrap().len(), 2);
 
     // Phone numbers obey the verification policy.
     for (number, status, code) in [
-        ("+33612345678", StatusCode::UNPROCESSABLE_ENTITY, "country_not_allowed"),
+        (
+            "+33612345678",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "country_not_allowed",
+        ),
         ("+1201555", StatusCode::BAD_REQUEST, "invalid_phone_number"),
-        ("sip:alice@example.com", StatusCode::UNPROCESSABLE_ENTITY, "sip_uri_not_allowed"),
+        (
+            "sip:alice@example.com",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sip_uri_not_allowed",
+        ),
     ] {
         let r = call(
             &router,
@@ -222,18 +278,55 @@ async fn users_and_methods_are_per_client_ordered_and_never_show_secrets() {
         .await;
         assert_eq!((r.status, r.code()), (status, code), "{number}: {}", r.text);
     }
-    let bad_type = call(&router, Method::POST, &format!("/v1/users/{user}/methods"), KEY,
-        Some(json!({"type": "carrier_pigeon"}))).await;
-    assert_eq!((bad_type.status, bad_type.code()), (StatusCode::BAD_REQUEST, "invalid_type"));
+    let bad_type = call(
+        &router,
+        Method::POST,
+        &format!("/v1/users/{user}/methods"),
+        KEY,
+        Some(json!({"type": "carrier_pigeon"})),
+    )
+    .await;
+    assert_eq!(
+        (bad_type.status, bad_type.code()),
+        (StatusCode::BAD_REQUEST, "invalid_type")
+    );
 
-    let deleted = call(&router, Method::DELETE, &format!("/v1/users/{user}/methods/{code_method}"), KEY, None).await;
+    let deleted = call(
+        &router,
+        Method::DELETE,
+        &format!("/v1/users/{user}/methods/{code_method}"),
+        KEY,
+        None,
+    )
+    .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    let gone = call(&router, Method::DELETE, &format!("/v1/users/{user}"), KEY, None).await;
+    let gone = call(
+        &router,
+        Method::DELETE,
+        &format!("/v1/users/{user}"),
+        KEY,
+        None,
+    )
+    .await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
-    let r = call(&router, Method::GET, &format!("/v1/users/{user}"), KEY, None).await;
+    let r = call(
+        &router,
+        Method::GET,
+        &format!("/v1/users/{user}"),
+        KEY,
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // The other client's user is untouched.
-    let r = call(&router, Method::GET, &format!("/v1/users/{theirs}"), OTHER_KEY, None).await;
+    let r = call(
+        &router,
+        Method::GET,
+        &format!("/v1/users/{theirs}"),
+        OTHER_KEY,
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -246,17 +339,27 @@ async fn app_code_enrolment_and_sign_in_with_oathtool_codes() {
     // Two steps away: not within the window.
     for offset in [-60, 60] {
         let r = confirm(&router, &user, &method, &oathtool(&secret, now + offset)).await;
-        assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"), "{offset}");
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"),
+            "{offset}"
+        );
     }
     // A pending method cannot sign in.
     let r = verify_user(&router, json!({"user_id": user, "method_id": method})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "method_not_active"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "method_not_active")
+    );
     // One step early (a slow clock) is inside the window.
     let r = confirm(&router, &user, &method, &oathtool(&secret, now - 30)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["status"], "active");
     let again = confirm(&router, &user, &method, &oathtool(&secret, now)).await;
-    assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "not_pending"));
+    assert_eq!(
+        (again.status, again.code()),
+        (StatusCode::CONFLICT, "not_pending")
+    );
 
     let created = verify_user(
         &router,
@@ -266,7 +369,10 @@ async fn app_code_enrolment_and_sign_in_with_oathtool_codes() {
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     assert_eq!(created.json["status"], "awaiting_user");
     assert_eq!(created.json["user_id"], user.as_str());
-    assert_eq!(created.json["method"], json!({"id": method, "type": "app_code"}));
+    assert_eq!(
+        created.json["method"],
+        json!({"id": method, "type": "app_code"})
+    );
     assert_eq!(created.json["phone_number"], Value::Null);
     let id = created.json["id"].as_str().unwrap().to_owned();
 
@@ -287,14 +393,22 @@ async fn app_code_enrolment_and_sign_in_with_oathtool_codes() {
         .unwrap()
         .expect("webhook queued");
     let payload: Value = serde_json::from_str(&msg.payload).unwrap();
-    assert_eq!(payload["data"]["method"], json!({"id": method, "type": "app_code"}));
+    assert_eq!(
+        payload["data"]["method"],
+        json!({"id": method, "type": "app_code"})
+    );
     assert_eq!(payload["data"]["result"], "confirmed");
 
     // The same code again, in a new verification: refused (RFC 6238 §5.2), nothing changes.
     let second = verify_user(&router, json!({"user_id": user})).await;
     let id2 = second.json["id"].as_str().unwrap().to_owned();
     let replay = submit(&router, &id2, &code).await;
-    assert_eq!((replay.status, replay.code()), (StatusCode::CONFLICT, "code_already_used"), "{}", replay.text);
+    assert_eq!(
+        (replay.status, replay.code()),
+        (StatusCode::CONFLICT, "code_already_used"),
+        "{}",
+        replay.text
+    );
     let after = get(&router, &id2).await;
     assert_eq!(after.json["status"], "awaiting_user");
     assert_eq!(after.json["attempts"][0]["wrong_codes"], 0);
@@ -308,7 +422,11 @@ async fn wrong_codes_end_the_verification_and_then_lock_the_method() {
     let (_, router) = signin_api().await;
     let (user, _method, secret) = user_with_app_code(&router, "carol@example.com").await;
     let now = steady_now().await;
-    let right = [oathtool(&secret, now - 30), oathtool(&secret, now), oathtool(&secret, now + 30)];
+    let right = [
+        oathtool(&secret, now - 30),
+        oathtool(&secret, now),
+        oathtool(&secret, now + 30),
+    ];
     let wrong: Vec<String> = (0..10)
         .map(|i| format!("{:06}", 111_111 * i % 1_000_000))
         .filter(|c| !right.contains(c))
@@ -328,7 +446,10 @@ async fn wrong_codes_end_the_verification_and_then_lock_the_method() {
         }
     }
     let late = submit(&router, &id, &right[1]).await;
-    assert_eq!((late.status, late.code()), (StatusCode::CONFLICT, "already_completed"));
+    assert_eq!(
+        (late.status, late.code()),
+        (StatusCode::CONFLICT, "already_completed")
+    );
     // Two more failures in a new verification reach lockout_failures = 5: the method locks.
     let second = verify_user(&router, json!({"user_id": user})).await;
     let id2 = second.json["id"].as_str().unwrap().to_owned();
@@ -336,8 +457,17 @@ async fn wrong_codes_end_the_verification_and_then_lock_the_method() {
         submit(&router, &id2, code).await;
     }
     let locked = submit(&router, &id2, &right[2]).await;
-    assert_eq!((locked.status, locked.code()), (StatusCode::TOO_MANY_REQUESTS, "method_locked"), "{}", locked.text);
-    let retry: u64 = locked.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        (locked.status, locked.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "method_locked"),
+        "{}",
+        locked.text
+    );
+    let retry: u64 = locked.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((800..=900).contains(&retry), "{retry}");
     let still = get(&router, &id2).await;
     assert_eq!(still.json["status"], "awaiting_user");
@@ -348,22 +478,68 @@ async fn malformed_unknown_and_foreign_input_is_refused_and_changes_nothing() {
     let (state, router) = signin_api().await;
     let (user, method, _secret) = user_with_app_code(&router, "dave@example.com").await;
     let theirs = create_user(&router, OTHER_KEY, "eve@example.com").await;
-    let their_method = call(&router, Method::POST, &format!("/v1/users/{theirs}/methods"), OTHER_KEY,
-        Some(json!({"type": "phone", "phone_number": "+12015550199"}))).await;
+    let their_method = call(
+        &router,
+        Method::POST,
+        &format!("/v1/users/{theirs}/methods"),
+        OTHER_KEY,
+        Some(json!({"type": "phone", "phone_number": "+12015550199"})),
+    )
+    .await;
     let their_method = their_method.json["id"].as_str().unwrap().to_owned();
     let directory = state.store.directory().unwrap();
     let before = directory.awaiting(100).await.unwrap().len();
     for (body, status, code) in [
-        (json!({"user_id": "usr_00000000000000000000000000000000"}), StatusCode::NOT_FOUND, "not_found"),
-        (json!({"user_id": "usr_nope"}), StatusCode::NOT_FOUND, "not_found"),
-        (json!({"user_id": theirs}), StatusCode::NOT_FOUND, "not_found"),
-        (json!({"user_id": user, "method_id": "mth_00000000000000000000000000000000"}), StatusCode::NOT_FOUND, "not_found"),
-        (json!({"user_id": user, "method_id": their_method}), StatusCode::NOT_FOUND, "not_found"),
-        (json!({"user_id": user, "phone_number": "+12015550123"}), StatusCode::BAD_REQUEST, "unknown_field"),
-        (json!({"user_id": user, "hosted": {"return_url": "https://evil.example.net/done"}}), StatusCode::UNPROCESSABLE_ENTITY, "return_url_not_allowed"),
-        (json!({"user_id": user, "hosted": {"return_url": "http://app.example.com/done"}}), StatusCode::UNPROCESSABLE_ENTITY, "return_url_not_allowed"),
-        (json!({"user_id": user, "hosted": {"return_url": "javascript:alert(1)"}}), StatusCode::BAD_REQUEST, "invalid_return_url"),
-        (json!({"phone_number": US_NUMBER, "hosted": {"return_url": "https://evil.example.net/"}}), StatusCode::UNPROCESSABLE_ENTITY, "return_url_not_allowed"),
+        (
+            json!({"user_id": "usr_00000000000000000000000000000000"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({"user_id": "usr_nope"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({"user_id": theirs}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({"user_id": user, "method_id": "mth_00000000000000000000000000000000"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({"user_id": user, "method_id": their_method}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({"user_id": user, "phone_number": "+12015550123"}),
+            StatusCode::BAD_REQUEST,
+            "unknown_field",
+        ),
+        (
+            json!({"user_id": user, "hosted": {"return_url": "https://evil.example.net/done"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "return_url_not_allowed",
+        ),
+        (
+            json!({"user_id": user, "hosted": {"return_url": "http://app.example.com/done"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "return_url_not_allowed",
+        ),
+        (
+            json!({"user_id": user, "hosted": {"return_url": "javascript:alert(1)"}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_return_url",
+        ),
+        (
+            json!({"phone_number": US_NUMBER, "hosted": {"return_url": "https://evil.example.net/"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "return_url_not_allowed",
+        ),
     ] {
         let r = verify_user(&router, body.clone()).await;
         assert_eq!((r.status, r.code()), (status, code), "{body}: {}", r.text);
@@ -371,20 +547,52 @@ async fn malformed_unknown_and_foreign_input_is_refused_and_changes_nothing() {
     assert_eq!(directory.awaiting(100).await.unwrap().len(), before);
     assert_eq!(state.store.queue_depth().await.unwrap(), 0);
     // The other client cannot list or use this client's user.
-    let r = call(&router, Method::POST, "/v1/verifications", OTHER_KEY, Some(json!({"user_id": user}))).await;
+    let r = call(
+        &router,
+        Method::POST,
+        "/v1/verifications",
+        OTHER_KEY,
+        Some(json!({"user_id": user})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     let created = verify_user(&router, json!({"user_id": user, "method_id": method})).await;
     let id = created.json["id"].as_str().unwrap().to_owned();
     for bad in ["12345", "1234567", "12a456", "", "１２３４５６"] {
         let r = submit(&router, &id, bad).await;
-        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "invalid_code"), "{bad:?}");
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "invalid_code"),
+            "{bad:?}"
+        );
     }
-    let r = call(&router, Method::POST, &format!("/v1/verifications/{id}/code"), KEY, Some(json!({"code": 123456}))).await;
+    let r = call(
+        &router,
+        Method::POST,
+        &format!("/v1/verifications/{id}/code"),
+        KEY,
+        Some(json!({"code": 123456})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
-    let r = call(&router, Method::POST, &format!("/v1/verifications/{id}/code"), OTHER_KEY, Some(json!({"code": "123456"}))).await;
+    let r = call(
+        &router,
+        Method::POST,
+        &format!("/v1/verifications/{id}/code"),
+        OTHER_KEY,
+        Some(json!({"code": "123456"})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = call(&router, Method::POST, &format!("/v1/verifications/{id}/switch"), KEY, Some(json!({"method_id": their_method}))).await;
+    let r = call(
+        &router,
+        Method::POST,
+        &format!("/v1/verifications/{id}/switch"),
+        KEY,
+        Some(json!({"method_id": their_method})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     let after = get(&router, &id).await;
     assert_eq!(after.json["status"], "awaiting_user");
@@ -394,9 +602,20 @@ async fn malformed_unknown_and_foreign_input_is_refused_and_changes_nothing() {
     let phone = post(&router, &format!(r#"{{"phone_number":"{US_NUMBER}"}}"#)).await;
     let pid = phone.json["id"].as_str().unwrap();
     let r = submit(&router, pid, "123456").await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "not_awaiting_code"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "not_awaiting_code")
+    );
     // Cancel works on a verification waiting for a code.
-    let r = send(&router, Method::DELETE, &format!("/v1/verifications/{id}"), Some(KEY), &[], None).await;
+    let r = send(
+        &router,
+        Method::DELETE,
+        &format!("/v1/verifications/{id}"),
+        Some(KEY),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["result"], "cancelled");
 }
@@ -405,8 +624,14 @@ async fn malformed_unknown_and_foreign_input_is_refused_and_changes_nothing() {
 async fn switching_hangs_up_the_call_and_the_method_that_decided_is_reported() {
     let (state, router) = signin_api().await;
     let (user, code_method, secret) = user_with_app_code(&router, "frank@example.com").await;
-    let phone = call(&router, Method::POST, &format!("/v1/users/{user}/methods"), KEY,
-        Some(json!({"type": "phone", "phone_number": US_NUMBER, "label": "mobile"}))).await;
+    let phone = call(
+        &router,
+        Method::POST,
+        &format!("/v1/users/{user}/methods"),
+        KEY,
+        Some(json!({"type": "phone", "phone_number": US_NUMBER, "label": "mobile"})),
+    )
+    .await;
     let phone = phone.json["id"].as_str().unwrap().to_owned();
     let placer = ScriptedPlacer::new(Script::UntilCancelled);
     let (stop, dialer) = spawn_dialer(&state, placer.clone());
@@ -417,45 +642,92 @@ async fn switching_hangs_up_the_call_and_the_method_that_decided_is_reported() {
     assert_eq!(created.json["status"], "queued", "{}", created.text);
     let id = created.json["id"].as_str().unwrap().to_owned();
     wait_for(&router, &id, |v| v["status"] == "in_call").await;
-    let switched = call(&router, Method::POST, &format!("/v1/verifications/{id}/switch"), KEY,
-        Some(json!({"method_id": code_method}))).await;
+    let switched = call(
+        &router,
+        Method::POST,
+        &format!("/v1/verifications/{id}/switch"),
+        KEY,
+        Some(json!({"method_id": code_method})),
+    )
+    .await;
     assert_eq!(switched.status, StatusCode::OK, "{}", switched.text);
     assert_eq!(switched.json["status"], "awaiting_user");
     assert_eq!(switched.json["method"]["type"], "app_code");
     assert_eq!(switched.json["attempts"][0]["result"], "cancelled");
     let timeline = switched.json["attempts"][0]["timeline"].to_string();
-    assert!(timeline.contains("invite_sent") && timeline.contains("cancelled"), "{timeline}");
+    assert!(
+        timeline.contains("invite_sent") && timeline.contains("cancelled"),
+        "{timeline}"
+    );
     // The call was hung up through the dialer handle.
     let start = std::time::Instant::now();
     while state.dialer.live_calls() > 0 {
-        assert!(start.elapsed() < Duration::from_secs(10), "the call was not hung up");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the call was not hung up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Its late report did not complete the verification.
     assert_eq!(get(&router, &id).await.json["status"], "awaiting_user");
 
     // Back to the phone: queued again and called again.
-    let back = call(&router, Method::POST, &format!("/v1/verifications/{id}/switch"), KEY,
-        Some(json!({"method_id": phone}))).await;
+    let back = call(
+        &router,
+        Method::POST,
+        &format!("/v1/verifications/{id}/switch"),
+        KEY,
+        Some(json!({"method_id": phone})),
+    )
+    .await;
     assert_eq!(back.status, StatusCode::OK, "{}", back.text);
     wait_for(&router, &id, |v| v["status"] == "in_call").await;
     assert_eq!(placer.placed(), 2);
     // And to the app again, where a code decides.
-    call(&router, Method::POST, &format!("/v1/verifications/{id}/switch"), KEY,
-        Some(json!({"method_id": code_method}))).await;
+    call(
+        &router,
+        Method::POST,
+        &format!("/v1/verifications/{id}/switch"),
+        KEY,
+        Some(json!({"method_id": code_method})),
+    )
+    .await;
     let now = steady_now().await;
     let done = submit(&router, &id, &oathtool(&secret, now)).await;
     assert_eq!(done.json["result"], "confirmed", "{}", done.text);
-    assert_eq!(done.json["method"], json!({"id": code_method, "type": "app_code"}));
-    let kinds: Vec<&str> = done.json["attempts"].as_array().unwrap().iter()
-        .map(|a| a["method"]["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        done.json["method"],
+        json!({"id": code_method, "type": "app_code"})
+    );
+    let kinds: Vec<&str> = done.json["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["method"]["type"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["phone", "app_code", "phone", "app_code"]);
-    let results: Vec<&str> = done.json["attempts"].as_array().unwrap().iter()
-        .map(|a| a["result"].as_str().unwrap()).collect();
-    assert_eq!(results, ["cancelled", "cancelled", "cancelled", "confirmed"]);
-    let r = call(&router, Method::POST, &format!("/v1/verifications/{id}/switch"), KEY,
-        Some(json!({"method_id": phone}))).await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "already_completed"));
+    let results: Vec<&str> = done.json["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        results,
+        ["cancelled", "cancelled", "cancelled", "confirmed"]
+    );
+    let r = call(
+        &router,
+        Method::POST,
+        &format!("/v1/verifications/{id}/switch"),
+        KEY,
+        Some(json!({"method_id": phone})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "already_completed")
+    );
     stop.cancel();
     sweeper_stop.cancel();
     let _ = dialer.await;
@@ -483,7 +755,10 @@ async fn verifications_waiting_too_long_expire() {
     let later = now_ms() + callverify::signin::AWAITING_TIMEOUT.as_millis() as i64 + 1;
     state.signin.sweep_once(later).await.unwrap();
     let v = get(&router, &id).await;
-    assert_eq!((v.json["status"].as_str(), v.json["result"].as_str()), (Some("completed"), Some("expired")));
+    assert_eq!(
+        (v.json["status"].as_str(), v.json["result"].as_str()),
+        (Some("completed"), Some("expired"))
+    );
     assert_eq!(state.metrics.calls(CallResult::Expired), 1);
 }
 
@@ -492,37 +767,83 @@ async fn verifications_waiting_too_long_expire() {
 async fn the_prompt_link_works_once_and_the_page_is_strict_and_accessible() {
     let (_, router) = api(signin_config("link_ttl_secs = 1\n")).await;
     let (user, _, _) = user_with_app_code(&router, "hank@example.com").await;
-    let phone = call(&router, Method::POST, &format!("/v1/users/{user}/methods"), KEY,
-        Some(json!({"type": "phone", "phone_number": US_NUMBER}))).await;
+    let phone = call(
+        &router,
+        Method::POST,
+        &format!("/v1/users/{user}/methods"),
+        KEY,
+        Some(json!({"type": "phone", "phone_number": US_NUMBER})),
+    )
+    .await;
     assert_eq!(phone.status, StatusCode::CREATED);
-    let created = verify_user(&router, json!({"user_id": user, "language": "en",
-        "hosted": {"return_url": "https://app.example.com/mfa/done?state=xyz"}})).await;
+    let created = verify_user(
+        &router,
+        json!({"user_id": user, "language": "en",
+        "hosted": {"return_url": "https://app.example.com/mfa/done?state=xyz"}}),
+    )
+    .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let id = created.json["id"].as_str().unwrap().to_owned();
     let prompt_url = created.json["prompt_url"].as_str().unwrap();
-    let path = prompt_url.strip_prefix("http://127.0.0.1:9").unwrap().to_owned();
+    let path = prompt_url
+        .strip_prefix("http://127.0.0.1:9")
+        .unwrap()
+        .to_owned();
     let token = path.strip_prefix("/prompt/").unwrap();
     assert_eq!(token.len(), 43, "256-bit token");
-    assert!(get(&router, &id).await.json.get("prompt_url").is_none(), "shown once");
+    assert!(
+        get(&router, &id).await.json.get("prompt_url").is_none(),
+        "shown once"
+    );
 
     let first = send(&router, Method::GET, &path, None, &[], None).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text);
     let cookie = first.headers["set-cookie"].to_str().unwrap().to_owned();
-    for attr in ["HttpOnly", "SameSite=Strict", &format!("Path=/prompt/s/{id}")] {
+    for attr in [
+        "HttpOnly",
+        "SameSite=Strict",
+        &format!("Path=/prompt/s/{id}"),
+    ] {
         assert!(cookie.contains(attr), "{cookie}");
     }
-    assert!(first.text.contains(&format!("url=/prompt/s/{id}")), "{}", first.text);
+    assert!(
+        first.text.contains(&format!("url=/prompt/s/{id}")),
+        "{}",
+        first.text
+    );
     let reused = send(&router, Method::GET, &path, None, &[], None).await;
     assert_eq!(reused.status, StatusCode::GONE);
     assert!(reused.text.contains("already used"), "{}", reused.text);
-    let unknown = send(&router, Method::GET, "/prompt/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", None, &[], None).await;
+    let unknown = send(
+        &router,
+        Method::GET,
+        "/prompt/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        None,
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
     let session = cookie.split(';').next().unwrap().to_owned();
-    let page = send(&router, Method::GET, &format!("/prompt/s/{id}"), None, &[("cookie", &session)], None).await;
+    let page = send(
+        &router,
+        Method::GET,
+        &format!("/prompt/s/{id}"),
+        None,
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.text);
     let csp = page.headers["content-security-policy"].to_str().unwrap();
-    for directive in ["default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'", "form-action 'self' https://app.example.com"] {
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+        "form-action 'self' https://app.example.com",
+    ] {
         assert!(csp.contains(directive), "{csp}");
     }
     assert_eq!(page.headers["referrer-policy"], "no-referrer");
@@ -533,24 +854,67 @@ async fn the_prompt_link_works_once_and_the_page_is_strict_and_accessible() {
     assert!(html.contains("Open your authenticator app"), "{html}");
     assert!(html.contains("Use a different verification option"));
     assert!(html.contains("Call my phone ••• ••23"), "{html}");
-    assert!(!html.contains(US_NUMBER), "the full number is never on the page");
+    assert!(
+        !html.contains(US_NUMBER),
+        "the full number is never on the page"
+    );
 
     // Without the cookie, or with another session's: refused.
-    let none = send(&router, Method::GET, &format!("/prompt/s/{id}"), None, &[], None).await;
+    let none = send(
+        &router,
+        Method::GET,
+        &format!("/prompt/s/{id}"),
+        None,
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(none.status, StatusCode::FORBIDDEN);
-    let forged = send(&router, Method::GET, &format!("/prompt/s/{id}"), None,
-        &[("cookie", "cv_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")], None).await;
+    let forged = send(
+        &router,
+        Method::GET,
+        &format!("/prompt/s/{id}"),
+        None,
+        &[(
+            "cookie",
+            "cv_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )],
+        None,
+    )
+    .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
     // A form without the CSRF token: refused, nothing changes.
-    let no_csrf = send(&router, Method::POST, &format!("/prompt/s/{id}/code"), None,
-        &[("cookie", &session), ("content-type", "application/x-www-form-urlencoded")], Some("code=123456")).await;
+    let no_csrf = send(
+        &router,
+        Method::POST,
+        &format!("/prompt/s/{id}/code"),
+        None,
+        &[
+            ("cookie", &session),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        Some("code=123456"),
+    )
+    .await;
     assert_eq!(no_csrf.status, StatusCode::FORBIDDEN);
-    assert_eq!(get(&router, &id).await.json["attempts"][0]["wrong_codes"], 0);
+    assert_eq!(
+        get(&router, &id).await.json["attempts"][0]["wrong_codes"],
+        0
+    );
 
     // An expired link (link_ttl_secs = 1).
-    let late = verify_user(&router, json!({"user_id": user,
-        "hosted": {"return_url": "https://app.example.com/mfa/done"}})).await;
-    let late_path = late.json["prompt_url"].as_str().unwrap().strip_prefix("http://127.0.0.1:9").unwrap().to_owned();
+    let late = verify_user(
+        &router,
+        json!({"user_id": user,
+        "hosted": {"return_url": "https://app.example.com/mfa/done"}}),
+    )
+    .await;
+    let late_path = late.json["prompt_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://127.0.0.1:9")
+        .unwrap()
+        .to_owned();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let expired = send(&router, Method::GET, &late_path, None, &[], None).await;
     assert_eq!(expired.status, StatusCode::GONE);
@@ -559,15 +923,42 @@ async fn the_prompt_link_works_once_and_the_page_is_strict_and_accessible() {
     // Localised: a Spanish verification speaks Spanish.
     let (_, router_es) = api(signin_config("").tap_languages()).await;
     let (user_es, _, _) = user_with_app_code(&router_es, "ines@example.com").await;
-    let es = verify_user(&router_es, json!({"user_id": user_es, "language": "es",
-        "hosted": {"return_url": "https://app.example.com/done"}})).await;
+    let es = verify_user(
+        &router_es,
+        json!({"user_id": user_es, "language": "es",
+        "hosted": {"return_url": "https://app.example.com/done"}}),
+    )
+    .await;
     assert_eq!(es.status, StatusCode::CREATED, "{}", es.text);
-    let path = es.json["prompt_url"].as_str().unwrap().strip_prefix("http://127.0.0.1:9").unwrap().to_owned();
+    let path = es.json["prompt_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://127.0.0.1:9")
+        .unwrap()
+        .to_owned();
     let opened = send(&router_es, Method::GET, &path, None, &[], None).await;
-    let session = opened.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let session = opened.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let es_id = es.json["id"].as_str().unwrap();
-    let page = send(&router_es, Method::GET, &format!("/prompt/s/{es_id}"), None, &[("cookie", &session)], None).await;
-    assert!(page.text.contains(r#"<html lang="es">"#) && page.text.contains("Código de verificación"), "{}", page.text);
+    let page = send(
+        &router_es,
+        Method::GET,
+        &format!("/prompt/s/{es_id}"),
+        None,
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert!(
+        page.text.contains(r#"<html lang="es">"#) && page.text.contains("Código de verificación"),
+        "{}",
+        page.text
+    );
     assert_accessible(&page.text);
 }
 
@@ -586,11 +977,30 @@ impl TapLanguages for Config {
 async fn openapi_and_jwks_describe_the_sign_in_api() {
     let (_, router) = signin_api().await;
     let doc = send(&router, Method::GET, "/openapi.json", None, &[], None).await;
-    for path in ["/v1/users", "/v1/users/{id}/methods/{mid}/confirm", "/v1/verifications/{id}/code",
-                 "/v1/verifications/{id}/switch", "/v1/jwks.json"] {
+    for path in [
+        "/v1/users",
+        "/v1/users/{id}/methods/{mid}/confirm",
+        "/v1/verifications/{id}/code",
+        "/v1/verifications/{id}/switch",
+        "/v1/jwks.json",
+    ] {
         assert!(doc.json["paths"].get(path).is_some(), "{path} in OpenAPI");
     }
     assert!(doc.text.contains("awaiting_user"));
+    let body = &doc.json["paths"]["/v1/verifications"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["oneOf"];
+    assert_eq!(body.as_array().map(Vec::len), Some(2), "{body}");
+    for schema in [
+        "UserVerificationRequest",
+        "HostedRequest",
+        "MethodView",
+        "AttemptView",
+    ] {
+        assert!(
+            doc.json["components"]["schemas"].get(schema).is_some(),
+            "{schema}"
+        );
+    }
     let jwks = send(&router, Method::GET, "/v1/jwks.json", None, &[], None).await;
     assert_eq!(jwks.json["keys"][0]["kty"], "OKP");
     assert_eq!(jwks.json["keys"][0]["crv"], "Ed25519");
@@ -603,15 +1013,39 @@ async fn without_a_seal_key_app_codes_are_refused_clearly() {
     config.api.clients[0].return_hosts.clear();
     let (_, router) = api(config).await;
     let user = create_user(&router, KEY, "ivan@example.com").await;
-    let r = call(&router, Method::POST, &format!("/v1/users/{user}/methods"), KEY,
-        Some(json!({"type": "app_code"}))).await;
-    assert_eq!((r.status, r.code()), (StatusCode::NOT_IMPLEMENTED, "not_configured"), "{}", r.text);
+    let r = call(
+        &router,
+        Method::POST,
+        &format!("/v1/users/{user}/methods"),
+        KEY,
+        Some(json!({"type": "app_code"})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_IMPLEMENTED, "not_configured"),
+        "{}",
+        r.text
+    );
     assert!(r.message().contains("methods.seal_key"));
     // Phone methods need no key.
-    let r = call(&router, Method::POST, &format!("/v1/users/{user}/methods"), KEY,
-        Some(json!({"type": "phone", "phone_number": US_NUMBER}))).await;
+    let r = call(
+        &router,
+        Method::POST,
+        &format!("/v1/users/{user}/methods"),
+        KEY,
+        Some(json!({"type": "phone", "phone_number": US_NUMBER})),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED);
     // A client without return_hosts cannot ask for a hosted prompt.
-    let r = verify_user(&router, json!({"user_id": user, "hosted": {"return_url": "https://app.example.com/"}})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "return_url_not_allowed"));
+    let r = verify_user(
+        &router,
+        json!({"user_id": user, "hosted": {"return_url": "https://app.example.com/"}}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "return_url_not_allowed")
+    );
 }

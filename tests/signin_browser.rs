@@ -50,7 +50,10 @@ impl Browser {
         let driver = Peer::spawn("chromedriver", work.path(), &mut cmd);
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "chromedriver did not listen");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "chromedriver did not listen"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let http = reqwest::Client::new();
@@ -63,8 +66,17 @@ impl Browser {
                          "--disable-gpu", "--window-size=900,1000", "--lang=en-US"]
             }
         }}});
-        let v = request(&http, reqwest::Method::POST, &format!("{base}/session"), Some(caps)).await;
-        let session = v["value"]["sessionId"].as_str().expect("session").to_owned();
+        let v = request(
+            &http,
+            reqwest::Method::POST,
+            &format!("{base}/session"),
+            Some(caps),
+        )
+        .await;
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .expect("session")
+            .to_owned();
         Browser {
             http,
             base,
@@ -128,8 +140,12 @@ impl Browser {
 
     async fn click(&self, css: &str) {
         let e = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
-        self.cmd(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({})))
-            .await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{e}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -318,7 +334,11 @@ impl Setup {
 
     async fn user(&self, external_id: &str, phone: &str) -> (String, String) {
         let user = self
-            .api(reqwest::Method::POST, "/v1/users", Some(json!({"external_id": external_id})))
+            .api(
+                reqwest::Method::POST,
+                "/v1/users",
+                Some(json!({"external_id": external_id})),
+            )
             .await;
         let id = user["id"].as_str().unwrap().to_owned();
         let m = self
@@ -358,7 +378,11 @@ async fn watch_status(browser: &Browser, wanted: &str, seen: &mut Vec<String>) {
         }
         if text.contains(wanted) {
             let marker = browser.script("return window.__cvMarker === 42;").await;
-            assert_eq!(marker, json!(true), "the page reloaded while the status changed: {seen:?}");
+            assert_eq!(
+                marker,
+                json!(true),
+                "the page reloaded while the status changed: {seen:?}"
+            );
             return;
         }
         assert!(start.elapsed() < SEEN, "never showed {wanted:?}: {seen:?}");
@@ -381,11 +405,15 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         &[("KEYS", keys), ("RING_MS", "3000"), ("LISTEN_MS", "4000")],
     );
     let _sipp = sipp_uas(&sipp_work, &scenario, 34010, 56100);
-    let (user, phone) = setup.user("alice@example.com", "sip:alice23@127.0.0.1:34010").await;
+    let (user, phone) = setup
+        .user("alice@example.com", "sip:alice23@127.0.0.1:34010")
+        .await;
     let (id, prompt_url) = setup.hosted(&user).await;
     browser.go(&prompt_url).await;
     browser
-        .wait_url("the link forwards to the page", |u| u.contains("/prompt/s/"))
+        .wait_url("the link forwards to the page", |u| {
+            u.contains("/prompt/s/")
+        })
         .await;
     browser.script("window.__cvMarker = 42; return true;").await;
     let instructions = browser.text(".instructions").await;
@@ -393,7 +421,9 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         instructions,
         "We're calling your phone ••• ••23. Answer it and press # to continue."
     );
-    let html = browser.script("return document.documentElement.outerHTML;").await;
+    let html = browser
+        .script("return document.documentElement.outerHTML;")
+        .await;
     assert_accessible(html.as_str().unwrap());
     let mut seen = Vec::new();
     watch_status(&browser, "ringing", &mut seen).await;
@@ -406,8 +436,18 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         })
         .await;
     browser.screenshot("3-returned-to-app").await;
-    assert!(landed.contains("state=abc") && landed.contains("callverify_token="), "{landed}");
-    let token = setup.receiver.tokens.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        landed.contains("state=abc") && landed.contains("callverify_token="),
+        "{landed}"
+    );
+    let token = setup
+        .receiver
+        .tokens
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
     let claims = jwcrypto_claims(&jwks, &token, "auth");
     assert_eq!(claims["verification_id"], id.as_str());
     assert_eq!(claims["user"], user.as_str());
@@ -425,7 +465,9 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
     let ring_work = Work::new();
     let forever = ring_work.scenario("uas_ring_forever.xml", &[]);
     let mut ring_sipp = sipp_uas(&ring_work, &forever, 34011, 56110);
-    let (user2, _phone2) = setup.user("bob@example.com", "sip:bob45@127.0.0.1:34011").await;
+    let (user2, _phone2) = setup
+        .user("bob@example.com", "sip:bob45@127.0.0.1:34011")
+        .await;
     let enrolled = setup
         .api(
             reqwest::Method::POST,
@@ -435,7 +477,12 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         .await;
     let app = enrolled["id"].as_str().unwrap().to_owned();
     let uri = url::Url::parse(enrolled["otpauth_uri"].as_str().unwrap()).unwrap();
-    let secret = uri.query_pairs().find(|(k, _)| k == "secret").unwrap().1.into_owned();
+    let secret = uri
+        .query_pairs()
+        .find(|(k, _)| k == "secret")
+        .unwrap()
+        .1
+        .into_owned();
     let now = callverify::store::now_ms() / 1000;
     setup
         .api(
@@ -446,13 +493,21 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         .await;
     let (id2, prompt2) = setup.hosted(&user2).await;
     browser.go(&prompt2).await;
-    browser.wait_url("the page", |u| u.contains("/prompt/s/")).await;
+    browser
+        .wait_url("the page", |u| u.contains("/prompt/s/"))
+        .await;
     browser.script("window.__cvMarker = 42; return true;").await;
     let mut seen2 = Vec::new();
     watch_status(&browser, "ringing", &mut seen2).await;
     let alternates = browser.text(".alternates").await;
-    assert!(alternates.contains("Use a different verification option"), "{alternates}");
-    assert!(alternates.contains("Use a code from my authenticator app"), "{alternates}");
+    assert!(
+        alternates.contains("Use a different verification option"),
+        "{alternates}"
+    );
+    assert!(
+        alternates.contains("Use a code from my authenticator app"),
+        "{alternates}"
+    );
     browser.screenshot("4-ringing-with-alternates").await;
     browser.click(r#"button[data-method="app_code"]"#).await;
     let start = Instant::now();
@@ -461,18 +516,30 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        browser.text(".instructions").await.contains("authenticator app"),
+        browser
+            .text(".instructions")
+            .await
+            .contains("authenticator app"),
         "{}",
         browser.text("main").await
     );
     let label = browser.text(r#"label[for="code"]"#).await;
     assert_eq!(label, "Verification code");
-    let html = browser.script("return document.documentElement.outerHTML;").await;
+    let html = browser
+        .script("return document.documentElement.outerHTML;")
+        .await;
     assert_accessible(html.as_str().unwrap());
     // A wrong code first: the page says so and stays.
     let now = callverify::store::now_ms() / 1000;
-    let right = [oathtool(&secret, now - 30), oathtool(&secret, now), oathtool(&secret, now + 30)];
-    let wrong = ["000000", "111111", "222222"].into_iter().find(|c| !right.iter().any(|r| r == c)).unwrap();
+    let right = [
+        oathtool(&secret, now - 30),
+        oathtool(&secret, now),
+        oathtool(&secret, now + 30),
+    ];
+    let wrong = ["000000", "111111", "222222"]
+        .into_iter()
+        .find(|c| !right.iter().any(|r| r == c))
+        .unwrap();
     browser.type_into("#code", wrong).await;
     browser.click("form.code button").await;
     let start = Instant::now();
@@ -486,22 +553,40 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
     browser.screenshot("6-app-code-typed").await;
     browser.click("form.code button").await;
     let landed = browser
-        .wait_url("the page returns after the code", |u| u.contains("/mfa/done"))
+        .wait_url("the page returns after the code", |u| {
+            u.contains("/mfa/done")
+        })
         .await;
     assert!(landed.contains("callverify_token="), "{landed}");
-    let token = setup.receiver.tokens.lock().unwrap().last().cloned().unwrap();
+    let token = setup
+        .receiver
+        .tokens
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
     let claims = jwcrypto_claims(&jwks, &token, "auth");
     assert_eq!(claims["verification_id"], id2.as_str());
     assert_eq!(claims["result"], "confirmed");
     assert_eq!(claims["method"], json!({"id": app, "type": "app_code"}));
     let record = setup
-        .api(reqwest::Method::GET, &format!("/v1/verifications/{id2}"), None)
+        .api(
+            reqwest::Method::GET,
+            &format!("/v1/verifications/{id2}"),
+            None,
+        )
         .await;
     let results: Vec<(&str, &str)> = record["attempts"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["method"]["type"].as_str().unwrap(), a["result"].as_str().unwrap()))
+        .map(|a| {
+            (
+                a["method"]["type"].as_str().unwrap(),
+                a["result"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(results, [("phone", "cancelled"), ("app_code", "confirmed")]);
     assert_eq!(record["attempts"][1]["wrong_codes"], 1);

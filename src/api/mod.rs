@@ -499,6 +499,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.merge(users::UsersDoc::openapi());
     doc.merge(signin::SigninDoc::openapi());
+    signin::document(&mut doc);
     Json(doc)
 }
 

@@ -37,9 +37,34 @@ pub(super) fn routes() -> Router<AppState> {
 #[derive(OpenApi)]
 #[openapi(
     paths(submit_code, switch_method, jwks),
-    components(schemas(UserVerificationRequest, HostedRequest, SwitchRequest)),
+    components(schemas(UserVerificationRequest, HostedRequest, SwitchRequest))
 )]
 pub struct SigninDoc;
+
+/// Documents that `POST /v1/verifications` takes either body: by number or by user.
+pub(super) fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{OneOfBuilder, Ref, Schema};
+    let body = doc
+        .paths
+        .paths
+        .get_mut("/v1/verifications")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|op| op.request_body.as_mut())
+        .and_then(|body| body.content.get_mut("application/json"));
+    if let Some(content) = body {
+        content.schema = Some(RefOr::T(Schema::OneOf(
+            OneOfBuilder::new()
+                .item(Ref::from_schema_name("CreateRequest"))
+                .item(Ref::from_schema_name("UserVerificationRequest"))
+                .description(Some(
+                    "By number (`phone_number`) or by user (`user_id`); either may ask for \
+                     the hosted sign-in page (`hosted`).",
+                ))
+                .build(),
+        )));
+    }
+}
 
 /// `"hosted": {"return_url": …}`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -247,7 +272,11 @@ pub(super) async fn create_for_user(
         }
         Created::Replayed(v) | Created::Joined(v) => {
             state.limiter.release(reservation);
-            Ok((StatusCode::OK, Json(VerificationView::from_record(&v, true))).into_response())
+            Ok((
+                StatusCode::OK,
+                Json(VerificationView::from_record(&v, true)),
+            )
+                .into_response())
         }
         Created::IdempotencyConflict => {
             state.limiter.release(reservation);
@@ -327,7 +356,10 @@ async fn submit_code(
 ) -> Result<Response, AppError> {
     let (req, _): (CodeRequest, _) = json_body(&state, &headers, body)?;
     let code = Code::parse(&req.code).ok_or_else(|| {
-        AppError::bad_request("invalid_code", "code: exactly 6 digits, as the app shows it")
+        AppError::bad_request(
+            "invalid_code",
+            "code: exactly 6 digits, as the app shows it",
+        )
     })?;
     let id = verification_id(&raw_id)?;
     let v = state.signin.submit_code(&client.name, &id, &code).await?;

@@ -32,10 +32,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/users", post(create_user).get(find_users))
         .route("/v1/users/{id}", get(get_user).delete(delete_user))
-        .route(
-            "/v1/users/{id}/methods",
-            post(add_method).get(list_methods),
-        )
+        .route("/v1/users/{id}/methods", post(add_method).get(list_methods))
         .route(
             "/v1/users/{id}/methods/{mid}",
             get(get_method).patch(update_method).delete(delete_method),
@@ -46,10 +43,28 @@ pub(super) fn routes() -> Router<AppState> {
 /// The OpenAPI paths of users and methods (merged into `/openapi.json`).
 #[derive(OpenApi)]
 #[openapi(
-    paths(create_user, find_users, get_user, delete_user, add_method, list_methods, get_method,
-          update_method, delete_method, confirm_method),
-    components(schemas(NewUserRequest, UserView, UserList, NewMethodRequest, MethodView,
-                       MethodList, MethodUpdate, CodeRequest)),
+    paths(
+        create_user,
+        find_users,
+        get_user,
+        delete_user,
+        add_method,
+        list_methods,
+        get_method,
+        update_method,
+        delete_method,
+        confirm_method
+    ),
+    components(schemas(
+        NewUserRequest,
+        UserView,
+        UserList,
+        NewMethodRequest,
+        EnrolledMethod,
+        MethodList,
+        MethodUpdate,
+        CodeRequest
+    ))
 )]
 pub struct UsersDoc;
 
@@ -73,7 +88,7 @@ pub struct UserView {
     pub display_name: Option<String>,
     pub created_at: String,
     /// The user's methods in order (a verification by user uses the first active one).
-    pub methods: Vec<MethodView>,
+    pub methods: Vec<EnrolledMethod>,
 }
 
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -101,7 +116,7 @@ pub struct NewMethodRequest {
 /// A method. On enrolment of an `app_code` (201 only) it also carries `otpauth_uri` and
 /// `qr_svg`, never again.
 #[derive(Debug, serde::Serialize, ToSchema)]
-pub struct MethodView {
+pub struct EnrolledMethod {
     #[schema(example = "mth_9e4b1c7a2d8f0e3b5a6c1d2e7f8a9b0c")]
     pub id: String,
     /// `phone` or `app_code`.
@@ -129,8 +144,8 @@ pub struct MethodView {
     pub qr_svg: Option<String>,
 }
 
-impl MethodView {
-    fn of(m: &Method) -> MethodView {
+impl EnrolledMethod {
+    fn of(m: &Method) -> EnrolledMethod {
         let (phone_number, extension) = match &m.detail {
             MethodDetail::Phone {
                 destination,
@@ -138,7 +153,7 @@ impl MethodView {
             } => (Some(destination.expose().to_owned()), extension.clone()),
             MethodDetail::AppCode { .. } => (None, None),
         };
-        MethodView {
+        EnrolledMethod {
             id: m.id.as_str().to_owned(),
             kind: m.kind().as_str(),
             status: m.status.as_str(),
@@ -157,7 +172,7 @@ impl MethodView {
 
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct MethodList {
-    pub methods: Vec<MethodView>,
+    pub methods: Vec<EnrolledMethod>,
 }
 
 /// `PATCH /v1/users/{id}/methods/{mid}`.
@@ -172,7 +187,9 @@ pub struct MethodUpdate {
     pub position: Option<u32>,
 }
 
-fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn some_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
@@ -261,13 +278,16 @@ async fn user_view(state: &AppState, user: &User) -> Result<UserView, AppError> 
         external_id: user.external_id.clone(),
         display_name: user.display_name.clone(),
         created_at: rfc3339(user.created_at),
-        methods: methods.iter().map(MethodView::of).collect(),
+        methods: methods.iter().map(EnrolledMethod::of).collect(),
     })
 }
 
 fn parse_code(raw: &str) -> Result<Code, AppError> {
     Code::parse(raw).ok_or_else(|| {
-        AppError::bad_request("invalid_code", "code: exactly 6 digits, as the app shows it")
+        AppError::bad_request(
+            "invalid_code",
+            "code: exactly 6 digits, as the app shows it",
+        )
     })
 }
 
@@ -370,7 +390,9 @@ async fn delete_user(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let user = load_user(&state, &client, &id).await?;
-    directory(&state)?.delete_user(&client.name, &user.id).await?;
+    directory(&state)?
+        .delete_user(&client.name, &user.id)
+        .await?;
     tracing::info!(user = %user.id, client = %client.name, "user deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -381,7 +403,7 @@ async fn delete_user(
     params(("id" = String, Path, description = "`usr_…`")),
     request_body = NewMethodRequest,
     responses(
-        (status = 201, description = "Enrolled (app_code: pending, with otpauth_uri and qr_svg)", body = MethodView),
+        (status = 201, description = "Enrolled (app_code: pending, with otpauth_uri and qr_svg)", body = EnrolledMethod),
         (status = 400, description = "Invalid body, type or number", body = ErrorBody),
         (status = 404, description = "No such user for this client", body = ErrorBody),
         (status = 422, description = "Number refused by policy; too many methods", body = ErrorBody),
@@ -397,10 +419,7 @@ async fn add_method(
 ) -> Result<Response, AppError> {
     let (req, _): (NewMethodRequest, _) = json_body(&state, &headers, body)?;
     let user = load_user(&state, &client, &id).await?;
-    let label = req
-        .label
-        .map(|l| name("label", &l, NAME_MAX))
-        .transpose()?;
+    let label = req.label.map(|l| name("label", &l, NAME_MAX)).transpose()?;
     let method_id = MethodId::generate();
     let (detail, status, offer) = match req.kind.as_str() {
         "phone" => {
@@ -432,10 +451,12 @@ async fn add_method(
                 &state.config.methods.totp_issuer,
                 &user.external_id,
             )
-            .map_err(|e| AppError::Crypto(SigninError::Unprocessable {
-                code: "enrolment_failed",
-                message: e.to_string(),
-            }))?;
+            .map_err(|e| {
+                AppError::Crypto(SigninError::Unprocessable {
+                    code: "enrolment_failed",
+                    message: e.to_string(),
+                })
+            })?;
             (
                 MethodDetail::AppCode {
                     secret: pending.secret,
@@ -472,7 +493,7 @@ async fn add_method(
             )
         })?;
     tracing::info!(user = %user.id, method = %method.id, kind = method.kind().as_str(), "method enrolled");
-    let mut view = MethodView::of(&method);
+    let mut view = EnrolledMethod::of(&method);
     if let Some(offer) = offer {
         view.otpauth_uri = Some(offer.otpauth_uri);
         view.qr_svg = Some(offer.qr_svg);
@@ -498,7 +519,7 @@ async fn list_methods(
     let user = load_user(&state, &client, &id).await?;
     let methods = directory(&state)?.methods(&user.id).await?;
     Ok(Json(MethodList {
-        methods: methods.iter().map(MethodView::of).collect(),
+        methods: methods.iter().map(EnrolledMethod::of).collect(),
     })
     .into_response())
 }
@@ -506,7 +527,7 @@ async fn list_methods(
 /// One method (never its secret).
 #[utoipa::path(get, path = "/v1/users/{id}/methods/{mid}", tag = "users",
     params(("id" = String, Path, description = "`usr_…`"), ("mid" = String, Path, description = "`mth_…`")),
-    responses((status = 200, description = "The method", body = MethodView),
+    responses((status = 200, description = "The method", body = EnrolledMethod),
               (status = 404, description = "No such user or method for this client", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn get_method(
@@ -516,14 +537,14 @@ async fn get_method(
 ) -> Result<Response, AppError> {
     let user = load_user(&state, &client, &id).await?;
     let method = load_method(&state, &user, &mid).await?;
-    Ok(Json(MethodView::of(&method)).into_response())
+    Ok(Json(EnrolledMethod::of(&method)).into_response())
 }
 
 /// Rename or reorder a method.
 #[utoipa::path(patch, path = "/v1/users/{id}/methods/{mid}", tag = "users",
     params(("id" = String, Path, description = "`usr_…`"), ("mid" = String, Path, description = "`mth_…`")),
     request_body = MethodUpdate,
-    responses((status = 200, description = "The method after the change", body = MethodView),
+    responses((status = 200, description = "The method after the change", body = EnrolledMethod),
               (status = 400, description = "Invalid body", body = ErrorBody),
               (status = 404, description = "No such user or method for this client", body = ErrorBody)),
     security(("bearer" = [])))]
@@ -548,7 +569,7 @@ async fn update_method(
         .update_method(&user.id, &method.id, patch)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no method `{mid}`")))?;
-    Ok(Json(MethodView::of(&updated)).into_response())
+    Ok(Json(EnrolledMethod::of(&updated)).into_response())
 }
 
 /// Remove a method.
@@ -564,7 +585,9 @@ async fn delete_method(
 ) -> Result<Response, AppError> {
     let user = load_user(&state, &client, &id).await?;
     let method = load_method(&state, &user, &mid).await?;
-    directory(&state)?.delete_method(&user.id, &method.id).await?;
+    directory(&state)?
+        .delete_method(&user.id, &method.id)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -573,7 +596,7 @@ async fn delete_method(
     params(("id" = String, Path, description = "`usr_…`"), ("mid" = String, Path, description = "`mth_…`")),
     request_body = CodeRequest,
     responses(
-        (status = 200, description = "Confirmed: the method is active", body = MethodView),
+        (status = 200, description = "Confirmed: the method is active", body = EnrolledMethod),
         (status = 400, description = "Not six digits (`invalid_code`)", body = ErrorBody),
         (status = 404, description = "No such user or method for this client", body = ErrorBody),
         (status = 409, description = "Not a pending app code (`not_pending`)", body = ErrorBody),
@@ -612,7 +635,7 @@ async fn confirm_method(
                     message: format!("method `{mid}` was confirmed meanwhile"),
                 })?;
             tracing::info!(user = %user.id, method = %active.id, "app code confirmed");
-            Ok(Json(MethodView::of(&active)).into_response())
+            Ok(Json(EnrolledMethod::of(&active)).into_response())
         }
         Err(totp::EnrolError::WrongCode) => {
             let m = &state.config.methods;

@@ -89,7 +89,10 @@ pub async fn run(prompts: &Path, out: &mut (dyn Write + Send)) -> Result<DemoOut
             reason: e.into(),
         })?;
     let receiver = axum::Router::new()
-        .route("/hooks/callverify", axum::routing::post(super::receive_webhook))
+        .route(
+            "/hooks/callverify",
+            axum::routing::post(super::receive_webhook),
+        )
         .with_state(Arc::new((key, hook_tx)));
     let hook_server = tokio::spawn(async move { axum::serve(hook_listener, receiver).await });
 
@@ -108,7 +111,10 @@ pub async fn run(prompts: &Path, out: &mut (dyn Write + Send)) -> Result<DemoOut
         .await?
         .start_on(api_listener)
         .await?;
-    writeln!(out, "callverify demo --method code: an authenticator app on loopback")?;
+    writeln!(
+        out,
+        "callverify demo --method code: an authenticator app on loopback"
+    )?;
     writeln!(out, "  service   http://{api_addr}  (in-memory store)")?;
     writeln!(
         out,
@@ -139,13 +145,19 @@ pub async fn run(prompts: &Path, out: &mut (dyn Write + Send)) -> Result<DemoOut
     )
     .await?;
     let method_id = enrolled["id"].as_str().unwrap_or_default().to_owned();
-    let uri = enrolled["otpauth_uri"].as_str().unwrap_or_default().to_owned();
+    let uri = enrolled["otpauth_uri"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     writeln!(
         out,
         "← 201 {}",
         json!({"id": method_id, "status": enrolled["status"]})
     )?;
-    writeln!(out, "  otpauth URI (scan it, or its qr_svg, with an authenticator app):")?;
+    writeln!(
+        out,
+        "  otpauth URI (scan it, or its qr_svg, with an authenticator app):"
+    )?;
     writeln!(out, "  {uri}")?;
     let app = Authenticator::scan(&uri).ok_or_else(|| DemoError::Api {
         status: 201,
@@ -191,7 +203,10 @@ pub async fn run(prompts: &Path, out: &mut (dyn Write + Send)) -> Result<DemoOut
         out,
     )
     .await?;
-    let result = verification["result"].as_str().unwrap_or_default().to_owned();
+    let result = verification["result"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     writeln!(out)?;
     writeln!(
         out,
@@ -213,7 +228,11 @@ pub async fn run(prompts: &Path, out: &mut (dyn Write + Send)) -> Result<DemoOut
                 payload["data"]["id"].as_str().unwrap_or("?"),
                 payload["data"]["result"],
                 payload["data"]["method"]["type"],
-                if same { "" } else { ", BUT IT DIFFERS FROM THE API" }
+                if same {
+                    ""
+                } else {
+                    ", BUT IT DIFFERS FROM THE API"
+                }
             )?;
             same
         }

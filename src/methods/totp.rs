@@ -275,18 +275,29 @@ mod tests {
     fn codes_parse_strictly() {
         assert!(Code::parse("123456").is_some());
         assert!(Code::parse(" 123456\n").is_some());
-        for bad in ["", "12345", "1234567", "12 456", "12345a", "１２３４５６", "-12345"] {
+        for bad in [
+            "",
+            "12345",
+            "1234567",
+            "12 456",
+            "12345a",
+            "１２３４５６",
+            "-12345",
+        ] {
             assert!(Code::parse(bad).is_none(), "{bad:?}");
         }
-        assert_eq!(format!("{:?}", Code::parse("123456").unwrap()), "Code(******)");
+        assert_eq!(
+            format!("{:?}", Code::parse("123456").unwrap()),
+            "Code(******)"
+        );
     }
 
     #[test]
     fn enrolment_needs_the_right_code_and_the_uri_carries_the_secret() {
         let sealer = Sealer::from_key(&[5; 32]);
         let id = MethodId::generate();
-        let (pending, offer) = begin_enrolment(&sealer, &id, "callverify", "alice@example.com")
-            .unwrap();
+        let (pending, offer) =
+            begin_enrolment(&sealer, &id, "callverify", "alice@example.com").unwrap();
         assert!(
             offer
                 .otpauth_uri
@@ -312,7 +323,9 @@ mod tests {
         ));
         let pending = PendingAppCode {
             method: id.clone(),
-            secret: sealer.seal(&id, &totp_secret(&sealer, &id, &offer)).unwrap(),
+            secret: sealer
+                .seal(&id, &totp_secret(&sealer, &id, &offer))
+                .unwrap(),
         };
         let right = Code::parse(&totp.code_at_step(step_at(t))).unwrap();
         let proven = pending.finish(&sealer, &right, t).unwrap();

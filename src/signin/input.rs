@@ -14,8 +14,7 @@ const FIELD_MAX_LEN: usize = 128;
 /// Whether `s` has the exact shape of a token we issue (base64url, 43 characters).
 pub fn is_token(s: &str) -> bool {
     s.len() == TOKEN_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -103,7 +102,10 @@ mod tests {
         assert_eq!(session_cookie([h.as_str()]), Some(T));
         let twice = format!("{SESSION_COOKIE}={T}; {SESSION_COOKIE}={T}");
         assert_eq!(session_cookie([twice.as_str()]), None);
-        assert_eq!(session_cookie([format!("{SESSION_COOKIE}=short").as_str()]), None);
+        assert_eq!(
+            session_cookie([format!("{SESSION_COOKIE}=short").as_str()]),
+            None
+        );
         assert_eq!(session_cookie(["nothing", ""]), None);
     }
 

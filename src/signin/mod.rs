@@ -24,9 +24,7 @@ use crate::store::{
     CodeConfirmed, Completions, Directory, PromptOpened, Status, Store, StoreError, Switched,
     UnixMs, Verification, VerificationId, now_ms,
 };
-use crate::user::{
-    BrowserToken, Method, MethodId, MethodKind, MethodStatus, NewPrompt, Prompt,
-};
+use crate::user::{BrowserToken, Method, MethodId, MethodKind, MethodStatus, NewPrompt, Prompt};
 use crate::webhook::OutboxWake;
 
 /// How often the sweeper looks at verifications waiting for their user.
@@ -162,12 +160,13 @@ impl SignIn {
         let Some(directory) = &self.directory else {
             return Ok(());
         };
-        let sample = directory.sealed_secret_sample().await.map_err(|e| {
-            ConfigError::Invalid {
+        let sample = directory
+            .sealed_secret_sample()
+            .await
+            .map_err(|e| ConfigError::Invalid {
                 key: "methods.seal_key".into(),
                 reason: format!("cannot read the store to check the key: {e}"),
-            }
-        })?;
+            })?;
         match (sample, &self.sealer) {
             (None, _) => Ok(()),
             (Some(_), None) => Err(ConfigError::Invalid {
@@ -328,7 +327,10 @@ impl SignIn {
         if method.kind() == MethodKind::AppCode && self.sealer.is_none() {
             return Err(SigninError::NoSealKey);
         }
-        match directory.switch_method(id, client, &method, now_ms()).await? {
+        match directory
+            .switch_method(id, client, &method, now_ms())
+            .await?
+        {
             Switched::NotFound => Err(SigninError::NotFound(format!("no verification `{id}`"))),
             Switched::Completed(_) => Err(conflict(
                 "already_completed",

@@ -17,7 +17,8 @@ const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
 /// Append only: a released migration never changes.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE verifications (
     id              TEXT PRIMARY KEY,
     client          TEXT NOT NULL,
@@ -79,13 +80,13 @@ CREATE TABLE webhook_attempts (
     PRIMARY KEY (message_id, number)
 );
 "#,
-// Sign-in methods (issue 11): users, their methods, hosted prompts, and verifications by user.
-// SQLite cannot change a CHECK constraint in place, so `verifications` is rebuilt (the SQLite
-// "12-step" procedure; `migrate` turns foreign keys off around it and checks them before
-// committing) to allow the `awaiting_user` status and no destination (an app-code attempt);
-// the new columns are nullable. PostgreSQL: ALTER the status CHECK, DROP NOT NULL on
-// destination, ADD the four columns.
-r#"
+    // Sign-in methods (issue 11): users, their methods, hosted prompts, and verifications by user.
+    // SQLite cannot change a CHECK constraint in place, so `verifications` is rebuilt (the SQLite
+    // "12-step" procedure; `migrate` turns foreign keys off around it and checks them before
+    // committing) to allow the `awaiting_user` status and no destination (an app-code attempt);
+    // the new columns are nullable. PostgreSQL: ALTER the status CHECK, DROP NOT NULL on
+    // destination, ADD the four columns.
+    r#"
 CREATE TABLE verifications_next (
     id              TEXT PRIMARY KEY,
     client          TEXT NOT NULL,
@@ -167,7 +168,8 @@ CREATE TABLE signin_prompts (
     csrf_hash          BLOB,
     session_expires_at INTEGER
 );
-"#];
+"#,
+];
 
 pub(super) const COLUMNS: &str = "id, client, destination, extension, mode, expected_digits, \
     language, callback_url, metadata, status, result, dtmf_method, timeline, created_at, \
@@ -254,15 +256,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
-            let violations: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM pragma_foreign_key_check",
-                [],
-                |r| r.get(0),
-            )?;
+            let violations: i64 =
+                tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?;
             if violations > 0 {
                 return Err(corrupt(
                     "schema",
-                    format!("migration {} leaves {violations} foreign key violations", i + 1),
+                    format!(
+                        "migration {} leaves {violations} foreign key violations",
+                        i + 1
+                    ),
                 ));
             }
             tx.pragma_update(None, "user_version", i as i64 + 1)?;

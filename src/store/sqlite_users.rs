@@ -6,9 +6,7 @@ use flow::{CallResult, TimelineEntry, TimelineEvent};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::sqlite::{COLUMNS, corrupt, enqueue_webhook, fetch, timeline_json};
-use super::users::{
-    Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, Switched,
-};
+use super::users::{Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, Switched};
 use super::*;
 use crate::user::{
     Method, MethodAttempt, MethodDetail, MethodId, MethodKind, MethodPatch, MethodStatus,
@@ -235,8 +233,7 @@ fn awaiting_code(
 ) -> Result<Option<Verification>, StoreError> {
     Ok(fetch(conn, id)?.filter(|v| {
         v.status == Status::AwaitingUser
-            && v
-                .method
+            && v.method
                 .as_ref()
                 .is_some_and(|m| m.id == *method && m.kind == MethodKind::AppCode)
     }))
@@ -785,7 +782,9 @@ impl Directory for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(v) = fetch(&tx, id.as_str())?.filter(|v| {
                 v.status == Status::AwaitingUser
-                    && v.method.as_ref().is_some_and(|m| m.kind == MethodKind::Phone)
+                    && v.method
+                        .as_ref()
+                        .is_some_and(|m| m.kind == MethodKind::Phone)
             }) else {
                 return Ok(None);
             };
@@ -983,7 +982,8 @@ mod tests {
         let path = dir.path().join("v1.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(super::super::sqlite::MIGRATIONS[0]).unwrap();
+            conn.execute_batch(super::super::sqlite::MIGRATIONS[0])
+                .unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
             conn.execute_batch(
                 "INSERT INTO verifications (id, client, destination, mode, language, status, \

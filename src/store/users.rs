@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use super::{Created, IdempotencyKey, StoreError, UnixMs, Verification, VerificationId};
 use crate::user::{
-    Method, MethodId, MethodKind, MethodPatch, NewMethod, NewPrompt, NewUser,
-    NewUserVerification, Prompt, SealedSecret, User, UserId,
+    Method, MethodId, MethodKind, MethodPatch, NewMethod, NewPrompt, NewUser, NewUserVerification,
+    Prompt, SealedSecret, User, UserId,
 };
 use flow::CallResult;
 

@@ -35,16 +35,31 @@ pub fn assert_accessible(html: &str) {
         if tag.contains(r#"type="hidden""#) {
             continue;
         }
-        let id = tag.split(r#"id=""#).nth(1).and_then(|s| s.split('"').next()).expect("input has an id");
-        assert!(html.contains(&format!(r#"<label for="{id}">"#)), "input {id} has a label");
+        let id = tag
+            .split(r#"id=""#)
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("input has an id");
+        assert!(
+            html.contains(&format!(r#"<label for="{id}">"#)),
+            "input {id} has a label"
+        );
     }
     assert!(!html.contains("style="), "no inline style attribute");
     assert!(!html.contains("<style"), "no style element");
     for script in html.split("<script").skip(1) {
         let tag = &script[..script.find('>').unwrap()];
-        assert!(tag.contains("src=\"/prompt/assets/"), "only scripts from 'self': {tag}");
-        assert!(script[script.find('>').unwrap() + 1..].starts_with("</script>"), "no inline script");
+        assert!(
+            tag.contains("src=\"/prompt/assets/"),
+            "only scripts from 'self': {tag}"
+        );
+        assert!(
+            script[script.find('>').unwrap() + 1..].starts_with("</script>"),
+            "no inline script"
+        );
     }
-    assert!(!html.contains(" on") || !html.contains("onclick="), "no inline handlers");
+    assert!(
+        !html.contains(" on") || !html.contains("onclick="),
+        "no inline handlers"
+    );
 }
-
