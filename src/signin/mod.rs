@@ -253,7 +253,7 @@ impl SignIn {
                 CodeConfirmed::Confirmed(done) => {
                     tracing::info!(%id, method = %method.id, "app code accepted");
                     self.completed(&done);
-                    Ok(done)
+                    Ok(*done)
                 }
                 CodeConfirmed::Replayed => {
                     directory

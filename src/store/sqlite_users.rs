@@ -654,7 +654,7 @@ impl Directory for SqliteStore {
             let done = complete_awaiting_in(&tx, payload, v, CallResult::Confirmed, now)?
                 .ok_or_else(|| corrupt("verification", "changed in transaction"))?;
             tx.commit()?;
-            Ok(CodeConfirmed::Confirmed(done))
+            Ok(CodeConfirmed::Confirmed(Box::new(done)))
         })
         .await
     }

@@ -20,7 +20,7 @@ use flow::CallResult;
 #[derive(Clone, Debug)]
 pub enum CodeConfirmed {
     /// The step was fresh: the verification is completed `confirmed`.
-    Confirmed(Verification),
+    Confirmed(Box<Verification>),
     /// This step (or a later one) was already accepted for this method: refused.
     Replayed,
     /// The verification is not waiting for a code of this method (completed, or switched).
