@@ -1010,6 +1010,31 @@ callback_hosts = ["auth.example.com"]
     }
 
     #[test]
+    fn sign_in_keys_are_checked_at_load() {
+        let e = load("[methods]\nseal_key = \"c2hvcnQ=\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("methods.seal_key"), "{e}");
+        let e = load("[signin]\nsigning_key = \"not a key\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.signing_key"), "{e}");
+        let hosted = CLIENT.replace(
+            "callback_hosts = [\"auth.example.com\"]",
+            "callback_hosts = [\"auth.example.com\"]\nreturn_hosts = [\"app.example.com\"]",
+        );
+        let e = load(&hosted, &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.signing_key"), "{e}");
+        let e = load("[signin]\npublic_url = \"https://x.example/path\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.public_url"), "{e}");
+        let ok = load(
+            "[methods]\nseal_key = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            !format!("{ok:?}").contains("AQIDBAUG"),
+            "the seal key never prints"
+        );
+    }
+
+    #[test]
     fn secrets_never_print() {
         let config = load(CLIENT, &[("CALLVERIFY_SIP__PASSWORD", "hunter2-pass")]).unwrap();
         let debug = format!("{config:?}");

@@ -1048,3 +1048,41 @@ async fn without_a_seal_key_app_codes_are_refused_clearly() {
         (StatusCode::UNPROCESSABLE_ENTITY, "return_url_not_allowed")
     );
 }
+
+#[tokio::test]
+async fn the_service_refuses_a_seal_key_that_cannot_open_the_stored_secrets() {
+    let store = memory_store().await;
+    let state = AppState::new(signin_config(""), std::sync::Arc::clone(&store)).unwrap();
+    let router = callverify::api::app(state);
+    let user = create_user(&router, KEY, "judy@example.com").await;
+    enrol_app_code(&router, &user).await;
+    let placer = ScriptedPlacer::new(Script::Immediate(CallResult::Confirmed));
+    // The same key: starts.
+    assert!(
+        callverify::service::Service::with_store(
+            signin_config(""),
+            std::sync::Arc::clone(&store),
+            placer.clone()
+        )
+        .await
+        .is_ok()
+    );
+    // Another key, or none: refused, naming the key.
+    let mut other = signin_config("");
+    other.methods.seal_key = Some(callverify::config::Secret::new(
+        base64::engine::general_purpose::STANDARD.encode([9u8; 32]),
+    ));
+    let mut none = signin_config("");
+    none.methods.seal_key = None;
+    for config in [other, none] {
+        let e = callverify::service::Service::with_store(
+            config,
+            std::sync::Arc::clone(&store),
+            placer.clone(),
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains("methods.seal_key"), "{e}");
+    }
+}
