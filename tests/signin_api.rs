@@ -17,7 +17,7 @@ use callverify::config::Config;
 use callverify::store::now_ms;
 use flow::CallResult;
 use serde_json::{Value, json};
-use signin_support::{assert_accessible, oathtool, signing_pem};
+use signin_support::{assert_accessible, oathtool, signing_pem, steady_now};
 
 const SEAL_KEY_BYTES: [u8; 32] = [
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
@@ -80,18 +80,6 @@ async fn enrol_app_code(router: &Router, user: &str) -> (String, String) {
         .1
         .into_owned();
     (r.json["id"].as_str().unwrap().to_owned(), secret)
-}
-
-/// Now, in seconds, at least 5 s away from the next 30-second step boundary (so a code
-/// computed for "step + k" is still that step when it arrives).
-async fn steady_now() -> i64 {
-    loop {
-        let now = now_ms() / 1000;
-        if now % 30 < 25 {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 async fn confirm(router: &Router, user: &str, method: &str, code: &str) -> Reply {

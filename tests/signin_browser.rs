@@ -23,7 +23,7 @@ use api_support::*;
 use base64::Engine as _;
 use common_peers::{Peer, Work, sipp_uas};
 use serde_json::{Value, json};
-use signin_support::{assert_accessible, oathtool, signing_pem};
+use signin_support::{assert_accessible, oathtool, signing_pem, steady_now};
 
 const SEAL: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
 /// How long the browser test waits for anything visible.
@@ -483,7 +483,7 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         .unwrap()
         .1
         .into_owned();
-    let now = callverify::store::now_ms() / 1000;
+    let now = steady_now().await;
     setup
         .api(
             reqwest::Method::POST,
@@ -530,7 +530,7 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         .await;
     assert_accessible(html.as_str().unwrap());
     // A wrong code first: the page says so and stays.
-    let now = callverify::store::now_ms() / 1000;
+    let now = steady_now().await;
     let right = [
         oathtool(&secret, now - 30),
         oathtool(&secret, now),
@@ -548,7 +548,7 @@ async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     browser.screenshot("5-app-code-wrong").await;
-    let now = callverify::store::now_ms() / 1000;
+    let now = steady_now().await;
     browser.type_into("#code", &oathtool(&secret, now)).await;
     browser.screenshot("6-app-code-typed").await;
     browser.click("form.code button").await;

@@ -163,7 +163,13 @@ pub async fn run(prompts: &Path, out: &mut (dyn Write + Send)) -> Result<DemoOut
         status: 201,
         body: format!("not an otpauth://totp URI: {uri}"),
     })?;
-    let now = u64::try_from(crate::model::now_ms() / 1000).unwrap_or(0);
+    let mut now = u64::try_from(crate::model::now_ms() / 1000).unwrap_or(0);
+    if now % STEP_SECS > STEP_SECS - 3 {
+        // Too close to the next step for the code of the step before to still count when it
+        // arrives: wait for the next one, as a person glancing at the app would.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        now = u64::try_from(crate::model::now_ms() / 1000).unwrap_or(0);
+    }
     // The app showed a code a moment ago (the step before); it proves the enrolment.
     let first = app.code_at(now.saturating_sub(STEP_SECS));
     writeln!(out, "  the app shows {first}")?;

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 use std::process::Command;
+use std::time::Duration;
+
+use callverify::store::now_ms;
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 
@@ -62,4 +65,16 @@ pub fn assert_accessible(html: &str) {
         !html.contains(" on") || !html.contains("onclick="),
         "no inline handlers"
     );
+}
+
+/// Now, in seconds, at least 5 s away from the next 30-second step boundary (so a code
+/// computed for "step + k" is still that step when it arrives).
+pub async fn steady_now() -> i64 {
+    loop {
+        let now = now_ms() / 1000;
+        if now % 30 < 25 {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
