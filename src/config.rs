@@ -75,6 +75,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub webhook: WebhookConfig,
     pub cluster: ClusterConfig,
+    pub methods: MethodsConfig,
+    pub signin: SigninConfig,
 }
 
 /// `[api]`: the HTTP API and its clients.
@@ -146,6 +148,8 @@ pub struct ClientConfig {
     pub rate_per_hour: u32,
     /// Per day (0: `limits.per_client_per_day`).
     pub rate_per_day: u32,
+    /// Hosts a hosted prompt's `return_url` may point to (`host` or `host:port`).
+    pub return_hosts: Vec<String>,
 }
 
 /// `[sip]`: the trunk.
@@ -466,6 +470,81 @@ impl Default for WebhookConfig {
     }
 }
 
+/// `[methods]`: users' enrolled sign-in methods (DESIGN.md "Sign-in methods").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodsConfig {
+    /// Key sealing method secrets at rest: base64 of 32 random bytes
+    /// (`head -c 32 /dev/urandom | base64`). Required to enrol `app_code`; `serve` refuses to
+    /// start when the store holds sealed secrets and this is missing or another key.
+    pub seal_key: Option<Secret>,
+    /// Wrong codes allowed in one verification before it completes as `wrong_digits`.
+    pub code_attempts: u32,
+    /// Wrong codes in a row for one method, across verifications, that lock it.
+    pub lockout_failures: u32,
+    /// How long a locked method refuses codes, in seconds.
+    pub lockout_secs: u64,
+    /// The issuer an authenticator app shows next to the account (otpauth:// `issuer`).
+    pub totp_issuer: String,
+    /// Most methods one user may enrol.
+    pub max_per_user: u32,
+}
+
+impl Default for MethodsConfig {
+    fn default() -> Self {
+        MethodsConfig {
+            seal_key: None,
+            code_attempts: 3,
+            lockout_failures: 6,
+            lockout_secs: 900,
+            totp_issuer: "callverify".to_owned(),
+            max_per_user: 10,
+        }
+    }
+}
+
+/// `[signin]`: the hosted sign-in prompt and its signed result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigninConfig {
+    /// Where browsers reach this service (scheme, host, port; no path): the base of
+    /// `prompt_url` and the `iss` of signed results. Empty: `http://` + `api.listen`.
+    pub public_url: String,
+    /// The Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`) signing
+    /// results; its public key is served at `/v1/jwks.json`. Required when a client has
+    /// `return_hosts`.
+    pub signing_key: Option<Secret>,
+    /// How long a `prompt_url` can be opened (once), in seconds.
+    pub link_ttl_secs: u64,
+    /// How long the page's session lasts after the link was opened, in seconds.
+    pub session_ttl_secs: u64,
+    /// Lifetime of a signed result (`exp - iat`), in seconds.
+    pub result_ttl_secs: u64,
+}
+
+impl Default for SigninConfig {
+    fn default() -> Self {
+        SigninConfig {
+            public_url: String::new(),
+            signing_key: None,
+            link_ttl_secs: 300,
+            session_ttl_secs: 900,
+            result_ttl_secs: 120,
+        }
+    }
+}
+
+impl SigninConfig {
+    /// The base URL of prompt links (no trailing slash).
+    pub fn base_url(&self, listen: SocketAddr) -> String {
+        if self.public_url.is_empty() {
+            format!("http://{listen}")
+        } else {
+            self.public_url.trim_end_matches('/').to_owned()
+        }
+    }
+}
+
 /// Why a configuration could not be loaded. Every variant names the key or variable at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -572,6 +651,24 @@ impl Config {
                         "must be a host name or host:port, without scheme or path",
                     ));
                 }
+            }
+            for (j, host) in client.return_hosts.iter().enumerate() {
+                if host.is_empty() || host.contains('/') || host.contains('@') {
+                    return Err(invalid(
+                        format!("api.clients[{i}].return_hosts[{j}]"),
+                        "must be a host name or host:port, without scheme or path",
+                    ));
+                }
+            }
+            if !client.return_hosts.is_empty() && self.signin.signing_key.is_none() {
+                return Err(invalid(
+                    "signin.signing_key",
+                    format!(
+                        "required: client `{}` has return_hosts (hosted prompts return a signed \
+                         result); make one with `openssl genpkey -algorithm ed25519`",
+                        client.name
+                    ),
+                ));
             }
         }
         if self.api.max_wait_secs > 600 {
@@ -778,6 +875,58 @@ impl Config {
                 "cluster.dead_after_secs",
                 "must be at least twice cluster.heartbeat_secs (one late beat is not a death)",
             ));
+        }
+        self.validate_signin()?;
+        Ok(())
+    }
+
+    /// `[methods]` and `[signin]`.
+    fn validate_signin(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.methods.seal_key {
+            crate::seal::Sealer::from_config(key)
+                .map_err(|e| invalid("methods.seal_key", e.to_string()))?;
+        }
+        if let Some(key) = &self.signin.signing_key {
+            crate::signed_result::ResultSigner::from_pem(key)
+                .map_err(|e| invalid("signin.signing_key", e.to_string()))?;
+        }
+        for (key, value) in [
+            ("methods.code_attempts", self.methods.code_attempts as u64),
+            (
+                "methods.lockout_failures",
+                self.methods.lockout_failures as u64,
+            ),
+            ("methods.lockout_secs", self.methods.lockout_secs),
+            ("methods.max_per_user", self.methods.max_per_user as u64),
+            ("signin.link_ttl_secs", self.signin.link_ttl_secs),
+            ("signin.session_ttl_secs", self.signin.session_ttl_secs),
+            ("signin.result_ttl_secs", self.signin.result_ttl_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.methods.totp_issuer.is_empty() || self.methods.totp_issuer.contains(':') {
+            return Err(invalid(
+                "methods.totp_issuer",
+                "must be a non-empty name without `:`",
+            ));
+        }
+        if !self.signin.public_url.is_empty() {
+            let url = url::Url::parse(&self.signin.public_url)
+                .map_err(|e| invalid("signin.public_url", e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https")
+                || url.host_str().is_none()
+                || url.path() != "/"
+                || url.query().is_some()
+                || url.fragment().is_some()
+                || !url.username().is_empty()
+            {
+                return Err(invalid(
+                    "signin.public_url",
+                    "must be http(s)://host[:port] without path, query or credentials",
+                ));
+            }
         }
         Ok(())
     }
@@ -1192,6 +1341,31 @@ callback_hosts = ["auth.example.com"]
         .unwrap_err();
         assert!(e.to_string().contains("store.url"), "{e}");
         assert!(!e.to_string().contains("s3cret-pw"), "{e}");
+    }
+
+    #[test]
+    fn sign_in_keys_are_checked_at_load() {
+        let e = load("[methods]\nseal_key = \"c2hvcnQ=\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("methods.seal_key"), "{e}");
+        let e = load("[signin]\nsigning_key = \"not a key\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.signing_key"), "{e}");
+        let hosted = CLIENT.replace(
+            "callback_hosts = [\"auth.example.com\"]",
+            "callback_hosts = [\"auth.example.com\"]\nreturn_hosts = [\"app.example.com\"]",
+        );
+        let e = load(&hosted, &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.signing_key"), "{e}");
+        let e = load("[signin]\npublic_url = \"https://x.example/path\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.public_url"), "{e}");
+        let ok = load(
+            "[methods]\nseal_key = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            !format!("{ok:?}").contains("AQIDBAUG"),
+            "the seal key never prints"
+        );
     }
 
     #[test]

@@ -80,6 +80,23 @@ impl DialerHandle {
         live.entry(id.clone()).or_default().cancel();
     }
 
+    /// Whether this process is placing (or about to place) a call for `id`.
+    pub fn is_placing(&self, id: &VerificationId) -> bool {
+        self.live().contains_key(id)
+    }
+
+    /// Hangs up the call of `id` if this process is placing one (unlike [`Self::hang_up`],
+    /// leaves nothing behind for a call that already ended).
+    pub fn hang_up_if_placing(&self, id: &VerificationId) -> bool {
+        match self.live().get(id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Calls this process is placing now.
     pub fn live_calls(&self) -> usize {
         self.live().len()
@@ -247,7 +264,7 @@ impl Dialer {
         {
             Ok(expired) => {
                 for v in &expired {
-                    tracing::info!(id = %v.id, destination = %v.destination, "queued too long: expired");
+                    tracing::info!(id = %v.id, "queued too long: expired");
                     self.metrics.completed(CallResult::Expired, None);
                     self.completions.announce(&v.id);
                 }
@@ -263,14 +280,30 @@ impl Dialer {
     /// timeline when the call is over.
     async fn drive(&self, v: Verification) {
         let id = v.id.clone();
-        tracing::info!(%id, destination = %v.destination, mode = ?v.mode, "call started");
+        // Only calls are queued, so a claimed verification has a number; a row without one
+        // (a damaged store) fails instead of being dialled.
+        let Some(destination) = v.destination.clone() else {
+            tracing::error!(%id, "claimed a verification without a number");
+            let failed = Completion {
+                result: CallResult::Failed,
+                dtmf_method: None,
+                timeline: Vec::new(),
+            };
+            if let Err(e) = self.store.complete(&id, failed, now_ms()).await {
+                tracing::error!(%id, error = %e, "cannot store the outcome of a call");
+            }
+            self.completions.announce(&id);
+            self.outbox.wake();
+            return;
+        };
+        tracing::info!(%id, %destination, mode = ?v.mode, "call started");
         let expected_digits = v.digits_tag.map(|tag| {
             self.digits
-                .sealed(&digits_context(&v.client, v.destination.expose()), tag)
+                .sealed(&digits_context(&v.client, destination.expose()), tag)
         });
         let request = CallRequest {
             id: id.clone(),
-            destination: v.destination.clone(),
+            destination,
             extension: v.extension.clone(),
             mode: v.mode,
             expected_digits,

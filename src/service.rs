@@ -88,6 +88,8 @@ impl Service {
             );
         }
         let state = AppState::new(config, store, key)?;
+        // Refuse to start with a seal key that cannot open the stored method secrets.
+        state.signin.check_sealing_key().await?;
         for _ in 0..recovery.calls_failed {
             state.metrics.completed(flow::CallResult::Failed, None);
         }
@@ -174,6 +176,8 @@ impl Service {
         let grace = Duration::from_secs(config.api.shutdown_grace_secs);
         let dialer = tokio::spawn(dialer.run(shutdown.clone(), grace));
         let outbox = tokio::spawn(worker.run(state.outbox.clone(), outbox_stop.clone()));
+        // Expires verifications waiting for their user; starts calls after a method switch.
+        tokio::spawn(state.signin.clone().run_sweeper(shutdown.clone()));
         let instance = state.store.shared().map(|s| s.instance().to_string());
         tracing::info!(%addr, channels = config.sip.channels, instance, "callverify listening");
         Ok(Running {

@@ -17,11 +17,14 @@ use async_trait::async_trait;
 mod notify;
 mod postgres;
 mod sqlite;
+mod sqlite_users;
+mod users;
 
 pub use crate::model::*;
 pub use notify::Completions;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use users::{Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, Switched};
 
 use crate::config::{StoreBackend, StoreConfig};
 
@@ -183,6 +186,12 @@ pub trait Store: Send + Sync + 'static {
     /// The cluster side of a store several instances share (PostgreSQL); `None` for a store
     /// one process owns (SQLite), whose [`Store::recover`] at start is all the recovery there is.
     fn shared(&self) -> Option<&dyn SharedStore> {
+        None
+    }
+
+    /// The sign-in directory (users, methods, verifications by user) of this backend, when it
+    /// has one yet.
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
         None
     }
 }

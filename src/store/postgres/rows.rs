@@ -9,10 +9,12 @@ use super::super::{
 };
 use flow::keys::{DigitsTag, SEAL_LEN};
 
+use crate::user::{MethodId, MethodKind, MethodRef, UserId};
+
 /// The columns of a verification, in the order [`verification`] reads them.
 pub(super) const COLUMNS: &str = "id, client, destination, extension, mode, digits_tag, \
     language, callback_url, metadata, status, result, dtmf_method, timeline, created_at, \
-    updated_at, call_started_at, completed_at";
+    updated_at, call_started_at, completed_at, user_id, method_id, method_type, attempts";
 
 /// The columns of an outbox message, in the order [`outbox_message`] reads them.
 pub(super) const OUTBOX_COLUMNS: &str =
@@ -60,11 +62,30 @@ pub(super) fn verification(row: &Row) -> Result<Verification, StoreError> {
     let timeline: String = row.try_get(12)?;
     let metadata: Option<String> = row.try_get(8)?;
     let tag: Option<String> = row.try_get(5)?;
-    let destination: String = row.try_get(2)?;
+    let destination: Option<String> = row.try_get(2)?;
+    let user_id: Option<String> = row.try_get(17)?;
+    let method_id: Option<String> = row.try_get(18)?;
+    let method_type: Option<String> = row.try_get(19)?;
+    let attempts: Option<String> = row.try_get(20)?;
     Ok(Verification {
         id: VerificationId::parse(&id).ok_or_else(|| corrupt("id", &id))?,
         client: row.try_get(1)?,
-        destination: Destination::from_stored(&destination),
+        destination: destination.as_deref().map(Destination::from_stored),
+        user_id: match user_id {
+            Some(s) => Some(UserId::parse(&s).ok_or_else(|| corrupt("user_id", &s))?),
+            None => None,
+        },
+        method: match (method_id, method_type) {
+            (Some(id), Some(kind)) => Some(MethodRef {
+                id: MethodId::parse(&id).ok_or_else(|| corrupt("method_id", &id))?,
+                kind: MethodKind::parse(&kind).ok_or_else(|| corrupt("method_type", &kind))?,
+            }),
+            _ => None,
+        },
+        attempts: match attempts {
+            Some(s) => serde_json::from_str(&s).map_err(|e| corrupt("attempts", e))?,
+            None => Vec::new(),
+        },
         extension: row.try_get(3)?,
         mode: mode_parse(&mode).ok_or_else(|| corrupt("mode", &mode))?,
         digits_tag: match tag {

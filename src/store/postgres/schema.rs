@@ -20,7 +20,8 @@ CREATE TABLE verifications (
     seq             BIGINT GENERATED ALWAYS AS IDENTITY,
     id              TEXT PRIMARY KEY,
     client          TEXT NOT NULL,
-    destination     TEXT NOT NULL,
+    -- NULL while a verification by user is on a method without a call (an app code).
+    destination     TEXT,
     extension       TEXT,
     mode            TEXT NOT NULL,
     -- Keyed tag of the PIN or challenge digits (crate::secrets), never the digits; cleared
@@ -30,7 +31,8 @@ CREATE TABLE verifications (
     callback_url    TEXT,
     metadata        TEXT,
     status          TEXT NOT NULL
-        CHECK (status IN ('queued', 'calling', 'ringing', 'in_call', 'completed')),
+        CHECK (status IN ('queued', 'calling', 'ringing', 'in_call', 'completed',
+                          'awaiting_user')),
     result          TEXT,
     dtmf_method     TEXT,
     timeline        TEXT NOT NULL DEFAULT '[]',
@@ -42,7 +44,12 @@ CREATE TABLE verifications (
     owner           TEXT,
     -- Completed at the decision, the call still closing (prompts, BYE): its destination's
     -- line stays taken until the call ends (issue 9 item 3).
-    line_held       BOOLEAN NOT NULL DEFAULT FALSE
+    line_held       BOOLEAN NOT NULL DEFAULT FALSE,
+    -- Verifications by user (issue 11): the user, the method deciding now, every attempt.
+    user_id         TEXT,
+    method_id       TEXT,
+    method_type     TEXT,
+    attempts        TEXT
 );
 CREATE INDEX verifications_line_held ON verifications (destination) WHERE line_held;
 CREATE INDEX verifications_queued ON verifications (created_at, seq) WHERE status = 'queued';
