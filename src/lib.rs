@@ -7,6 +7,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod detect;
 pub mod dialer;
 pub mod metrics;
 pub mod model;
