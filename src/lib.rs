@@ -11,6 +11,7 @@ pub mod detect;
 pub mod dialer;
 pub mod metrics;
 pub mod model;
+pub mod recordings;
 pub mod runtime;
 pub mod service;
 pub mod store;
