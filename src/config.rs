@@ -217,7 +217,9 @@ impl Default for SipConfig {
 pub struct MediaConfig {
     /// RTP port range, `"LOW-HIGH"`.
     pub rtp_ports: String,
-    /// Folder of prompt recordings, one sub-folder per language.
+    /// Folder of prompt recordings, one sub-folder per language (`<folder>/en/greeting.wav`);
+    /// each file found replaces the recording built into the binary, the others stay. Empty
+    /// (the default): the built-in recordings (en, es, fr, de) only.
     pub prompts: PathBuf,
     /// Languages callers may ask for; the first is the default.
     pub languages: Vec<String>,
@@ -244,7 +246,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             rtp_ports: "20000-29999".to_owned(),
-            prompts: PathBuf::from("audio"),
+            prompts: PathBuf::new(),
             languages: vec!["en".to_owned()],
             srtp: SrtpMode::Off,
         }
