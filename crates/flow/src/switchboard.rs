@@ -140,6 +140,7 @@ impl<F: MediaFactory> Switchboard<F> {
                 display_name: spec.display_name,
                 next_hop: spec.next_hop,
                 peers: spec.peers,
+                alternates: spec.alternates,
                 transport: spec.transport,
                 media,
                 credentials: spec.credentials,

@@ -162,19 +162,16 @@ pub fn select_naptr(
                 return None;
             }
             let replacement = r.replacement.trim_end_matches('.');
-            (!replacement.is_empty()).then(|| {
-                (
-                    r.order,
-                    r.preference,
-                    transport,
-                    replacement.to_string(),
-                )
-            })
+            (!replacement.is_empty())
+                .then(|| (r.order, r.preference, transport, replacement.to_string()))
         })
         .collect();
     usable.sort_by_key(|(order, preference, _, _)| (*order, *preference));
     usable.truncate(MAX_SRV);
-    usable.into_iter().map(|(_, _, t, name)| (t, name)).collect()
+    usable
+        .into_iter()
+        .map(|(_, _, t, name)| (t, name))
+        .collect()
 }
 
 /// One SRV record as the resolver returns it.
@@ -342,8 +339,8 @@ impl Located {
         // two records naming one target at one port stay distinct.
         let mut taken = vec![false; self.destinations.len()];
         for s in order_srv(&srv, rng) {
-            let Some(i) = (0..self.destinations.len())
-                .find(|&i| !taken[i] && self.destinations[i].srv == s)
+            let Some(i) =
+                (0..self.destinations.len()).find(|&i| !taken[i] && self.destinations[i].srv == s)
             else {
                 continue;
             };
@@ -392,7 +389,12 @@ mod tests {
             Plan::Address("192.0.2.1:5060".parse().unwrap(), Transport::Udp)
         );
         assert_eq!(
-            plan(&name("2001:db8::1", Some(5080), Some(Transport::Tcp), false)),
+            plan(&name(
+                "2001:db8::1",
+                Some(5080),
+                Some(Transport::Tcp),
+                false
+            )),
             Plan::Address("[2001:db8::1]:5080".parse().unwrap(), Transport::Tcp)
         );
         assert_eq!(
@@ -410,7 +412,12 @@ mod tests {
         );
         // §4.1: a transport given: SRV of it, no NAPTR.
         assert_eq!(
-            plan(&name("trunk.example.net", None, Some(Transport::Tcp), false)),
+            plan(&name(
+                "trunk.example.net",
+                None,
+                Some(Transport::Tcp),
+                false
+            )),
             Plan::Srv {
                 host: "trunk.example.net".into(),
                 transport: Transport::Tcp
@@ -424,8 +431,14 @@ mod tests {
                 secure: true
             }
         );
-        assert_eq!(srv_name("example.net.", Transport::Tls), "_sips._tcp.example.net");
-        assert_eq!(srv_name("example.net", Transport::Udp), "_sip._udp.example.net");
+        assert_eq!(
+            srv_name("example.net.", Transport::Tls),
+            "_sips._tcp.example.net"
+        );
+        assert_eq!(
+            srv_name("example.net", Transport::Udp),
+            "_sip._udp.example.net"
+        );
     }
 
     #[test]
@@ -443,7 +456,7 @@ mod tests {
             r(10, 10, "s", "SIPS+D2T", "_sips._tcp.example.net."),
             r(5, 10, "s", "SIP+D2S", "_sip._sctp.example.net."), // SCTP: not ours
             r(1, 10, "u", "SIP+D2U", "!^.*$!sip:x@y!"),          // not terminal S
-            r(2, 10, "s", "SIP+D2U", "."),                      // no replacement
+            r(2, 10, "s", "SIP+D2U", "."),                       // no replacement
         ];
         let all = [Transport::Udp, Transport::Tcp, Transport::Tls];
         assert_eq!(
@@ -568,12 +581,22 @@ mod tests {
             srv: srv(0, 0, 5060, "a"),
             addrs: vec!["192.0.2.1".parse().unwrap()],
         };
-        let l = Located::new(Transport::Udp, vec![d.clone()], now, Duration::from_secs(30));
+        let l = Located::new(
+            Transport::Udp,
+            vec![d.clone()],
+            now,
+            Duration::from_secs(30),
+        );
         assert!(l.is_fresh(now + Duration::from_secs(29)));
         assert!(!l.is_fresh(now + Duration::from_secs(30)));
         let l = Located::new(Transport::Udp, vec![d.clone()], now, Duration::ZERO);
         assert!(!l.is_fresh(now), "TTL 0: resolved again on every use");
-        let l = Located::new(Transport::Udp, vec![d], now, Duration::from_secs(u64::MAX / 4));
+        let l = Located::new(
+            Transport::Udp,
+            vec![d],
+            now,
+            Duration::from_secs(u64::MAX / 4),
+        );
         assert_eq!(l.expires(), now + MAX_TTL);
     }
 
