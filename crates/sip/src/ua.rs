@@ -562,6 +562,12 @@ impl UserAgent {
         self.ctx.is_known(addr)
     }
 
+    /// Replaces the addresses trusted outside any call ([`Config::trusted_peers`]): the trunk
+    /// was resolved again. Live calls keep their own peers.
+    pub fn set_trusted_peers(&mut self, peers: Vec<SocketAddr>) {
+        self.ctx.cfg.trusted_peers = peers;
+    }
+
     /// Server transactions kept (requests being answered, and their retransmission state).
     pub fn server_transactions(&self) -> usize {
         self.ctx.servers.len()
