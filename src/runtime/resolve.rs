@@ -444,6 +444,6 @@ pub(crate) fn locate_at_start(
             })
         })
         .join()
-        .unwrap_or_else(|_| Err(ResolveError::NoAddress(host)))
+        .unwrap_or(Err(ResolveError::NoAddress(host)))
     })
 }
