@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -187,6 +187,35 @@ pub struct SipConfig {
     pub stranger_rate_per_sec: u32,
     /// Burst the stranger bucket holds.
     pub stranger_burst: u32,
+    /// Behind 1:1 NAT (a cloud VM): the public address, `IP` or `IP:port`, that Via, Contact
+    /// and Call-ID show instead of the bound one (the socket stays bound to `listen`).
+    /// Empty: the bound address (or, bound to a wildcard, the local address towards the
+    /// trunk).
+    pub external_address: String,
+    /// DNS servers (`"IP:port"`) asked for the trunk's NAPTR/SRV/A/AAAA records (RFC 3263).
+    /// Empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+}
+
+impl SipConfig {
+    /// `sip.external_address` parsed: the public IP and, if given, port.
+    pub fn external(&self) -> Result<Option<(IpAddr, Option<u16>)>, &'static str> {
+        let s = self.external_address.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(ip) = s
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            return Ok(Some((ip, None)));
+        }
+        match s.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(Some((a.ip(), Some(a.port())))),
+            _ => Err("must be an IP address or IP:port (e.g. 203.0.113.7 or 203.0.113.7:5060)"),
+        }
+    }
 }
 
 impl Default for SipConfig {
@@ -207,6 +236,8 @@ impl Default for SipConfig {
             connection_idle_secs: 30,
             stranger_rate_per_sec: 20,
             stranger_burst: 40,
+            external_address: String::new(),
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -225,6 +256,22 @@ pub struct MediaConfig {
     pub languages: Vec<String>,
     /// SRTP (SDES keys in the SDP, RFC 4568): `off`, `offer` or `require`.
     pub srtp: SrtpMode,
+    /// Behind 1:1 NAT: the public IP the SDP (`c=`, `o=`) shows for our RTP (sockets stay
+    /// bound locally). Empty: `sip.external_address`'s IP if set, else the SIP address.
+    pub external_address: String,
+}
+
+impl MediaConfig {
+    /// `media.external_address` parsed.
+    pub fn external(&self) -> Result<Option<IpAddr>, &'static str> {
+        let s = self.external_address.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse::<IpAddr>()
+            .map(Some)
+            .map_err(|_| "must be an IP address (e.g. 203.0.113.7)")
+    }
 }
 
 /// `media.srtp`: whether calls protect their media with SRTP keyed by SDES.
@@ -249,6 +296,7 @@ impl Default for MediaConfig {
             prompts: PathBuf::new(),
             languages: vec!["en".to_owned()],
             srtp: SrtpMode::Off,
+            external_address: String::new(),
         }
     }
 }
@@ -682,6 +730,12 @@ impl Config {
         if self.sip.t1_ms == 0 {
             return Err(invalid("sip.t1_ms", "must be at least 1"));
         }
+        self.sip
+            .external()
+            .map_err(|reason| invalid("sip.external_address", reason))?;
+        self.media
+            .external()
+            .map_err(|reason| invalid("media.external_address", reason))?;
         for (key, value) in [
             ("sip.max_connections", u64::from(self.sip.max_connections)),
             (

@@ -326,6 +326,7 @@ fn describe(entry: &TimelineEntry) -> Option<String> {
         E::MediaChanged { on_hold: false } => "the far end changed the media".into(),
         E::Rejected { code } => format!("call refused ({code})"),
         E::NoResponse { reason } => reason.clone(),
+        E::Rerouted { from, to, reason } => format!("{from} failed ({reason}): trying {to}"),
         E::ExtensionSent => "extension dialled".into(),
         E::PromptStarted { prompt } => format!("prompt: {prompt}"),
         E::PromptFinished { .. } => return None,

@@ -54,6 +54,10 @@ pub(crate) enum Command {
     Cancel {
         ticket: Ticket,
     },
+    /// The trunk was resolved again to other addresses: trust these instead.
+    TrunkPeers {
+        peers: Vec<SocketAddr>,
+    },
 }
 
 /// What the socket tasks bring in.
@@ -188,7 +192,10 @@ pub(crate) fn spawn(
         }
         (Some(udp), bound)
     };
-    let local = advertised(bound, config.route_probe);
+    // Behind 1:1 NAT the external addresses are what Via, Contact and SDP show; the
+    // sockets stay bound to the local ones.
+    let local = config.public_sip(advertised(bound, config.route_probe));
+    let rtp_advertised = config.public_rtp(local.ip());
     let mut sip_config = sip::Config::new(local);
     sip_config.timers.t1 = config.t1;
     sip_config.timers.t2 = sip_config.timers.t2.max(config.t1);
@@ -201,7 +208,7 @@ pub(crate) fn spawn(
         config: Arc::new(config),
         sip_udp,
         rtp_bind: bound.ip(),
-        rtp_advertised: local.ip(),
+        rtp_advertised,
         calls: HashMap::new(),
         tickets: HashMap::new(),
         streams: HashMap::new(),
@@ -311,6 +318,10 @@ impl Driver {
                         peers,
                     },
                 );
+            }
+            Command::TrunkPeers { peers } => {
+                self.inlets.trusted.set_fixed(peers.clone());
+                self.board.set_trusted_peers(peers);
             }
             Command::Cancel { ticket } => {
                 if let Some(id) = self.tickets.get(&ticket) {
