@@ -1373,7 +1373,18 @@ callback_hosts = ["auth.example.com"]
     #[test]
     fn a_postgres_url_selects_postgres_and_never_prints() {
         let url = "postgres://cv:s3cret-pw@db.internal:5433/callverify";
-        let config = load("", &[("CALLVERIFY_STORE__URL", url)]).unwrap();
+        let key = "6b".repeat(32);
+        // Without the store key the instances would seal with different keys: refused.
+        let e = load("", &[("CALLVERIFY_STORE__URL", url)]).unwrap_err();
+        assert!(e.to_string().contains("store.secret_key"), "{e}");
+        let config = load(
+            "",
+            &[
+                ("CALLVERIFY_STORE__URL", url),
+                ("CALLVERIFY_STORE__SECRET_KEY", key.as_str()),
+            ],
+        )
+        .unwrap();
         let StoreBackend::Postgres(pg) = config.store.backend().unwrap() else {
             panic!("not postgres")
         };
@@ -1386,6 +1397,7 @@ callback_hosts = ["auth.example.com"]
             toml::to_string(&config).unwrap(),
         ] {
             assert!(!text.contains("s3cret-pw"), "{text}");
+            assert!(!text.contains(&key), "{text}");
         }
         let e = load(
             "",

@@ -183,6 +183,7 @@ async fn start_instance(work: &Work, n: u16, url: &str) -> Instance {
 [api]
 listen = "127.0.0.1:{port}"
 max_wait_secs = 30
+metrics_key = "{KEY}"
 [[api.clients]]
 name = "auth"
 key = "{KEY}"
@@ -201,6 +202,7 @@ ring_timeout_secs = 20
 [limits]
 countries = ["US"]
 per_number_per_hour = 0
+sip_uri_hosts = ["127.0.0.1"]
 [webhook]
 allow_http = true
 allow_private_networks = true
@@ -220,6 +222,8 @@ max_backoff_secs = 2
         .arg(&config)
         // The URL (a secret) from the environment, as operators are told to give it.
         .env("CALLVERIFY_STORE__URL", url)
+        // One store key for every instance (PINs sealed by one are checked by another).
+        .env("CALLVERIFY_STORE__SECRET_KEY", STORE_KEY)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
@@ -260,22 +264,15 @@ async fn json(r: reqwest::Response) -> (u16, serde_json::Value) {
     )
 }
 
-fn calls_in_flight(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("callverify_calls_in_flight "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_on_one_database_survive_a_sigkill() {
     const N: usize = 100;
     let pg = Pg::start();
     let url = pg.database().await;
     let work = Work::new();
-    // A sipp callee serving every call: answers, presses # (RFC 4733), waits for our BYE.
-    let keys = "  <nop><action><exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_pound.pcap\"/></action></nop>\n  <pause milliseconds=\"400\"/>\n";
+    // A sipp callee serving every call: answers, presses # (RFC 4733) 4.5 s later, waits for
+    // our BYE.
+    let keys = "  <pause milliseconds=\"3000\"/>\n  <nop><action><exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_pound.pcap\"/></action></nop>\n  <pause milliseconds=\"400\"/>\n";
     let scenario = work.scenario("uas_keys_rfc4733.xml", &[("KEYS", keys)]);
     let mut sipp_cmd = Command::new("sipp");
     sipp_cmd
@@ -313,19 +310,34 @@ async fn three_instances_on_one_database_survive_a_sigkill() {
         ids.push(v["id"].as_str().unwrap().to_owned());
     }
 
-    // Kill instance 1 while it has calls up and others are done.
+    // Kill instance 1 while it has undecided calls up and others are done. The decision is
+    // stored at the key (the closing prompt and BYE follow), so "calls in flight" is not
+    // enough: the victim's own rows must still be undecided, read from the database.
     let victim = 1;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let metrics = http
-            .get(format!("{}/metrics", instances[victim].base))
+    let (_, health) = json(
+        http.get(format!("{}/healthz", instances[victim].base))
             .send()
             .await
-            .unwrap()
-            .text()
+            .unwrap(),
+    )
+    .await;
+    let victim_id = health["instance"].as_str().unwrap().to_owned();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let undecided: i64 = db
+            .query_one(
+                "SELECT COUNT(*) FROM verifications WHERE owner = $1 \
+                 AND status IN ('calling', 'ringing', 'in_call')",
+                &[&victim_id],
+            )
             .await
-            .unwrap();
-        if calls_in_flight(&metrics) >= 2 && receiver.count() >= 10 {
+            .unwrap()
+            .get(0);
+        if undecided >= 2 && receiver.count() >= 10 {
             break;
         }
         assert!(
@@ -333,7 +345,7 @@ async fn three_instances_on_one_database_survive_a_sigkill() {
             "instance {victim} never had calls up: {}",
             instances[victim].log_text()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     instances[victim].kill9();
     let killed_at = Instant::now();
@@ -436,9 +448,13 @@ async fn three_instances_on_one_database_survive_a_sigkill() {
 
 // --- in-process instances ------------------------------------------------------------------
 
+/// The store secret key every instance of a test cluster shares (64 hex digits).
+const STORE_KEY: &str = "5ec2e7a11ce5ec2e7a11ce5ec2e7a11ce5ec2e7a11ce5ec2e7a11ce5ec2e7a11";
+
 fn instance_config(url: &str, extra: &str) -> Config {
     let mut cfg = config_with(&format!("{CLUSTER}{extra}"));
     cfg.store.url = Secret::new(url);
+    cfg.store.secret_key = Some(Secret::new(STORE_KEY));
     cfg.store.timeout_secs = 2;
     // Calls still held by a scripted phone at the end are hung up at once.
     cfg.api.shutdown_grace_secs = 0;

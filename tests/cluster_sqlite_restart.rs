@@ -95,6 +95,7 @@ ring_timeout_secs = 60
 url = "sqlite://{db}"
 [limits]
 countries = ["US"]
+sip_uri_hosts = ["127.0.0.1"]
 [webhook]
 allow_http = true
 allow_private_networks = true

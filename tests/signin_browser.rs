@@ -293,6 +293,7 @@ async fn start_service(work: &Work, receiver: ReturnReceiver) -> Setup {
         "[sip]\nlisten = \"127.0.0.1:0\"\nallow_sip_uris = true\n\n\
          [media]\nrtp_ports = \"56200-56219\"\nprompts = \"{}\"\n\n\
          [call]\nring_timeout_secs = 30\nresponse_timeout_secs = 10\n\n\
+         [limits]\nsip_uri_hosts = [\"127.0.0.1\"]\n\n\
          [methods]\nseal_key = \"{SEAL}\"\n\n\
          [signin]\npublic_url = \"http://{addr}\"\nsigning_key = '''{}'''\n",
         prompts.display(),
