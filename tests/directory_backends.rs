@@ -44,7 +44,7 @@ impl Db {
 
     /// Handle `i % 2` (to spread concurrent work over both).
     fn dir(&self, i: usize) -> Arc<dyn Directory> {
-        Arc::clone(if i % 2 == 0 { &self.da } else { &self.db })
+        Arc::clone(if i.is_multiple_of(2) { &self.da } else { &self.db })
     }
 }
 
