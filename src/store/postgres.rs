@@ -9,6 +9,8 @@
 //! - idempotency keys and joins: serialized per key and per destination by transaction-scoped
 //!   advisory locks, so two instances receiving the same request create one verification;
 //! - `LISTEN/NOTIFY` (see `listen`) carries wake-ups, completions and hang-ups.
+//! - the sign-in directory (see `users`): row locks make a code step, a failure count and a
+//!   prompt token change once, whichever instance asks.
 //!
 //! Each [`Store`] method is one function below, one transaction where it writes.
 
