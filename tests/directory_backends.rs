@@ -44,7 +44,11 @@ impl Db {
 
     /// Handle `i % 2` (to spread concurrent work over both).
     fn dir(&self, i: usize) -> Arc<dyn Directory> {
-        Arc::clone(if i.is_multiple_of(2) { &self.da } else { &self.db })
+        Arc::clone(if i.is_multiple_of(2) {
+            &self.da
+        } else {
+            &self.db
+        })
     }
 }
 
@@ -123,6 +127,7 @@ suite!(
     race_methods_added_at_once_stay_within_the_maximum_and_in_order,
     race_a_prompt_token_opened_on_both_handles_opens_once,
     race_a_switch_and_the_calls_completion_never_both_win,
+    race_verifications_by_user_created_at_once_stay_within_the_cap,
 );
 
 const MAX_METHODS: u32 = 5;
@@ -1226,6 +1231,40 @@ async fn race_a_switch_and_the_calls_completion_never_both_win(db: Db) {
         db.da.delete_method(&u.id, &call.id).await.unwrap();
     }
     eprintln!("outcomes seen: {outcomes:?}");
+}
+
+async fn race_verifications_by_user_created_at_once_stay_within_the_cap(db: Db) {
+    const CAP: u32 = 3;
+    let (u, code) = with_app_code(db.da.as_ref(), "alice").await;
+    let quota = Arc::new([Quota {
+        key: format!("user:{}", u.id),
+        max: CAP,
+        window: Duration::from_secs(3600),
+        what: "verifications of this user per hour",
+    }]);
+    let created = at_once(&db, 10, |i, d| {
+        let (u, code, quota) = (u.id.clone(), code.clone(), Arc::clone(&quota));
+        async move {
+            d.create_user_verification(by_user(&u, &code, 10 + i as i64), None, quota.as_ref())
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let new = created
+        .iter()
+        .filter(|c| matches!(c, Created::New(_)))
+        .count();
+    let limited = created
+        .iter()
+        .filter(|c| matches!(c, Created::Limited(_)))
+        .count();
+    assert_eq!(
+        (new, limited),
+        (CAP as usize, 10 - CAP as usize),
+        "{created:?}"
+    );
+    assert_eq!(db.db.awaiting(100).await.unwrap().len(), CAP as usize);
 }
 
 /// What only the shared store has to do: a switch reaches the call's instance, and the next

@@ -246,6 +246,14 @@ async fn record_failure_in(
     }
 }
 
+/// Ends a transaction that decided to change nothing more and returns `out`. Committed, not
+/// dropped: a dropped transaction's rollback is sent without waiting, so its row locks would
+/// linger a moment after the call returns (and a claim's `SKIP LOCKED` would skip the row).
+async fn end<T>(tx: deadpool_postgres::Transaction<'_>, out: T) -> Result<T, StoreError> {
+    tx.commit().await?;
+    Ok(out)
+}
+
 /// Whether `v` is waiting for a code of `method`.
 fn awaits_code(v: &Verification, method: &MethodId) -> bool {
     v.status == Status::AwaitingUser
@@ -339,7 +347,7 @@ impl Directory for PgStore {
             .await?
             .try_get(0)?;
         if count >= i64::from(max) {
-            return Ok(None);
+            return end(tx, None).await;
         }
         let (destination, extension, secret) = match &new.detail {
             MethodDetail::Phone {
@@ -403,7 +411,7 @@ impl Directory for PgStore {
             .await?
             .is_none()
         {
-            return Ok(None);
+            return end(tx, None).await;
         }
         if let Some(label) = &patch.label {
             tx.execute(
@@ -533,16 +541,16 @@ impl Directory for PgStore {
                 let fingerprint: String = row.try_get(0)?;
                 let vid: String = row.try_get(1)?;
                 if fingerprint != key.fingerprint {
-                    return Ok(Created::IdempotencyConflict);
+                    return end(tx, Created::IdempotencyConflict).await;
                 }
                 let v = fetch(&tx, &vid)
                     .await?
                     .ok_or_else(|| corrupt("idempotency key", "points to nothing"))?;
-                return Ok(Created::Replayed(v));
+                return end(tx, Created::Replayed(v)).await;
             }
         }
         if let Some(limited) = quota_reached(&tx, quotas, new.created_at).await? {
-            return Ok(Created::Limited(limited));
+            return end(tx, Created::Limited(limited)).await;
         }
         quota_take(&tx, quotas, new.created_at).await?;
         let (status, destination, extension) = match &new.method.detail {
@@ -634,7 +642,7 @@ impl Directory for PgStore {
             .await?
             .filter(|v| awaits_code(v, method))
         else {
-            return Ok(CodeConfirmed::NotAwaiting);
+            return end(tx, CodeConfirmed::NotAwaiting).await;
         };
         // RFC 6238 §5.2: a verifier must not accept a code (time step) twice. A concurrent
         // confirmation of the same method (another verification, another instance) waits on
@@ -648,7 +656,7 @@ impl Directory for PgStore {
             )
             .await?;
         if fresh == 0 {
-            return Ok(CodeConfirmed::Replayed);
+            return end(tx, CodeConfirmed::Replayed).await;
         }
         let done = complete_awaiting_in(&tx, self.payload, v, CallResult::Confirmed, now)
             .await?
@@ -721,10 +729,10 @@ impl Directory for PgStore {
             .await?
             .filter(|v| v.client == client_name && v.user_id.as_ref() == Some(&to.user_id))
         else {
-            return Ok(Switched::NotFound);
+            return end(tx, Switched::NotFound).await;
         };
         if v.status == Status::Completed {
-            return Ok(Switched::Completed(v));
+            return end(tx, Switched::Completed(v)).await;
         }
         let was_in_call = v.status.is_live();
         let call_timeline = std::mem::take(&mut v.timeline);
@@ -811,7 +819,7 @@ impl Directory for PgStore {
                     .as_ref()
                     .is_some_and(|m| m.kind == MethodKind::Phone)
         }) else {
-            return Ok(None);
+            return end(tx, None).await;
         };
         // A call of this verification that may still be up (switched away from, on any
         // instance) has not reported its end: wait for it (its report clears `owner`), unless
@@ -825,7 +833,7 @@ impl Directory for PgStore {
             .await?
             .is_some();
         if call_up {
-            return Ok(None);
+            return end(tx, None).await;
         }
         let method = match (&v.user_id, &v.method) {
             (Some(user), Some(m)) => fetch_method(&tx, user.as_str(), m.id.as_str()).await?,
@@ -949,14 +957,14 @@ impl Directory for PgStore {
             )
             .await?
         else {
-            return Ok(PromptOpened::Unknown);
+            return end(tx, PromptOpened::Unknown).await;
         };
         let found = prompt(&row)?;
         if found.token_used {
-            return Ok(PromptOpened::AlreadyUsed);
+            return end(tx, PromptOpened::AlreadyUsed).await;
         }
         if now >= found.token_expires_at {
-            return Ok(PromptOpened::Expired);
+            return end(tx, PromptOpened::Expired).await;
         }
         let row = tx
             .query_opt(
@@ -976,7 +984,7 @@ impl Directory for PgStore {
             )
             .await?;
         let Some(row) = row else {
-            return Ok(PromptOpened::AlreadyUsed);
+            return end(tx, PromptOpened::AlreadyUsed).await;
         };
         let opened = prompt(&row)?;
         tx.commit().await?;
