@@ -4,8 +4,10 @@
 //! that changes nothing.
 
 mod api_support;
+mod pg_support;
 mod signin_support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use api_support::*;
@@ -14,7 +16,7 @@ use axum::http::{Method, StatusCode};
 use base64::Engine as _;
 use callverify::api::AppState;
 use callverify::config::Config;
-use callverify::store::now_ms;
+use callverify::store::{Store, now_ms};
 use flow::CallResult;
 use serde_json::{Value, json};
 use signin_support::{assert_accessible, oathtool, signing_pem, steady_now};
@@ -35,9 +37,69 @@ fn signin_config(extra: &str) -> Config {
     c
 }
 
-async fn signin_api() -> (AppState, Router) {
-    api(signin_config("")).await
+/// The store a test runs on: SQLite in memory, or a fresh database of the test PostgreSQL
+/// (tests/pg_support), so the API's sign-in runs on both `Directory` implementations.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
+
+impl Backend {
+    async fn store(self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite => memory_store().await,
+            Backend::Postgres => {
+                let url = pg_support::Pg::shared().database().await;
+                Arc::new(pg_support::open_store(&url).await)
+            }
+        }
+    }
+}
+
+/// State and router over a fresh store of `backend`.
+async fn api_on(config: Config, backend: Backend) -> (AppState, Router) {
+    let state = AppState::new(config, backend.store().await, test_key()).expect("state");
+    let router = callverify::api::app(state.clone());
+    (state, router)
+}
+
+async fn signin_api_on(backend: Backend) -> (AppState, Router) {
+    api_on(signin_config(""), backend).await
+}
+
+/// Each test, run once per backend.
+macro_rules! on_both {
+    ($($test:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    users_and_methods_are_per_client_ordered_and_never_show_secrets,
+    app_code_enrolment_and_sign_in_with_oathtool_codes,
+    wrong_codes_end_the_verification_and_then_lock_the_method,
+    malformed_unknown_and_foreign_input_is_refused_and_changes_nothing,
+    switching_hangs_up_the_call_and_the_method_that_decided_is_reported,
+    verifications_waiting_too_long_expire,
+    the_prompt_link_works_once_and_the_page_is_strict_and_accessible,
+    the_service_refuses_a_seal_key_that_cannot_open_the_stored_secrets,
+);
 
 async fn call(router: &Router, method: Method, uri: &str, key: &str, body: Option<Value>) -> Reply {
     let text = body.map(|b| b.to_string());
@@ -120,9 +182,8 @@ async fn user_with_app_code(router: &Router, external_id: &str) -> (String, Stri
     (user, method, secret)
 }
 
-#[tokio::test]
-async fn users_and_methods_are_per_client_ordered_and_never_show_secrets() {
-    let (_, router) = signin_api().await;
+async fn users_and_methods_are_per_client_ordered_and_never_show_secrets(backend: Backend) {
+    let (_, router) = signin_api_on(backend).await;
     let user = create_user(&router, KEY, "alice@example.com").await;
     assert!(user.starts_with("usr_") && user.len() == 36, "{user}");
     let again = call(
@@ -317,9 +378,8 @@ async fn users_and_methods_are_per_client_ordered_and_never_show_secrets() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn app_code_enrolment_and_sign_in_with_oathtool_codes() {
-    let (state, router) = signin_api().await;
+async fn app_code_enrolment_and_sign_in_with_oathtool_codes(backend: Backend) {
+    let (state, router) = signin_api_on(backend).await;
     let user = create_user(&router, KEY, "bob@example.com").await;
     let (method, secret) = enrol_app_code(&router, &user).await;
     let now = steady_now().await;
@@ -404,9 +464,8 @@ async fn app_code_enrolment_and_sign_in_with_oathtool_codes() {
     assert_eq!(next.json["result"], "confirmed", "{}", next.text);
 }
 
-#[tokio::test]
-async fn wrong_codes_end_the_verification_and_then_lock_the_method() {
-    let (_, router) = signin_api().await;
+async fn wrong_codes_end_the_verification_and_then_lock_the_method(backend: Backend) {
+    let (_, router) = signin_api_on(backend).await;
     let (user, _method, secret) = user_with_app_code(&router, "carol@example.com").await;
     let now = steady_now().await;
     let right = [
@@ -460,9 +519,8 @@ async fn wrong_codes_end_the_verification_and_then_lock_the_method() {
     assert_eq!(still.json["status"], "awaiting_user");
 }
 
-#[tokio::test]
-async fn malformed_unknown_and_foreign_input_is_refused_and_changes_nothing() {
-    let (state, router) = signin_api().await;
+async fn malformed_unknown_and_foreign_input_is_refused_and_changes_nothing(backend: Backend) {
+    let (state, router) = signin_api_on(backend).await;
     let (user, method, _secret) = user_with_app_code(&router, "dave@example.com").await;
     let theirs = create_user(&router, OTHER_KEY, "eve@example.com").await;
     let their_method = call(
@@ -607,9 +665,8 @@ async fn malformed_unknown_and_foreign_input_is_refused_and_changes_nothing() {
     assert_eq!(r.json["result"], "cancelled");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switching_hangs_up_the_call_and_the_method_that_decided_is_reported() {
-    let (state, router) = signin_api().await;
+async fn switching_hangs_up_the_call_and_the_method_that_decided_is_reported(backend: Backend) {
+    let (state, router) = signin_api_on(backend).await;
     let (user, code_method, secret) = user_with_app_code(&router, "frank@example.com").await;
     let phone = call(
         &router,
@@ -733,9 +790,8 @@ async fn wait_for(router: &Router, id: &str, ok: impl Fn(&Value) -> bool) {
     }
 }
 
-#[tokio::test]
-async fn verifications_waiting_too_long_expire() {
-    let (state, router) = signin_api().await;
+async fn verifications_waiting_too_long_expire(backend: Backend) {
+    let (state, router) = signin_api_on(backend).await;
     let (user, _, _) = user_with_app_code(&router, "gina@example.com").await;
     let created = verify_user(&router, json!({"user_id": user})).await;
     let id = created.json["id"].as_str().unwrap().to_owned();
@@ -750,9 +806,8 @@ async fn verifications_waiting_too_long_expire() {
 }
 
 /// The prompt link, the page's headers and markup, without a browser.
-#[tokio::test]
-async fn the_prompt_link_works_once_and_the_page_is_strict_and_accessible() {
-    let (_, router) = api(signin_config("link_ttl_secs = 1\n")).await;
+async fn the_prompt_link_works_once_and_the_page_is_strict_and_accessible(backend: Backend) {
+    let (_, router) = api_on(signin_config("link_ttl_secs = 1\n"), backend).await;
     let (user, _, _) = user_with_app_code(&router, "hank@example.com").await;
     let phone = call(
         &router,
@@ -908,7 +963,7 @@ async fn the_prompt_link_works_once_and_the_page_is_strict_and_accessible() {
     assert!(expired.text.contains("expired"), "{}", expired.text);
 
     // Localised: a Spanish verification speaks Spanish.
-    let (_, router_es) = api(signin_config("").tap_languages()).await;
+    let (_, router_es) = api_on(signin_config("").tap_languages(), backend).await;
     let (user_es, _, _) = user_with_app_code(&router_es, "ines@example.com").await;
     let es = verify_user(
         &router_es,
@@ -962,7 +1017,7 @@ impl TapLanguages for Config {
 
 #[tokio::test]
 async fn openapi_and_jwks_describe_the_sign_in_api() {
-    let (_, router) = signin_api().await;
+    let (_, router) = signin_api_on(Backend::Sqlite).await;
     let doc = send(&router, Method::GET, "/openapi.json", None, &[], None).await;
     for path in [
         "/v1/users",
@@ -1037,9 +1092,8 @@ async fn without_a_seal_key_app_codes_are_refused_clearly() {
     );
 }
 
-#[tokio::test]
-async fn the_service_refuses_a_seal_key_that_cannot_open_the_stored_secrets() {
-    let store = memory_store().await;
+async fn the_service_refuses_a_seal_key_that_cannot_open_the_stored_secrets(backend: Backend) {
+    let store = backend.store().await;
     let state =
         AppState::new(signin_config(""), std::sync::Arc::clone(&store), test_key()).unwrap();
     let router = callverify::api::app(state);

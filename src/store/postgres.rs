@@ -9,6 +9,8 @@
 //! - idempotency keys and joins: serialized per key and per destination by transaction-scoped
 //!   advisory locks, so two instances receiving the same request create one verification;
 //! - `LISTEN/NOTIFY` (see `listen`) carries wake-ups, completions and hang-ups.
+//! - the sign-in directory (see `users`): row locks make a code step, a failure count and a
+//!   prompt token change once, whichever instance asks.
 //!
 //! Each [`Store`] method is one function below, one transaction where it writes.
 
@@ -26,6 +28,7 @@ use crate::config::StoreConfig;
 mod listen;
 mod rows;
 mod schema;
+mod users;
 
 use rows::{COLUMNS, OUTBOX_COLUMNS, corrupt, mode_str, tag_hex};
 
@@ -38,7 +41,8 @@ const CATCH_UP_MAX: i64 = 10_000;
 /// Cap events older than this are deleted: the longest cap window (a day), in milliseconds.
 const RATE_EVENTS_KEPT_MS: i64 = 24 * 3600 * 1000;
 
-/// The PostgreSQL store of one instance.
+/// The PostgreSQL store of one instance (a clone shares its pool).
+#[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
     /// For the listener's dedicated connection (the pool's connections are shared).
@@ -392,8 +396,11 @@ fn timeline_json(timeline: &[TimelineEntry]) -> Result<String, StoreError> {
     serde_json::to_string(timeline).map_err(|e| corrupt("timeline", e))
 }
 
-/// Completes `id` (if not completed yet), queues its webhook and announces both, inside the
-/// caller's transaction (notifications go out at commit).
+/// Completes `id` (if queued or in a call), queues its webhook and announces both, inside the
+/// caller's transaction (notifications go out at commit). A verification waiting for its user
+/// on another method (`awaiting_user`: the user switched away from the call) is not completed
+/// by that call's late report; the report only says the call is over, which frees the
+/// verification for its next phone attempt (see `users::start_phone_attempt`).
 async fn complete_in(
     tx: &tokio_postgres::Transaction<'_>,
     payload: PayloadFn,
@@ -408,7 +415,8 @@ async fn complete_in(
                 "UPDATE verifications SET status = 'completed', result = $2, dtmf_method = $3, \
                  timeline = $4, completed_at = $5, updated_at = $5, digits_tag = NULL, \
                  line_held = $6 \
-                 WHERE id = $1 AND status <> 'completed' RETURNING {COLUMNS}"
+                 WHERE id = $1 AND status IN ('queued', 'calling', 'ringing', 'in_call') \
+                 RETURNING {COLUMNS}"
             ),
             &[
                 &id,
@@ -421,9 +429,27 @@ async fn complete_in(
         )
         .await?;
     let Some(row) = row else {
+        tx.execute(
+            "UPDATE verifications SET owner = NULL \
+             WHERE id = $1 AND status = 'awaiting_user' AND owner IS NOT NULL",
+            &[&id],
+        )
+        .await?;
         return Ok(None);
     };
     let v = rows::verification(&row)?;
+    completed_in(tx, payload, &v, now).await?;
+    Ok(Some(v))
+}
+
+/// After `v` was completed in the caller's transaction: queues its webhook (when it has a
+/// callback) and announces the webhook and the completion at commit.
+async fn completed_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    payload: PayloadFn,
+    v: &Verification,
+    now: UnixMs,
+) -> Result<(), StoreError> {
     if let Some(url) = &v.callback_url {
         let message_id = format!("msg_{}", hex::encode(rand::random::<[u8; 16]>()));
         tx.execute(
@@ -432,10 +458,10 @@ async fn complete_in(
              host) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7)",
             &[
                 &message_id,
-                &id,
+                &v.id.as_str(),
                 &v.client,
                 url,
-                &payload(&v),
+                &payload(v),
                 &now,
                 &callback_host(url),
             ],
@@ -446,10 +472,10 @@ async fn complete_in(
     }
     tx.execute(
         &format!("SELECT pg_notify('{}', $1)", listen::COMPLETED),
-        &[&id],
+        &[&v.id.as_str()],
     )
     .await?;
-    Ok(Some(v))
+    Ok(())
 }
 
 /// The timeline of a call whose instance died: what was stored, then `instance_lost` and
@@ -820,6 +846,10 @@ impl Store for PgStore {
 
     fn shared(&self) -> Option<&dyn SharedStore> {
         Some(self)
+    }
+
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        Some(Arc::new(self.clone()))
     }
 }
 

@@ -254,3 +254,23 @@ impl Drop for Pg {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A store (one instance) on the database at `url`, as `serve` opens it.
+pub async fn open_store(url: &str) -> callverify::store::PgStore {
+    use callverify::config::{Secret, StoreBackend, StoreConfig};
+    let config = StoreConfig {
+        url: Secret::new(url),
+        ..StoreConfig::default()
+    };
+    let StoreBackend::Postgres(pg) = config.backend().expect("a store URL") else {
+        panic!("not a postgres URL: {url}")
+    };
+    callverify::store::PgStore::open(
+        *pg,
+        &config,
+        callverify::webhook::payload,
+        callverify::store::InstanceId::generate(),
+    )
+    .await
+    .expect("the test PostgreSQL store opens")
+}

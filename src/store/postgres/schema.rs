@@ -62,6 +62,8 @@ CREATE INDEX verifications_live_owner ON verifications (owner)
     WHERE status IN ('calling', 'ringing', 'in_call');
 CREATE INDEX verifications_completed_at ON verifications (completed_at)
     WHERE status = 'completed';
+CREATE INDEX verifications_awaiting ON verifications (created_at, seq)
+    WHERE status = 'awaiting_user';
 
 CREATE TABLE idempotency_keys (
     client          TEXT NOT NULL,
@@ -111,6 +113,51 @@ CREATE TABLE rate_events (
 );
 CREATE INDEX rate_events_key_at ON rate_events (key, at);
 CREATE INDEX rate_events_at ON rate_events (at);
+
+-- Sign-in methods (issue 11; the same tables as SQLite's migration 3): users of a client,
+-- their methods in the user's order, and the hosted prompts of verifications by user.
+CREATE TABLE users (
+    id           TEXT PRIMARY KEY,
+    client       TEXT NOT NULL,
+    external_id  TEXT NOT NULL,
+    display_name TEXT,
+    created_at   BIGINT NOT NULL,
+    UNIQUE (client, external_id)
+);
+
+CREATE TABLE methods (
+    -- Insertion order: breaks ties between equal positions (SQLite's rowid).
+    seq            BIGINT GENERATED ALWAYS AS IDENTITY,
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    kind           TEXT NOT NULL CHECK (kind IN ('phone', 'app_code')),
+    status         TEXT NOT NULL CHECK (status IN ('pending', 'active')),
+    label          TEXT,
+    position       BIGINT NOT NULL,
+    destination    TEXT,
+    extension      TEXT,
+    -- The TOTP secret, sealed (crate::seal).
+    secret         BYTEA,
+    last_code_step BIGINT,
+    failed_codes   BIGINT NOT NULL DEFAULT 0,
+    locked_until   BIGINT,
+    created_at     BIGINT NOT NULL,
+    confirmed_at   BIGINT
+);
+CREATE INDEX methods_of_user ON methods (user_id, position);
+
+CREATE TABLE signin_prompts (
+    verification_id    TEXT PRIMARY KEY REFERENCES verifications (id),
+    client             TEXT NOT NULL,
+    return_url         TEXT NOT NULL,
+    -- SHA-256 of the link's token and of the session cookie, never the tokens.
+    token_hash         BYTEA NOT NULL UNIQUE,
+    token_expires_at   BIGINT NOT NULL,
+    token_used_at      BIGINT,
+    session_hash       BYTEA UNIQUE,
+    csrf_hash          BYTEA,
+    session_expires_at BIGINT
+);
 "#];
 
 /// Applies the migrations not applied yet, in one transaction.
