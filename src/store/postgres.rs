@@ -670,9 +670,13 @@ impl Store for PgStore {
             .transpose()?
             .filter(|v| v.client == client_name)
         else {
+            // Committed, not dropped: a dropped transaction's rollback is not awaited, and its
+            // row lock would linger past our answer.
+            tx.commit().await?;
             return Ok(Dequeued::NotFound);
         };
         if v.status != Status::Queued {
+            tx.commit().await?;
             return Ok(Dequeued::NotQueued(v));
         }
         let completion = Completion {
