@@ -438,8 +438,15 @@ pub fn is_public(ip: IpAddr) -> bool {
 
 /// Resolves callback hosts and drops non-public addresses (unless allowed), so a DNS name
 /// cannot point the worker at internal services, even by rebinding between check and use.
-struct GuardedResolver {
+pub struct GuardedResolver {
     allow_private: bool,
+}
+
+impl GuardedResolver {
+    /// `allow_private`: loopback, private and link-local answers are kept (tests, development).
+    pub fn new(allow_private: bool) -> GuardedResolver {
+        GuardedResolver { allow_private }
+    }
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {

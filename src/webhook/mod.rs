@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 mod deliver;
 pub mod sign;
 
-pub use deliver::{Delivery, OutboxWorker, WebhookError, backoff, is_public};
+pub use deliver::{Delivery, GuardedResolver, OutboxWorker, WebhookError, backoff, is_public};
 
 use crate::model::Verification;
 
