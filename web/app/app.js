@@ -61,7 +61,15 @@ async function postJson(path, body) {
   return json;
 }
 
-async function subscribe() {
+// How long enrolment waits for the browser's push service before going on without it.
+const SUBSCRIBE_TIMEOUT_MS = 10000;
+
+function subscribe() {
+  const timeout = new Promise((resolve) => setTimeout(() => resolve(null), SUBSCRIBE_TIMEOUT_MS));
+  return Promise.race([trySubscribe(), timeout]);
+}
+
+async function trySubscribe() {
   // Without a push service (some browsers, headless ones) the app still gets requests over
   // the event stream while it is open.
   try {
