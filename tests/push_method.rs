@@ -6,6 +6,7 @@
 
 mod api_support;
 mod push_support;
+mod signin_support;
 
 use std::time::Duration;
 
@@ -556,4 +557,109 @@ async fn push_needs_a_vapid_key_and_the_app_is_served_with_a_strict_csp() {
         !index.contains("<script>") && !index.contains("style=") && !index.contains("http"),
         "no inline or third-party assets"
     );
+}
+
+/// Opens a hosted prompt link and returns the page's HTML (and the verification id).
+async fn hosted_page(router: &Router, created: &Value) -> String {
+    let id = created["id"].as_str().unwrap();
+    let path = created["prompt_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://127.0.0.1:9")
+        .unwrap()
+        .to_owned();
+    let first = send(router, Method::GET, &path, None, &[], None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let cookie = first.headers["set-cookie"].to_str().unwrap();
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = send(
+        router,
+        Method::GET,
+        &format!("/prompt/s/{id}"),
+        None,
+        &[("cookie", &session)],
+        None,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    page.text
+}
+
+#[tokio::test]
+async fn the_hosted_prompt_shows_the_number_and_offers_push_as_an_alternate() {
+    let mut config = config_with(&format!(
+        "[signin]\npublic_url = \"http://127.0.0.1:9\"\nsigning_key = \'\'\'{}\'\'\'\n\n{}",
+        signin_support::signing_pem(),
+        push_config(60)
+    ));
+    config.api.clients[0].return_hosts = vec!["app.example.com".into()];
+    let (state, router) = api(config).await;
+    let alice = user(&router, "alice@example.com").await;
+    let phone = call(
+        &router,
+        Method::POST,
+        &format!("/v1/users/{alice}/methods"),
+        Some(json!({"type": "phone", "phone_number": US_NUMBER})),
+    )
+    .await;
+    assert_eq!(phone.status, StatusCode::CREATED, "{}", phone.text);
+    let device = Device::new();
+    let method = enrol(&router, &alice, &device, None).await;
+
+    // The phone comes first: push is listed among the alternates.
+    let created = call(
+        &router,
+        Method::POST,
+        "/v1/verifications",
+        Some(json!({"user_id": alice,
+        "language": "en", "hosted": {"return_url": "https://app.example.com/mfa/done"}})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert!(
+        created.json.get("number").is_none(),
+        "a phone attempt has no number"
+    );
+    let html = hosted_page(&router, &created.json).await;
+    assert!(
+        html.contains("Send a request to my authenticator app"),
+        "{html}"
+    );
+    assert!(html.contains(&method), "the push method is a switch target");
+
+    // Switching to push starts a request: the page says which number to choose.
+    let id = created.json["id"].as_str().unwrap();
+    let switched = call(
+        &router,
+        Method::POST,
+        &format!("/v1/verifications/{id}/switch"),
+        Some(json!({"method_id": method})),
+    )
+    .await;
+    assert_eq!(switched.status, StatusCode::OK, "{}", switched.text);
+    let request = open_request(&state, &method).await;
+    assert_eq!(request["verification_id"], id);
+
+    // Push named directly, hosted: the 201 and the page show the same number.
+    let direct = call(
+        &router,
+        Method::POST,
+        "/v1/verifications",
+        Some(json!({"user_id": alice,
+        "method_id": method, "language": "en",
+        "hosted": {"return_url": "https://app.example.com/mfa/done"}})),
+    )
+    .await;
+    assert_eq!(direct.status, StatusCode::CREATED, "{}", direct.text);
+    let number = direct.json["number"].as_u64().unwrap();
+    let html = hosted_page(&router, &direct.json).await;
+    assert!(
+        html.contains(&format!("Open your authenticator app and choose {number}.")),
+        "{html}"
+    );
+    assert!(
+        html.contains("Call my phone ••• ••23"),
+        "the phone is an alternate: {html}"
+    );
+    signin_support::assert_accessible(&html);
 }
