@@ -134,6 +134,43 @@ pub fn encrypt(
     Ok(body)
 }
 
+/// Decrypts a one-record `aes128gcm` push message as a user agent does (the receiving side
+/// of [`encrypt`]): for the simulated device of `callverify demo --method push`. `None` when
+/// the body is malformed or does not open with these keys.
+pub fn decrypt(body: &[u8], ua_secret: &p256::SecretKey, auth: &[u8; 16]) -> Option<Vec<u8>> {
+    if body.len() < HEADER_LEN + TAG_LEN || body[20] != 65 {
+        return None;
+    }
+    let salt = &body[..16];
+    let rs = u32::from_be_bytes(body[16..20].try_into().ok()?);
+    if body.len() - HEADER_LEN > rs as usize {
+        return None; // more than one record: not what we send
+    }
+    let as_public = p256::PublicKey::from_sec1_bytes(&body[21..86]).ok()?;
+    let shared = p256::ecdh::diffie_hellman(ua_secret.to_nonzero_scalar(), as_public.as_affine());
+    let ua_public = ua_secret.public_key().to_encoded_point(false);
+    let mut info = b"WebPush: info\0".to_vec();
+    info.extend_from_slice(ua_public.as_bytes());
+    info.extend_from_slice(&body[21..86]);
+    let mut ikm = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(auth), shared.raw_secret_bytes())
+        .expand(&info, &mut ikm)
+        .ok()?;
+    let prk = Hkdf::<Sha256>::new(Some(salt), &ikm);
+    let (mut cek, mut nonce) = ([0u8; 16], [0u8; 12]);
+    prk.expand(b"Content-Encoding: aes128gcm\0", &mut cek)
+        .ok()?;
+    prk.expand(b"Content-Encoding: nonce\0", &mut nonce).ok()?;
+    let mut plain = aes_gcm::Aes128Gcm::new(&cek.into())
+        .decrypt(&nonce.into(), &body[HEADER_LEN..])
+        .ok()?;
+    // RFC 8188 section 2: the last record's padding ends in 0x02 after optional zeros.
+    while plain.last() == Some(&0) {
+        plain.pop();
+    }
+    (plain.pop() == Some(0x02)).then_some(plain)
+}
+
 /// A fresh P-256 private key from the operating system's CSPRNG (via `rand`): a uniformly
 /// random 32-byte string is a valid scalar except with probability about 2^-32; draw again then.
 pub fn random_secret() -> p256::SecretKey {
@@ -229,36 +266,6 @@ impl VapidKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aes_gcm::aead::Aead;
-
-    /// Decrypts one record as a user agent would (RFC 8291 section 3.4 from the other side).
-    fn decrypt(body: &[u8], ua_secret: &p256::SecretKey, auth: &[u8; 16]) -> Vec<u8> {
-        let salt = &body[..16];
-        assert_eq!(&body[16..20], &RECORD_SIZE.to_be_bytes());
-        assert_eq!(body[20], 65);
-        let as_public = p256::PublicKey::from_sec1_bytes(&body[21..86]).unwrap();
-        let shared =
-            p256::ecdh::diffie_hellman(ua_secret.to_nonzero_scalar(), as_public.as_affine());
-        let ua_public = ua_secret.public_key().to_encoded_point(false);
-        let mut info = b"WebPush: info\0".to_vec();
-        info.extend_from_slice(ua_public.as_bytes());
-        info.extend_from_slice(&body[21..86]);
-        let mut ikm = [0u8; 32];
-        Hkdf::<Sha256>::new(Some(auth), shared.raw_secret_bytes())
-            .expand(&info, &mut ikm)
-            .unwrap();
-        let prk = Hkdf::<Sha256>::new(Some(salt), &ikm);
-        let (mut cek, mut nonce) = ([0u8; 16], [0u8; 12]);
-        prk.expand(b"Content-Encoding: aes128gcm\0", &mut cek)
-            .unwrap();
-        prk.expand(b"Content-Encoding: nonce\0", &mut nonce)
-            .unwrap();
-        let mut plain = aes_gcm::Aes128Gcm::new(&cek.into())
-            .decrypt(&nonce.into(), &body[86..])
-            .unwrap();
-        assert_eq!(plain.pop(), Some(0x02));
-        plain
-    }
 
     #[test]
     fn a_message_opens_with_the_user_agents_keys_only() {
@@ -268,7 +275,16 @@ mod tests {
         let eph = random_secret();
         let body = encrypt(b"When I grow up", &keys, &eph, [1u8; 16]).unwrap();
         assert_eq!(body.len(), HEADER_LEN + 14 + 1 + TAG_LEN);
-        assert_eq!(decrypt(&body, &ua, &auth), b"When I grow up");
+        assert_eq!(decrypt(&body, &ua, &auth).unwrap(), b"When I grow up");
+        assert!(
+            decrypt(&body, &random_secret(), &auth).is_none(),
+            "another key"
+        );
+        assert!(
+            decrypt(&body, &ua, &[8u8; 16]).is_none(),
+            "another auth secret"
+        );
+        assert!(decrypt(&body[..40], &ua, &auth).is_none(), "truncated");
         let long = vec![b'x'; MAX_PLAINTEXT + 1];
         assert!(matches!(
             encrypt(&long, &keys, &eph, [1u8; 16]),
