@@ -29,7 +29,7 @@ pub struct VerificationView {
     /// What happened on the call, once completed (DESIGN.md "Outcome vocabulary"):
     /// `confirmed`, `fraud_reported`, `wrong_digits`, `no_input`, `incomplete_input`,
     /// `hung_up`, `no_answer`, `busy`, `rejected`, `unreachable`, `cancelled`, `expired`,
-    /// `failed`.
+    /// `denied` (refused in the authenticator app), `failed`.
     #[schema(example = "confirmed")]
     pub result: Option<&'static str>,
     /// The decision: true only for a completed, confirmed call.

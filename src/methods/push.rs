@@ -22,8 +22,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use p256::ecdsa::signature::Verifier as _;
 use serde::Deserialize;
 
-use crate::webpush::UaKeys;
-
 /// Longest subscription endpoint accepted, in bytes (real ones are 150 to 500).
 pub const ENDPOINT_MAX_LEN: usize = 1024;
 /// Largest registration or answer body, in bytes.
@@ -97,7 +95,10 @@ impl DeviceKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subscription {
     pub endpoint: url::Url,
-    pub keys: UaKeys,
+    /// `keys.p256dh`: an uncompressed P-256 point on the curve.
+    pub p256dh: [u8; 65],
+    /// `keys.auth`: 16 bytes.
+    pub auth: [u8; 16],
 }
 
 /// A device's registration, parsed (its signature not yet checked: that needs the token).
@@ -313,12 +314,22 @@ pub fn parse_registration(bytes: &[u8], allow_loopback: bool) -> Result<Registra
         .subscription
         .map(|s| -> Result<Subscription, DeviceError> {
             let endpoint = endpoint(&s.endpoint, allow_loopback)?;
-            let keys = UaKeys::new(
-                &b64("keys.p256dh", &s.keys.p256dh)?,
-                &b64("keys.auth", &s.keys.auth)?,
-            )
-            .map_err(|e| DeviceError::Subscription(e.to_string()))?;
-            Ok(Subscription { endpoint, keys })
+            let p256dh: [u8; 65] = b64("keys.p256dh", &s.keys.p256dh)?
+                .try_into()
+                .map_err(|_| DeviceError::Subscription("keys.p256dh: not 65 bytes".into()))?;
+            if p256dh[0] != 0x04 || p256::PublicKey::from_sec1_bytes(&p256dh).is_err() {
+                return Err(DeviceError::Subscription(
+                    "keys.p256dh: not an uncompressed P-256 point".into(),
+                ));
+            }
+            let auth: [u8; 16] = b64("keys.auth", &s.keys.auth)?
+                .try_into()
+                .map_err(|_| DeviceError::Subscription("keys.auth: not 16 bytes".into()))?;
+            Ok(Subscription {
+                endpoint,
+                p256dh,
+                auth,
+            })
         })
         .transpose()?;
     if raw.signature.len() > 128 {

@@ -88,8 +88,8 @@ impl SignIn {
             public_key: registration.key.to_sec1(),
             subscription: registration.subscription.map(|s| PushSubscription {
                 endpoint: s.endpoint.to_string(),
-                p256dh: s.keys.p256dh.to_vec(),
-                auth: s.keys.auth.to_vec(),
+                p256dh: s.p256dh.to_vec(),
+                auth: s.auth.to_vec(),
             }),
         };
         let token = BrowserToken::from_presented(&registration.token);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+mod address;
 mod deliver;
 pub mod sign;
 

@@ -313,6 +313,19 @@ mod tests {
     }
 
     #[test]
+    fn vapid_keys_load_from_openssl_pem() {
+        // `openssl ecparam -genkey -name prime256v1 -noout` (SEC1) and
+        // `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` (PKCS#8).
+        const SEC1: &str = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEILJ/VC/cX0+d+1/o+31AKrN8/IMz1UbtyL5NkTJMfGjJoAoGCCqGSM49\nAwEHoUQDQgAEsmdZP/Hbt9enNwmPzSuK3nrf5FkxbsSuvKyAnUEApx/ytgj9uOZp\nTnbpCYOumQBwhXxv/Ogz+ICfLYnHG0Rc3w==\n-----END EC PRIVATE KEY-----";
+        const PKCS8: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg9loY9KCy3xSe4rHk\nq7anyuoTbbgUXEWi44WTsawcFj6hRANCAAQ881K2TqXu103VlUbuOlFDhgTwQNs9\nXPQxZImHD87z8usvH95EB+IiFDbD5SGOwkpeF411dWd/UIIWtK7Gpjc2\n-----END PRIVATE KEY-----";
+        for pem in [SEC1, PKCS8] {
+            let key = VapidKey::from_config(&Secret::new(pem)).unwrap();
+            assert_eq!(URL_SAFE_NO_PAD.decode(key.public_b64()).unwrap().len(), 65);
+        }
+        assert!(VapidKey::from_config(&Secret::new(SEC1.replace("MHc", "MHd"))).is_err());
+    }
+
+    #[test]
     fn vapid_tokens_are_es256_for_the_endpoint_origin() {
         use p256::ecdsa::signature::Verifier as _;
         let key = random_secret();
