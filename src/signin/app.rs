@@ -138,18 +138,19 @@ fn refused(e: DeviceRefused) -> Response {
     )
 }
 
-fn body_or_refuse(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+/// The body, or the 400 for one that could not be read (too large, cut off).
+fn body_or_refuse(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Box<Response>> {
     body.map_err(|_| {
-        refused(DeviceRefused::Invalid(
+        Box::new(refused(DeviceRefused::Invalid(
             crate::methods::push::DeviceError::TooLarge,
-        ))
+        )))
     })
 }
 
 async fn register(State(signin): State<SignIn>, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body_or_refuse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match signin.register_device(&body).await {
         Ok(m) => secured(
@@ -169,7 +170,7 @@ async fn register(State(signin): State<SignIn>, body: Result<Bytes, BytesRejecti
 async fn answer(State(signin): State<SignIn>, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body_or_refuse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match signin.answer(&body).await {
         Ok(v) => secured(

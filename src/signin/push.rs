@@ -101,7 +101,7 @@ impl SignIn {
         {
             PushRegistered::Registered(m) => {
                 tracing::info!(method = %m.id, user = %m.user_id, "push device registered");
-                Ok(m)
+                Ok(*m)
             }
             PushRegistered::AlreadyUsed => Err(DeviceRefused::Link("already used")),
             PushRegistered::Expired => Err(DeviceRefused::Link("expired")),

@@ -1146,7 +1146,7 @@ impl Directory for SqliteStore {
                 .map_err(StoreError::from)
                 .and_then(Method::try_from)?;
             tx.commit()?;
-            Ok(PushRegistered::Registered(m))
+            Ok(PushRegistered::Registered(Box::new(m)))
         })
         .await
     }

@@ -69,7 +69,7 @@ pub enum PromptOpened {
 #[derive(Clone, Debug)]
 pub enum PushRegistered {
     /// The token was fresh: it is now used, the device stored and the method active.
-    Registered(Method),
+    Registered(Box<Method>),
     /// Used before: a link works once.
     AlreadyUsed,
     /// Older than `push.enrol_ttl_secs`.
