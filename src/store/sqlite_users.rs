@@ -1328,4 +1328,87 @@ mod tests {
         );
         assert!(orphan.is_err(), "the reference to verifications survived");
     }
+
+    #[tokio::test]
+    async fn the_push_migration_keeps_methods_and_allows_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &super::super::sqlite::MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (id, client, external_id, created_at) VALUES \
+                 ('usr_0123456789abcdef0123456789abcdef', 'auth', 'alice', 1); \
+                 INSERT INTO methods (id, user_id, kind, status, position, secret, created_at) \
+                 VALUES ('mth_0123456789abcdef0123456789abcdef', \
+                 'usr_0123456789abcdef0123456789abcdef', 'app_code', 'active', 0, x'01', 1);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(path.clone(), crate::webhook::payload)
+            .await
+            .unwrap();
+        let user = UserId::parse("usr_0123456789abcdef0123456789abcdef").unwrap();
+        let methods = store.methods(&user).await.unwrap();
+        assert_eq!(methods.len(), 1);
+        assert!(matches!(&methods[0].detail, MethodDetail::AppCode { secret } if secret.0 == [1]));
+        let push = store
+            .add_method(
+                NewMethod {
+                    id: MethodId::generate(),
+                    user_id: user.clone(),
+                    status: MethodStatus::Pending,
+                    label: None,
+                    detail: MethodDetail::Push { device: None },
+                    created_at: 2,
+                },
+                10,
+            )
+            .await
+            .unwrap()
+            .expect("kind push is allowed");
+        store
+            .create_push_enrolment(&push.id, [7; 32], 1_000)
+            .await
+            .unwrap();
+        let device = PushDevice {
+            public_key: vec![4; 65],
+            subscription: None,
+        };
+        assert!(matches!(
+            store
+                .register_push_device([7; 32], device.clone(), 1_000)
+                .await
+                .unwrap(),
+            PushRegistered::Expired
+        ));
+        let PushRegistered::Registered(m) = store
+            .register_push_device([7; 32], device.clone(), 999)
+            .await
+            .unwrap()
+        else {
+            panic!("registered")
+        };
+        assert_eq!(m.status, MethodStatus::Active);
+        assert!(
+            matches!(&m.detail, MethodDetail::Push { device: Some(d) } if d.public_key == vec![4; 65])
+        );
+        assert!(matches!(
+            store
+                .register_push_device([7; 32], device, 999)
+                .await
+                .unwrap(),
+            PushRegistered::AlreadyUsed
+        ));
+        // Deleting the user removes the method and its enrolment token (foreign keys on).
+        assert!(store.delete_user("auth", &user).await.unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM push_enrolments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
 }
