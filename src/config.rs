@@ -77,6 +77,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub methods: MethodsConfig,
     pub signin: SigninConfig,
+    pub push: PushConfig,
 }
 
 /// `[api]`: the HTTP API and its clients.
@@ -595,6 +596,38 @@ impl SigninConfig {
     }
 }
 
+/// `[push]`: the `push` method (issue 12): Web Push delivery to the authenticator app at
+/// `/app/` and how long a request waits for its answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// The VAPID key pair (RFC 8292): a P-256 private key as PKCS#8 or SEC1 PEM, or the
+    /// 32-byte scalar in base64url (`vapid --gen`, web-push's `generate-vapid-keys`). Its
+    /// public key is served at `GET /v1/vapid`. Required to enrol `push`.
+    pub vapid_private_key: Option<Secret>,
+    /// The `sub` of VAPID tokens: a `mailto:` or `https:` contact for push services.
+    pub vapid_subject: String,
+    /// How long a push request waits for the device's answer before `no_input`, in seconds.
+    pub timeout_secs: u64,
+    /// How long an `enrol_url` can be used (once), in seconds.
+    pub enrol_ttl_secs: u64,
+    /// Development and tests only: subscription endpoints may be plain `http` to a loopback
+    /// address (a local stand-in for the push service). Off: https to public addresses only.
+    pub allow_loopback_endpoints: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            vapid_private_key: None,
+            vapid_subject: "mailto:admin@example.invalid".to_owned(),
+            timeout_secs: 60,
+            enrol_ttl_secs: 600,
+            allow_loopback_endpoints: false,
+        }
+    }
+}
+
 /// Why a configuration could not be loaded. Every variant names the key or variable at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -945,6 +978,24 @@ impl Config {
         if let Some(key) = &self.signin.signing_key {
             crate::signed_result::ResultSigner::from_pem(key)
                 .map_err(|e| invalid("signin.signing_key", e.to_string()))?;
+        }
+        if let Some(key) = &self.push.vapid_private_key {
+            crate::webpush::VapidKey::from_config(key)
+                .map_err(|e| invalid("push.vapid_private_key", e.to_string()))?;
+        }
+        let subject = &self.push.vapid_subject;
+        if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
+            return Err(invalid(
+                "push.vapid_subject",
+                "must be a mailto: or https: URI (RFC 8292 section 2.1)",
+            ));
+        }
+        // A push request lives at most as long as a verification waits for its user.
+        if self.push.timeout_secs == 0 || self.push.timeout_secs > 300 {
+            return Err(invalid("push.timeout_secs", "must be between 1 and 300"));
+        }
+        if self.push.enrol_ttl_secs == 0 {
+            return Err(invalid("push.enrol_ttl_secs", "must be at least 1"));
         }
         for (key, value) in [
             ("methods.code_attempts", self.methods.code_attempts as u64),

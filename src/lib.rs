@@ -25,3 +25,4 @@ pub mod store;
 pub mod user;
 pub mod view;
 pub mod webhook;
+pub mod webpush;

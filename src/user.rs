@@ -73,7 +73,7 @@ pub struct User {
     pub created_at: UnixMs,
 }
 
-/// The kinds of method a user can enrol. `push` (issue 12) will be the third.
+/// The kinds of method a user can enrol.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MethodKind {
@@ -81,15 +81,19 @@ pub enum MethodKind {
     Phone,
     /// A code from an authenticator app (RFC 6238 TOTP) typed into the sign-in page.
     AppCode,
+    /// A request to the authenticator app at `/app/` (Web Push and a live channel), answered
+    /// with a device-signed choice of number.
+    Push,
 }
 
 impl MethodKind {
-    pub const ALL: [MethodKind; 2] = [MethodKind::Phone, MethodKind::AppCode];
+    pub const ALL: [MethodKind; 3] = [MethodKind::Phone, MethodKind::AppCode, MethodKind::Push];
 
     pub fn as_str(self) -> &'static str {
         match self {
             MethodKind::Phone => "phone",
             MethodKind::AppCode => "app_code",
+            MethodKind::Push => "push",
         }
     }
 
@@ -144,6 +148,53 @@ pub enum MethodDetail {
     },
     /// The TOTP secret, sealed.
     AppCode { secret: SealedSecret },
+    /// The registered device (`None` while the enrolment link has not been used).
+    Push { device: Option<PushDevice> },
+}
+
+/// An authenticator app's registration, as stored (checked by `crate::methods::push` before
+/// it gets here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushDevice {
+    /// The device's ECDSA P-256 public key, uncompressed SEC1 (65 bytes).
+    pub public_key: Vec<u8>,
+    /// The Web Push subscription, if the browser gave one (without it, requests reach the app
+    /// only over its live channel while it is open).
+    pub subscription: Option<PushSubscription>,
+}
+
+/// A Web Push subscription as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushSubscription {
+    pub endpoint: String,
+    /// `keys.p256dh`: uncompressed SEC1 point (65 bytes).
+    pub p256dh: Vec<u8>,
+    /// `keys.auth`: 16 bytes.
+    pub auth: Vec<u8>,
+}
+
+impl fmt::Debug for PushSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The endpoint is a capability URL (whoever holds it can push with our key): no logs.
+        f.write_str("PushSubscription([redacted])")
+    }
+}
+
+/// A push request: what the device must answer, bound to one verification attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushRequest {
+    pub verification_id: VerificationId,
+    pub method_id: MethodId,
+    /// Server-issued, single use: the device signs it with its answer.
+    pub nonce: String,
+    /// The number shown on the sign-in screen. Not a secret (whoever sits at the sign-in
+    /// screen sees it): it proves the person answering sees that screen.
+    pub number: u8,
+    /// What the app offers, the right one among them.
+    pub choices: [u8; 3],
+    pub created_at: UnixMs,
+    pub expires_at: UnixMs,
+    pub answered_at: Option<UnixMs>,
 }
 
 impl MethodDetail {
@@ -151,6 +202,7 @@ impl MethodDetail {
         match self {
             MethodDetail::Phone { .. } => MethodKind::Phone,
             MethodDetail::AppCode { .. } => MethodKind::AppCode,
+            MethodDetail::Push { .. } => MethodKind::Push,
         }
     }
 }

@@ -29,7 +29,7 @@ pub struct VerificationView {
     /// What happened on the call, once completed (DESIGN.md "Outcome vocabulary"):
     /// `confirmed`, `fraud_reported`, `wrong_digits`, `no_input`, `incomplete_input`,
     /// `hung_up`, `no_answer`, `busy`, `rejected`, `unreachable`, `cancelled`, `expired`,
-    /// `failed`.
+    /// `denied` (refused in the authenticator app), `failed`.
     #[schema(example = "confirmed")]
     pub result: Option<&'static str>,
     /// The decision: true only for a completed, confirmed call.
@@ -77,6 +77,11 @@ pub struct VerificationView {
     /// With `hosted`, in the response to `POST` only: the single-use sign-in page link.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_url: Option<String>,
+    /// A push attempt (number matching): the number to show on the sign-in screen; the
+    /// authenticator app offers it among three.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 42)]
+    pub number: Option<u8>,
 }
 
 /// A method as a verification names it.
@@ -183,6 +188,7 @@ impl VerificationView {
                 .map(|(i, a)| AttemptView::of(a, v, i + 1 == v.attempts.len()))
                 .collect(),
             prompt_url: None,
+            number: None,
         }
     }
 }

@@ -70,3 +70,26 @@ fn an_authenticator_app_code_signs_in() {
     assert!(text.contains("signature verified"), "{text}");
     assert!(!text.contains("BUT IT DIFFERS"), "{text}");
 }
+
+#[test]
+fn a_simulated_authenticator_app_approves_a_push() {
+    let out = Command::new(env!("CARGO_BIN_EXE_callverify"))
+        .args(["demo", "--method", "push"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("/app/#enrol="), "{text}");
+    assert!(text.contains("push received and decrypted"), "{text}");
+    assert!(
+        text.contains("Outcome: confirmed (approved: true), by \"push\""),
+        "{text}"
+    );
+    assert!(text.contains("signature verified"), "{text}");
+    assert!(!text.contains("BUT IT DIFFERS"), "{text}");
+}

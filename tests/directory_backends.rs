@@ -1,8 +1,9 @@
 //! The sign-in directory (users, methods, verifications by user, hosted prompts) run against
 //! SQLite and against a real PostgreSQL (tests/pg_support), each test with two handles on one
 //! database (two instances): users scoped by client, the methods' order, a code step accepted
-//! once, lockout, verifications by user queued or waiting, switching, single-use prompt tokens;
-//! and the races two instances run into, started on both handles at once.
+//! once, lockout, verifications by user queued or waiting, switching, single-use prompt tokens,
+//! push enrolment tokens and push requests; and the races two instances run into, started on
+//! both handles at once.
 
 mod pg_support;
 
@@ -14,11 +15,13 @@ use std::time::Duration;
 use callverify::config::{Secret, StoreBackend, StoreConfig};
 use callverify::store::{
     CodeConfirmed, Completion, Created, Destination, Directory, IdempotencyKey, InstanceId,
-    PgStore, PromptOpened, Quota, SqliteStore, Status, Store, Switched, VerificationId,
+    PgStore, PromptOpened, PushAnswered, PushRegistered, Quota, SqliteStore, Status, Store,
+    Switched, VerificationId,
 };
 use callverify::user::{
     Method, MethodDetail, MethodId, MethodKind, MethodPatch, MethodStatus, NewMethod, NewPrompt,
-    NewUser, NewUserVerification, SealedSecret, User, UserId,
+    NewUser, NewUserVerification, PushDevice, PushRequest, PushSubscription, SealedSecret, User,
+    UserId,
 };
 use flow::{CallResult, TimelineEntry, TimelineEvent};
 
@@ -128,6 +131,11 @@ suite!(
     race_a_prompt_token_opened_on_both_handles_opens_once,
     race_a_switch_and_the_calls_completion_never_both_win,
     race_verifications_by_user_created_at_once_stay_within_the_cap,
+    a_push_enrolment_token_registers_one_device_once,
+    a_push_request_is_answered_once_before_it_expires,
+    race_a_push_enrolment_token_used_on_both_handles_registers_once,
+    race_a_push_registration_and_the_methods_deletion_never_deadlock,
+    race_answers_to_one_push_request_complete_once,
 );
 
 const MAX_METHODS: u32 = 5;
@@ -1362,5 +1370,360 @@ mod postgres_only {
         assert_eq!(gone.instances.len(), 1, "instance a is declared dead");
         let q = db.db.start_phone_attempt(&id, 43).await.unwrap().unwrap();
         assert_eq!(q.destination.unwrap().expose(), "+12015550123");
+    }
+}
+
+fn push_device(tag: u8, subscribed: bool) -> PushDevice {
+    PushDevice {
+        public_key: vec![tag; 65],
+        subscription: subscribed.then(|| PushSubscription {
+            endpoint: format!("https://push.example.com/send/{tag}"),
+            p256dh: vec![tag; 65],
+            auth: vec![tag; 16],
+        }),
+    }
+}
+
+/// A pending push method of `user` and a fresh enrolment token for it (valid until 1 000).
+async fn pending_push(d: &dyn Directory, user: &UserId) -> (Method, [u8; 32]) {
+    let m = add(
+        d,
+        user,
+        MethodDetail::Push { device: None },
+        MethodStatus::Pending,
+    )
+    .await;
+    let token = hash(4);
+    d.create_push_enrolment(&m.id, token, 1_000).await.unwrap();
+    (m, token)
+}
+
+/// A user of `auth` with an active push method (its device registered).
+async fn with_push(d: &dyn Directory, external_id: &str) -> (User, Method) {
+    let u = user(d, "auth", external_id).await;
+    let (_, token) = pending_push(d, &u.id).await;
+    let PushRegistered::Registered(m) = d
+        .register_push_device(token, push_device(1, true), 10)
+        .await
+        .unwrap()
+    else {
+        panic!("registered")
+    };
+    (u, *m)
+}
+
+/// The request of verification `id`'s push attempt, `nonce` to sign, open until 1 000.
+fn request(id: &VerificationId, method: &MethodId, nonce: &str, at: i64) -> PushRequest {
+    PushRequest {
+        verification_id: id.clone(),
+        method_id: method.clone(),
+        nonce: nonce.into(),
+        number: 42,
+        choices: [17, 42, 86],
+        created_at: at,
+        expires_at: 1_000,
+        answered_at: None,
+    }
+}
+
+async fn a_push_enrolment_token_registers_one_device_once(db: Db) {
+    let u = user(db.da.as_ref(), "auth", "alice").await;
+    let (m, token) = pending_push(db.da.as_ref(), &u.id).await;
+    assert!(matches!(&m.detail, MethodDetail::Push { device: None }));
+    assert_eq!(m.status, MethodStatus::Pending);
+    // Unknown and late tokens change nothing.
+    assert!(matches!(
+        db.db
+            .register_push_device(hash(9), push_device(1, true), 10)
+            .await
+            .unwrap(),
+        PushRegistered::Unknown
+    ));
+    assert!(matches!(
+        db.db
+            .register_push_device(token, push_device(1, true), 1_000)
+            .await
+            .unwrap(),
+        PushRegistered::Expired
+    ));
+    let still = db.da.method_by_id(&m.id).await.unwrap().unwrap();
+    assert_eq!(still.status, MethodStatus::Pending);
+    // In time, on the other handle: the device is stored and the method active.
+    let PushRegistered::Registered(registered) = db
+        .db
+        .register_push_device(token, push_device(1, true), 999)
+        .await
+        .unwrap()
+    else {
+        panic!("registered")
+    };
+    assert_eq!(
+        (registered.status, registered.confirmed_at),
+        (MethodStatus::Active, Some(999))
+    );
+    let seen = db.da.method_by_id(&m.id).await.unwrap().unwrap();
+    let MethodDetail::Push { device: Some(d) } = &seen.detail else {
+        panic!("{seen:?}")
+    };
+    assert_eq!(d.public_key, vec![1; 65]);
+    assert_eq!(d.subscription, push_device(1, true).subscription);
+    assert_eq!(seen.user_id, u.id);
+    // A link works once, even before it expires.
+    assert!(matches!(
+        db.da
+            .register_push_device(token, push_device(2, false), 999)
+            .await
+            .unwrap(),
+        PushRegistered::AlreadyUsed
+    ));
+    // A second token of an active method is spent without replacing its device.
+    let second = hash(5);
+    db.da
+        .create_push_enrolment(&m.id, second, 1_000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.db
+            .register_push_device(second, push_device(3, false), 20)
+            .await
+            .unwrap(),
+        PushRegistered::AlreadyUsed
+    ));
+    // The push service said the subscription is gone: the device key stays.
+    db.db.drop_push_subscription(&m.id).await.unwrap();
+    let dropped = db.da.method_by_id(&m.id).await.unwrap().unwrap();
+    assert!(matches!(
+        &dropped.detail,
+        MethodDetail::Push { device: Some(d) } if d.public_key == vec![1; 65] && d.subscription.is_none()
+    ));
+    // A deleted method's tokens go with it.
+    let (other, other_token) = pending_push(db.da.as_ref(), &u.id).await;
+    assert!(db.db.delete_method(&u.id, &other.id).await.unwrap());
+    assert!(matches!(
+        db.da
+            .register_push_device(other_token, push_device(4, false), 20)
+            .await
+            .unwrap(),
+        PushRegistered::Unknown
+    ));
+    assert!(db.da.method_by_id(&other.id).await.unwrap().is_none());
+}
+
+async fn a_push_request_is_answered_once_before_it_expires(db: Db) {
+    let (u, m) = with_push(db.da.as_ref(), "alice").await;
+    let id = start(db.da.as_ref(), &u.id, &m, 20).await;
+    let v = db.b.get(&id).await.unwrap().unwrap();
+    assert_eq!(v.status, Status::AwaitingUser);
+    assert_eq!(v.method.as_ref().map(|r| r.kind), Some(MethodKind::Push));
+    assert!(db.db.push_request(&id).await.unwrap().is_none());
+    db.da
+        .create_push_request(request(&id, &m.id, "first", 20))
+        .await
+        .unwrap();
+    // A new attempt's request replaces the earlier one; the earlier nonce is worthless.
+    db.db
+        .create_push_request(request(&id, &m.id, "second", 30))
+        .await
+        .unwrap();
+    let stored = db.da.push_request(&id).await.unwrap().unwrap();
+    assert_eq!(stored, request(&id, &m.id, "second", 30));
+    assert_eq!(
+        db.db.open_push_requests(&m.id, 40, 10).await.unwrap(),
+        vec![stored.clone()]
+    );
+    assert!(
+        db.db
+            .open_push_requests(&m.id, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired"
+    );
+    let answer = |nonce: &'static str, method: MethodId, at: i64| {
+        let (d, id) = (Arc::clone(&db.db), id.clone());
+        async move {
+            d.answer_push(&id, &method, nonce, CallResult::Denied, at)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(
+        answer("first", m.id.clone(), 40).await,
+        PushAnswered::NotAwaiting
+    ));
+    assert!(matches!(
+        answer("second", MethodId::generate(), 40).await,
+        PushAnswered::NotAwaiting
+    ));
+    assert!(matches!(
+        answer("second", m.id.clone(), 1_000).await,
+        PushAnswered::Expired
+    ));
+    assert_eq!(
+        db.a.get(&id).await.unwrap().unwrap().status,
+        Status::AwaitingUser
+    );
+    let PushAnswered::Completed(done) = answer("second", m.id.clone(), 50).await else {
+        panic!("completed")
+    };
+    assert_eq!(
+        (done.status, done.result, done.completed_at),
+        (Status::Completed, Some(CallResult::Denied), Some(50))
+    );
+    assert_eq!(done.attempts[0].result, Some(CallResult::Denied));
+    assert_eq!(db.a.outbox(&id).await.unwrap().len(), 1, "one webhook");
+    assert_eq!(
+        db.da.push_request(&id).await.unwrap().unwrap().answered_at,
+        Some(50)
+    );
+    assert!(matches!(
+        answer("second", m.id.clone(), 60).await,
+        PushAnswered::AlreadyAnswered
+    ));
+    assert!(
+        db.da
+            .open_push_requests(&m.id, 60, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A request whose verification switched to another method waits no more.
+    let code = add(db.da.as_ref(), &u.id, app_code(), MethodStatus::Active).await;
+    let switched = start(db.da.as_ref(), &u.id, &m, 70).await;
+    db.da
+        .create_push_request(request(&switched, &m.id, "third", 70))
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.db
+            .switch_method(&switched, "auth", &code, 80)
+            .await
+            .unwrap(),
+        Switched::Switched { .. }
+    ));
+    assert!(
+        db.da
+            .open_push_requests(&m.id, 90, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        db.db
+            .answer_push(&switched, &m.id, "third", CallResult::Confirmed, 90)
+            .await
+            .unwrap(),
+        PushAnswered::NotAwaiting
+    ));
+    assert_eq!(
+        db.a.get(&switched).await.unwrap().unwrap().status,
+        Status::AwaitingUser
+    );
+}
+
+async fn race_a_push_enrolment_token_used_on_both_handles_registers_once(db: Db) {
+    let u = user(db.da.as_ref(), "auth", "alice").await;
+    for round in 0..10 {
+        let (m, token) = pending_push(db.da.as_ref(), &u.id).await;
+        let results = at_once(&db, 4, |i, d| async move {
+            d.register_push_device(token, push_device(10 + i as u8, true), 100)
+                .await
+                .unwrap()
+        })
+        .await;
+        let winners: Vec<u8> = results
+            .iter()
+            .filter_map(|r| match r {
+                PushRegistered::Registered(m) => match &m.detail {
+                    MethodDetail::Push { device: Some(d) } => Some(d.public_key[0]),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let used = results
+            .iter()
+            .filter(|r| matches!(r, PushRegistered::AlreadyUsed))
+            .count();
+        assert_eq!((winners.len(), used), (1, 3), "round {round}: {results:?}");
+        // The device stored is the winner's.
+        let stored = db.db.method_by_id(&m.id).await.unwrap().unwrap();
+        assert!(matches!(
+            &stored.detail,
+            MethodDetail::Push { device: Some(d) } if d.public_key[0] == winners[0]
+        ));
+        // Keep within the maximum for the next round.
+        assert!(db.da.delete_method(&u.id, &m.id).await.unwrap());
+    }
+}
+
+async fn race_a_push_registration_and_the_methods_deletion_never_deadlock(db: Db) {
+    let u = user(db.da.as_ref(), "auth", "alice").await;
+    let mut outcomes = HashSet::new();
+    for round in 0..20 {
+        let (m, token) = pending_push(db.da.as_ref(), &u.id).await;
+        let gate = Arc::new(tokio::sync::Barrier::new(2));
+        let registering = {
+            let (d, gate) = (Arc::clone(&db.da), Arc::clone(&gate));
+            tokio::spawn(async move {
+                gate.wait().await;
+                d.register_push_device(token, push_device(1, true), 100)
+                    .await
+                    .unwrap()
+            })
+        };
+        let deleting = {
+            let (d, user, id, gate) = (Arc::clone(&db.db), u.id.clone(), m.id.clone(), gate);
+            tokio::spawn(async move {
+                gate.wait().await;
+                d.delete_method(&user, &id).await.unwrap()
+            })
+        };
+        let registered = registering.await.unwrap();
+        assert!(deleting.await.unwrap(), "round {round}: deleted");
+        match registered {
+            PushRegistered::Registered(_) => outcomes.insert("registered first"),
+            PushRegistered::Unknown => outcomes.insert("deleted first"),
+            other => panic!("round {round}: {other:?}"),
+        };
+        assert!(db.da.method_by_id(&m.id).await.unwrap().is_none());
+    }
+    assert!(!outcomes.is_empty());
+}
+
+async fn race_answers_to_one_push_request_complete_once(db: Db) {
+    let (u, m) = with_push(db.da.as_ref(), "alice").await;
+    for round in 0..10 {
+        let id = start(db.da.as_ref(), &u.id, &m, 20).await;
+        db.da
+            .create_push_request(request(&id, &m.id, "nonce", 20))
+            .await
+            .unwrap();
+        // Two approve, two deny: whichever is first decides.
+        let results = at_once(&db, 4, |i, d| {
+            let (id, m) = (id.clone(), m.id.clone());
+            let result = if i < 2 {
+                CallResult::Confirmed
+            } else {
+                CallResult::Denied
+            };
+            async move { d.answer_push(&id, &m, "nonce", result, 30).await.unwrap() }
+        })
+        .await;
+        let won: Vec<Option<CallResult>> = results
+            .iter()
+            .filter_map(|r| match r {
+                PushAnswered::Completed(v) => Some(v.result),
+                _ => None,
+            })
+            .collect();
+        let replays = results
+            .iter()
+            .filter(|r| matches!(r, PushAnswered::AlreadyAnswered))
+            .count();
+        assert_eq!((won.len(), replays), (1, 3), "round {round}: {results:?}");
+        let v = db.b.get(&id).await.unwrap().unwrap();
+        assert_eq!((v.status, v.result), (Status::Completed, won[0]));
+        assert_eq!(db.a.outbox(&id).await.unwrap().len(), 1, "one webhook");
     }
 }

@@ -763,7 +763,7 @@ mod sqlite_only {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3, "every migration applied");
+        assert_eq!(version, 4, "every migration applied");
     }
 }
 

@@ -132,7 +132,7 @@ impl From<crate::signin::SigninError> for AppError {
     fn from(e: crate::signin::SigninError) -> AppError {
         use crate::signin::SigninError as E;
         match e {
-            E::NoDirectory | E::NoSealKey => AppError::NotConfigured(e.to_string()),
+            E::NoDirectory | E::NoSealKey | E::NoVapidKey => AppError::NotConfigured(e.to_string()),
             E::NotFound(m) => AppError::NotFound(m),
             E::Conflict { code, message } => AppError::Conflict { code, message },
             E::Unprocessable { code, message } => AppError::Unprocessable { code, message },

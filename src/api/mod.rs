@@ -128,7 +128,8 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state.clone())
-        .merge(crate::signin::page::routes(state.signin))
+        .merge(crate::signin::page::routes(state.signin.clone()))
+        .merge(crate::signin::app::routes(state.signin))
 }
 
 /// The OpenAPI 3.1 document, generated from the handler annotations.
@@ -294,7 +295,12 @@ async fn create_verification(
             state.dialer.wake();
             if let Some(url) = return_url {
                 let prompt_url = state.signin.create_prompt(&v, url).await?;
-                return Ok(signin::created(&v, challenge(&state, &v), Some(prompt_url)));
+                return Ok(signin::created(
+                    &v,
+                    challenge(&state, &v),
+                    Some(prompt_url),
+                    None,
+                ));
             }
             Ok(view_response(
                 StatusCode::CREATED,

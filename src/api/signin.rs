@@ -27,12 +27,13 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/verifications/{id}/code", post(submit_code))
         .route("/v1/verifications/{id}/switch", post(switch_method))
         .route("/v1/jwks.json", get(jwks))
+        .route("/v1/vapid", get(vapid))
 }
 
 /// The OpenAPI paths of sign-in by user (merged into `/openapi.json`).
 #[derive(OpenApi)]
 #[openapi(
-    paths(submit_code, switch_method, jwks),
+    paths(submit_code, switch_method, jwks, vapid),
     components(schemas(UserVerificationRequest, HostedRequest, SwitchRequest))
 )]
 pub struct SigninDoc;
@@ -157,10 +158,12 @@ pub(super) fn created(
     v: &Verification,
     challenge: Option<Secret>,
     prompt_url: Option<String>,
+    number: Option<u8>,
 ) -> Response {
     let mut view = VerificationView::from_record(v);
     view.challenge = challenge.map(|c| c.expose().to_owned());
     view.prompt_url = prompt_url;
+    view.number = number;
     let mut response = (StatusCode::CREATED, Json(view)).into_response();
     if let Ok(location) = format!("/v1/verifications/{}", v.id).parse() {
         response.headers_mut().insert(header::LOCATION, location);
@@ -217,6 +220,9 @@ pub(super) async fn create_for_user(
     if method.kind() == MethodKind::AppCode {
         state.signin.sealer()?;
     }
+    if method.kind() == MethodKind::Push {
+        state.signin.push_sender()?;
+    }
     // A phone method is checked against today's destination policy (countries, number types,
     // SIP URI hosts may have changed since it was enrolled) and counts against its number's
     // and country's caps, as a verification by number would.
@@ -224,7 +230,7 @@ pub(super) async fn create_for_user(
         MethodDetail::Phone { destination, .. } => {
             Some(validate::destination(destination.expose(), &state.config)?)
         }
-        MethodDetail::AppCode { .. } => None,
+        MethodDetail::AppCode { .. } | MethodDetail::Push { .. } => None,
     };
     let quotas = super::quotas(&state.config, client, target.as_ref());
     let new = NewUserVerification {
@@ -247,11 +253,12 @@ pub(super) async fn create_for_user(
             if v.status == Status::Queued {
                 state.dialer.wake();
             }
+            let number = state.signin.start_push(&v).await?;
             let prompt_url = match return_url {
                 Some(url) => Some(state.signin.create_prompt(&v, url).await?),
                 None => None,
             };
-            Ok(created(&v, None, prompt_url))
+            Ok(created(&v, None, prompt_url, number))
         }
         Created::Replayed(v) | Created::Joined(v) => {
             Ok((StatusCode::OK, Json(VerificationView::from_record(&v))).into_response())
@@ -392,4 +399,18 @@ async fn jwks(State(state): State<AppState>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// The VAPID public key (RFC 8292) the authenticator app subscribes with
+/// (`applicationServerKey`): base64url of the uncompressed P-256 point.
+#[utoipa::path(get, path = "/v1/vapid", tag = "users",
+    responses((status = 200, description = "`{\"public_key\": \"B…\"}`", content_type = "application/json"),
+              (status = 501, description = "push.vapid_private_key is not configured", body = ErrorBody)))]
+async fn vapid(State(state): State<AppState>) -> Result<Response, AppError> {
+    let sender = state.signin.push_sender()?;
+    Ok((
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        Json(serde_json::json!({ "public_key": sender.vapid().public_b64() })),
+    )
+        .into_response())
 }

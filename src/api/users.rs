@@ -100,7 +100,7 @@ pub struct UserList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMethodRequest {
-    /// `phone` or `app_code`.
+    /// `phone`, `app_code` or `push`.
     #[serde(rename = "type")]
     #[schema(example = "phone")]
     pub kind: String,
@@ -139,9 +139,18 @@ pub struct EnrolledMethod {
     /// app_code enrolment only: `otpauth://totp/…` (RFC 6238, SHA-1, 6 digits, 30 s).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otpauth_uri: Option<String>,
-    /// app_code enrolment only: the QR code of `otpauth_uri`, an `<svg>` element.
+    /// app_code enrolment only: the QR code of `otpauth_uri` (push: of `enrol_url`), an
+    /// `<svg>` element.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qr_svg: Option<String>,
+    /// push enrolment only: the single-use link (`push.enrol_ttl_secs`, default 10 minutes)
+    /// that the phone opens to install the authenticator app and register its key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrol_url: Option<String>,
+    /// push: whether the device gave a Web Push subscription (without one, requests reach
+    /// it only while the app is open).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_subscribed: Option<bool>,
 }
 
 impl EnrolledMethod {
@@ -151,7 +160,13 @@ impl EnrolledMethod {
                 destination,
                 extension,
             } => (Some(destination.expose().to_owned()), extension.clone()),
-            MethodDetail::AppCode { .. } => (None, None),
+            MethodDetail::AppCode { .. } | MethodDetail::Push { .. } => (None, None),
+        };
+        let push_subscribed = match &m.detail {
+            MethodDetail::Push { device } => {
+                Some(device.as_ref().is_some_and(|d| d.subscription.is_some()))
+            }
+            _ => None,
         };
         EnrolledMethod {
             id: m.id.as_str().to_owned(),
@@ -166,6 +181,8 @@ impl EnrolledMethod {
             locked_until: m.locked_until.filter(|u| *u > now_ms()).map(rfc3339),
             otpauth_uri: None,
             qr_svg: None,
+            enrol_url: None,
+            push_subscribed,
         }
     }
 }
@@ -397,8 +414,9 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Enrol a method: a phone (active at once) or an app code (pending until confirmed; the
-/// 201 carries `otpauth_uri` and `qr_svg`, shown this once).
+/// Enrol a method: a phone (active at once), an app code (pending until confirmed; the
+/// 201 carries `otpauth_uri` and `qr_svg`, shown this once) or a push device (pending until
+/// the authenticator app registers through `enrol_url`, also as `qr_svg`, shown this once).
 #[utoipa::path(post, path = "/v1/users/{id}/methods", tag = "users",
     params(("id" = String, Path, description = "`usr_…`")),
     request_body = NewMethodRequest,
@@ -407,7 +425,7 @@ async fn delete_user(
         (status = 400, description = "Invalid body, type or number", body = ErrorBody),
         (status = 404, description = "No such user for this client", body = ErrorBody),
         (status = 422, description = "Number refused by policy; too many methods", body = ErrorBody),
-        (status = 501, description = "app_code without methods.seal_key", body = ErrorBody),
+        (status = 501, description = "app_code without methods.seal_key; push without push.vapid_private_key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn add_method(
@@ -465,10 +483,24 @@ async fn add_method(
                 Some(offer),
             )
         }
+        "push" => {
+            if req.phone_number.is_some() || req.extension.is_some() {
+                return Err(AppError::bad_request(
+                    "unexpected_field",
+                    "phone_number and extension: only for a phone method",
+                ));
+            }
+            state.signin.push_sender()?;
+            (
+                MethodDetail::Push { device: None },
+                MethodStatus::Pending,
+                None,
+            )
+        }
         other => {
             return Err(AppError::bad_request(
                 "invalid_type",
-                format!("type: `{other}` is not a method type (`phone`, `app_code`)"),
+                format!("type: `{other}` is not a method type (`phone`, `app_code`, `push`)"),
             ));
         }
     };
@@ -497,6 +529,11 @@ async fn add_method(
     if let Some(offer) = offer {
         view.otpauth_uri = Some(offer.otpauth_uri);
         view.qr_svg = Some(offer.qr_svg);
+    }
+    if method.kind() == crate::user::MethodKind::Push {
+        let link = state.signin.enrol_push(&method.id).await?;
+        view.qr_svg = crate::signin::push::qr_svg(&link);
+        view.enrol_url = Some(link);
     }
     let mut response = (StatusCode::CREATED, Json(view)).into_response();
     if let Ok(location) = format!("/v1/users/{}/methods/{}", user.id, method.id).parse() {

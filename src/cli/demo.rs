@@ -11,8 +11,10 @@ pub struct Args {
     /// be busy.
     #[arg(long, value_enum, default_value_t = PhoneMode::Confirm)]
     phone: PhoneMode,
-    /// The sign-in method: a phone call (the default), or a code from an authenticator app
-    /// (enrols one, prints its otpauth:// URI, computes the code and submits it).
+    /// The sign-in method: a phone call (the default), a code from an authenticator app
+    /// (enrols one, prints its otpauth:// URI, computes the code and submits it), or a push
+    /// to the authenticator app (enrols a simulated device, which decrypts the Web Push
+    /// message, picks the number and signs its approval).
     #[arg(long, value_enum, default_value_t = DemoMethod::Phone)]
     method: DemoMethod,
     /// Folder of prompt recordings (default: the `audio` folder of this checkout).
@@ -27,6 +29,9 @@ pub enum DemoMethod {
     Phone,
     /// An authenticator app's code (RFC 6238).
     Code,
+    /// A request to the authenticator app (Web Push, number matching), answered by a
+    /// simulated device.
+    Push,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -49,15 +54,25 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let mut out = std::io::stdout();
-    if args.method == DemoMethod::Code {
-        return match runtime.block_on(demo::code::run(&prompts, &mut out)) {
+    if args.method != DemoMethod::Phone {
+        let (name, run) = match args.method {
+            DemoMethod::Code => (
+                "code",
+                runtime.block_on(demo::code::run(&prompts, &mut out)),
+            ),
+            _ => (
+                "push",
+                runtime.block_on(demo::push::run(&prompts, &mut out)),
+            ),
+        };
+        return match run {
             Ok(outcome) if outcome.as_expected && outcome.webhook_verified => {
-                println!("\nThe demo ran as expected for --method code.");
+                println!("\nThe demo ran as expected for --method {name}.");
                 ExitCode::SUCCESS
             }
             Ok(outcome) => {
                 println!(
-                    "\nThe demo did NOT end as expected for --method code: wanted confirmed, \
+                    "\nThe demo did NOT end as expected for --method {name}: wanted confirmed, \
                      webhook verified: {}.",
                     outcome.webhook_verified
                 );

@@ -49,7 +49,7 @@ impl Authenticator {
     }
 }
 
-async fn api(
+pub(super) async fn api(
     http: &reqwest::Client,
     base: &str,
     path: &str,

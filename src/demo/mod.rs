@@ -7,6 +7,7 @@
 
 pub mod code;
 pub mod phone;
+pub mod push;
 
 use std::io::Write;
 use std::net::SocketAddr;

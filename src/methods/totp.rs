@@ -222,7 +222,7 @@ pub fn check(
 }
 
 /// The QR code of `data` as an inline `<svg>` element.
-fn qr_svg(data: &str) -> Result<String, qrcode::types::QrError> {
+pub fn qr_svg(data: &str) -> Result<String, qrcode::types::QrError> {
     let code = qrcode::QrCode::with_error_correction_level(data, qrcode::EcLevel::M)?;
     let svg = code
         .render::<qrcode::render::svg::Color<'_>>()

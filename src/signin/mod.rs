@@ -3,8 +3,10 @@
 //! expiring verifications that wait for their user, and the hosted prompt's link, session and
 //! signed result. Below the API (which mounts [`page::routes`]), above the store and dialer.
 
+pub mod app;
 pub mod input;
 pub mod page;
+pub mod push;
 pub mod text;
 
 use std::sync::Arc;
@@ -43,6 +45,11 @@ pub enum SigninError {
     /// The store backend has no directory yet (users and methods need one).
     #[error("users and methods are not available with this store backend")]
     NoDirectory,
+    /// `push.vapid_private_key` is missing: push cannot be enrolled or sent.
+    #[error(
+        "push needs push.vapid_private_key (CALLVERIFY_PUSH__VAPID_PRIVATE_KEY) to be configured"
+    )]
+    NoVapidKey,
     /// `methods.seal_key` is missing: app codes cannot be enrolled or checked.
     #[error("app_code needs methods.seal_key (CALLVERIFY_METHODS__SEAL_KEY) to be configured")]
     NoSealKey,
@@ -81,6 +88,7 @@ pub struct SignIn {
     pub directory: Option<Arc<dyn Directory>>,
     sealer: Option<Sealer>,
     signer: Option<ResultSigner>,
+    push: Option<crate::webpush::send::PushSender>,
     pub dialer: DialerHandle,
     pub completions: Completions,
     pub outbox: OutboxWake,
@@ -123,7 +131,19 @@ impl SignIn {
             .map(ResultSigner::from_pem)
             .transpose()
             .map_err(|e| invalid("signin.signing_key", e.to_string()))?;
+        let push = config
+            .push
+            .vapid_private_key
+            .as_ref()
+            .map(|key| {
+                let vapid = crate::webpush::VapidKey::from_config(key)
+                    .map_err(|e| invalid("push.vapid_private_key", e.to_string()))?;
+                crate::webpush::send::PushSender::new(&config, vapid)
+                    .map_err(|e| invalid("push", e.to_string()))
+            })
+            .transpose()?;
         Ok(SignIn {
+            push,
             directory: store.directory(),
             config,
             store,
@@ -143,6 +163,11 @@ impl SignIn {
 
     pub fn sealer(&self) -> Result<&Sealer, SigninError> {
         self.sealer.as_ref().ok_or(SigninError::NoSealKey)
+    }
+
+    /// The Web Push sender (present with `push.vapid_private_key`).
+    pub fn push_sender(&self) -> Result<&crate::webpush::send::PushSender, SigninError> {
+        self.push.as_ref().ok_or(SigninError::NoVapidKey)
     }
 
     /// The result signer (present whenever a client may use hosted prompts).
@@ -327,6 +352,9 @@ impl SignIn {
         if method.kind() == MethodKind::AppCode && self.sealer.is_none() {
             return Err(SigninError::NoSealKey);
         }
+        if method.kind() == MethodKind::Push && self.push.is_none() {
+            return Err(SigninError::NoVapidKey);
+        }
         match directory
             .switch_method(id, client, &method, now_ms())
             .await?
@@ -351,6 +379,9 @@ impl SignIn {
                         return Ok(started);
                     }
                     self.sweep.notify_one();
+                }
+                if method.kind() == MethodKind::Push {
+                    self.start_push(&verification).await?;
                 }
                 Ok(verification)
             }
@@ -413,8 +444,12 @@ impl SignIn {
                 }
                 continue;
             }
-            if waiting.kind == MethodKind::Phone {
-                self.start_phone_if_free(&waiting.id).await?;
+            match waiting.kind {
+                MethodKind::Phone => {
+                    self.start_phone_if_free(&waiting.id).await?;
+                }
+                MethodKind::Push => self.expire_push(&waiting.id, now).await?,
+                MethodKind::AppCode => {}
             }
         }
         Ok(())
@@ -559,6 +594,7 @@ impl SignIn {
             .into_iter()
             .filter(|m| m.status == MethodStatus::Active && Some(&m.id) != current)
             .filter(|m| m.kind() != MethodKind::AppCode || self.sealer.is_some())
+            .filter(|m| m.kind() != MethodKind::Push || self.push.is_some())
             .collect())
     }
 }

@@ -32,7 +32,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::input::{self, SESSION_COOKIE};
-use super::text::{Text, text, with_phone};
+use super::text::{Text, text, with_number, with_phone};
 use super::{Session, SignIn, SigninError};
 use crate::methods::totp::Code;
 use crate::store::{PromptOpened, Status, Verification, VerificationId};
@@ -282,6 +282,7 @@ fn status_line(t: &Text, v: &Verification) -> String {
         (Status::InCall, _) => t.in_call.to_owned(),
         (Status::AwaitingUser, MethodKind::Phone) => t.switching.to_owned(),
         (Status::AwaitingUser, MethodKind::AppCode) => t.awaiting_code.to_owned(),
+        (Status::AwaitingUser, MethodKind::Push) => t.awaiting_push.to_owned(),
         (Status::Completed, _) if v.approved() => t.approved.to_owned(),
         (Status::Completed, _) => t.not_approved.to_owned(),
     }
@@ -348,6 +349,10 @@ async fn page(
         Err(e) => return internal(&e),
     };
     let kind = v.method.as_ref().map_or(MethodKind::Phone, |m| m.kind);
+    let number = match signin.push_number(&v).await {
+        Ok(n) => n.map(|n| n.to_string()).unwrap_or_else(|| "…".to_owned()),
+        Err(e) => return internal(&e),
+    };
     let notice = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "n")
         .and_then(|(_, v)| match v.as_ref() {
@@ -364,9 +369,10 @@ async fn page(
         instructions: match kind {
             MethodKind::Phone => with_phone(t.phone_instructions, &masked_number(&v, &methods)),
             MethodKind::AppCode => t.app_code_instructions.to_owned(),
+            MethodKind::Push => with_number(t.push_instructions, &number),
         },
         status: status_line(t, &v),
-        refresh: kind == MethodKind::Phone,
+        refresh: matches!(kind, MethodKind::Phone | MethodKind::Push),
         base: format!("/prompt/s/{id}"),
         csrf: &session.csrf,
         notice,
@@ -388,6 +394,7 @@ async fn page(
                         with_phone(t.alt_phone, &mask_phone(destination))
                     }
                     MethodDetail::AppCode { .. } => t.alt_app_code.to_owned(),
+                    MethodDetail::Push { .. } => t.alt_push.to_owned(),
                 },
             })
             .collect(),

@@ -23,6 +23,10 @@ pub struct Text {
     pub alternates: &'static str,
     pub alt_phone: &'static str,
     pub alt_app_code: &'static str,
+    /// `{number}`: the number to choose in the authenticator app.
+    pub push_instructions: &'static str,
+    pub awaiting_push: &'static str,
+    pub alt_push: &'static str,
     pub approved: &'static str,
     pub not_approved: &'static str,
     pub continue_label: &'static str,
@@ -55,6 +59,9 @@ const EN: Text = Text {
     alternates: "Use a different verification option",
     alt_phone: "Call my phone {phone}",
     alt_app_code: "Use a code from my authenticator app",
+    push_instructions: "Open your authenticator app and choose {number}.",
+    awaiting_push: "Waiting for your answer in the app.",
+    alt_push: "Send a request to my authenticator app",
     approved: "You're verified. Taking you back…",
     not_approved: "We couldn't verify you. Taking you back…",
     continue_label: "Continue",
@@ -87,6 +94,9 @@ const ES: Text = Text {
     alternates: "Usar otra opción de verificación",
     alt_phone: "Llamar a mi teléfono {phone}",
     alt_app_code: "Usar un código de mi aplicación de autenticación",
+    push_instructions: "Abre tu aplicación de autenticación y elige {number}.",
+    awaiting_push: "Esperando tu respuesta en la aplicación.",
+    alt_push: "Enviar una solicitud a mi aplicación de autenticación",
     approved: "Verificación completada. Volviendo…",
     not_approved: "No hemos podido verificarte. Volviendo…",
     continue_label: "Continuar",
@@ -119,6 +129,9 @@ const FR: Text = Text {
     alternates: "Utiliser une autre option de vérification",
     alt_phone: "Appeler mon téléphone {phone}",
     alt_app_code: "Utiliser un code de mon application d'authentification",
+    push_instructions: "Ouvrez votre application d'authentification et choisissez {number}.",
+    awaiting_push: "En attente de votre réponse dans l'application.",
+    alt_push: "Envoyer une demande à mon application d'authentification",
     approved: "Identité confirmée. Retour en cours…",
     not_approved: "Nous n'avons pas pu confirmer votre identité. Retour en cours…",
     continue_label: "Continuer",
@@ -151,6 +164,9 @@ const DE: Text = Text {
     alternates: "Eine andere Bestätigungsoption verwenden",
     alt_phone: "Mein Telefon {phone} anrufen",
     alt_app_code: "Einen Code aus meiner Authenticator-App verwenden",
+    push_instructions: "Öffnen Sie Ihre Authenticator-App und wählen Sie {number}.",
+    awaiting_push: "Warten auf Ihre Antwort in der App.",
+    alt_push: "Eine Anfrage an meine Authenticator-App senden",
     approved: "Bestätigt. Sie werden zurückgeleitet…",
     not_approved: "Wir konnten Sie nicht bestätigen. Sie werden zurückgeleitet…",
     continue_label: "Weiter",
@@ -175,6 +191,11 @@ pub fn text(language: &str) -> &'static Text {
 /// `template` with `{phone}` replaced.
 pub fn with_phone(template: &str, phone: &str) -> String {
     template.replace("{phone}", phone)
+}
+
+/// Fills `{number}` (push number matching).
+pub fn with_number(template: &str, number: &str) -> String {
+    template.replace("{number}", number)
 }
 
 #[cfg(test)]

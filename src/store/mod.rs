@@ -24,7 +24,10 @@ pub use crate::model::*;
 pub use notify::Completions;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use users::{Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, Switched};
+pub use users::{
+    Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, PushAnswered, PushRegistered,
+    Switched,
+};
 
 use crate::config::{StoreBackend, StoreConfig};
 

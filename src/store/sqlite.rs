@@ -196,6 +196,62 @@ CREATE TABLE signin_prompts (
     session_expires_at INTEGER
 );
 "#,
+    // The push method (issue 12): `methods` is rebuilt to allow kind `push` (its CHECK cannot
+    // change in place) with the device's public key and Web Push subscription; one-time
+    // enrolment tokens (hashes) and one request per verification attempt that waits for the
+    // device. PostgreSQL has the same in its migration 1 (src/store/postgres/schema.rs).
+    r#"
+CREATE TABLE methods_next (
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    kind           TEXT NOT NULL CHECK (kind IN ('phone', 'app_code', 'push')),
+    status         TEXT NOT NULL CHECK (status IN ('pending', 'active')),
+    label          TEXT,
+    position       INTEGER NOT NULL,
+    destination    TEXT,
+    extension      TEXT,
+    secret         BLOB,
+    last_code_step INTEGER,
+    failed_codes   INTEGER NOT NULL DEFAULT 0,
+    locked_until   INTEGER,
+    created_at     INTEGER NOT NULL,
+    confirmed_at   INTEGER,
+    device_key     BLOB,
+    push_endpoint  TEXT,
+    push_p256dh    BLOB,
+    push_auth      BLOB
+);
+INSERT INTO methods_next
+    (id, user_id, kind, status, label, position, destination, extension, secret,
+     last_code_step, failed_codes, locked_until, created_at, confirmed_at)
+SELECT id, user_id, kind, status, label, position, destination, extension, secret,
+     last_code_step, failed_codes, locked_until, created_at, confirmed_at
+FROM methods;
+DROP TABLE methods;
+ALTER TABLE methods_next RENAME TO methods;
+CREATE INDEX methods_of_user ON methods (user_id, position);
+
+CREATE TABLE push_enrolments (
+    token_hash  BLOB PRIMARY KEY,
+    method_id   TEXT NOT NULL REFERENCES methods (id) ON DELETE CASCADE,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER
+);
+CREATE INDEX push_enrolments_of_method ON push_enrolments (method_id);
+
+CREATE TABLE push_requests (
+    verification_id TEXT PRIMARY KEY REFERENCES verifications (id),
+    method_id       TEXT NOT NULL,
+    nonce           TEXT NOT NULL,
+    number          INTEGER NOT NULL,
+    choices         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL,
+    answered_at     INTEGER
+);
+CREATE INDEX push_requests_open ON push_requests (method_id, expires_at)
+    WHERE answered_at IS NULL;
+"#,
 ];
 
 pub(super) const COLUMNS: &str = "id, client, destination, extension, mode, digits_tag, \

@@ -8,16 +8,23 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use super::sqlite::{
     COLUMNS, corrupt, enqueue_webhook, fetch, quota_reached, quota_take, timeline_json,
 };
-use super::users::{Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, Switched};
+use super::users::{
+    Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, PushAnswered, PushRegistered,
+    Switched,
+};
 use super::*;
 use crate::user::{
     Method, MethodAttempt, MethodDetail, MethodId, MethodKind, MethodPatch, MethodStatus,
-    NewMethod, NewPrompt, NewUser, NewUserVerification, Prompt, SealedSecret, User, UserId,
+    NewMethod, NewPrompt, NewUser, NewUserVerification, Prompt, PushDevice, PushRequest,
+    PushSubscription, SealedSecret, User, UserId,
 };
 
 const USER_COLUMNS: &str = "id, client, external_id, display_name, created_at";
 const METHOD_COLUMNS: &str = "id, user_id, kind, status, label, position, destination, \
-    extension, secret, last_code_step, failed_codes, locked_until, created_at, confirmed_at";
+    extension, secret, last_code_step, failed_codes, locked_until, created_at, confirmed_at, \
+    device_key, push_endpoint, push_p256dh, push_auth";
+const PUSH_REQUEST_COLUMNS: &str =
+    "verification_id, method_id, nonce, number, choices, created_at, expires_at, answered_at";
 const PROMPT_COLUMNS: &str = "verification_id, client, return_url, token_expires_at, \
     token_used_at, session_hash, csrf_hash, session_expires_at";
 
@@ -63,6 +70,10 @@ struct RawMethod {
     locked_until: Option<i64>,
     created_at: i64,
     confirmed_at: Option<i64>,
+    device_key: Option<Vec<u8>>,
+    push_endpoint: Option<String>,
+    push_p256dh: Option<Vec<u8>>,
+    push_auth: Option<Vec<u8>>,
 }
 
 fn method_row(r: &Row<'_>) -> rusqlite::Result<RawMethod> {
@@ -81,6 +92,10 @@ fn method_row(r: &Row<'_>) -> rusqlite::Result<RawMethod> {
         locked_until: r.get(11)?,
         created_at: r.get(12)?,
         confirmed_at: r.get(13)?,
+        device_key: r.get(14)?,
+        push_endpoint: r.get(15)?,
+        push_p256dh: r.get(16)?,
+        push_auth: r.get(17)?,
     })
 }
 
@@ -103,6 +118,19 @@ impl TryFrom<RawMethod> for Method {
                     r.secret
                         .ok_or_else(|| corrupt("method", "app_code without secret"))?,
                 ),
+            },
+            MethodKind::Push => MethodDetail::Push {
+                device: r.device_key.map(|public_key| PushDevice {
+                    public_key,
+                    subscription: match (r.push_endpoint, r.push_p256dh, r.push_auth) {
+                        (Some(endpoint), Some(p256dh), Some(auth)) => Some(PushSubscription {
+                            endpoint,
+                            p256dh,
+                            auth,
+                        }),
+                        _ => None,
+                    },
+                }),
             },
         };
         Ok(Method {
@@ -289,6 +317,70 @@ impl TryFrom<RawPrompt> for Prompt {
     }
 }
 
+fn push_request_row(r: &Row<'_>) -> rusqlite::Result<RawPushRequest> {
+    Ok(RawPushRequest {
+        verification_id: r.get(0)?,
+        method_id: r.get(1)?,
+        nonce: r.get(2)?,
+        number: r.get(3)?,
+        choices: r.get(4)?,
+        created_at: r.get(5)?,
+        expires_at: r.get(6)?,
+        answered_at: r.get(7)?,
+    })
+}
+
+struct RawPushRequest {
+    verification_id: String,
+    method_id: String,
+    nonce: String,
+    number: i64,
+    choices: String,
+    created_at: i64,
+    expires_at: i64,
+    answered_at: Option<i64>,
+}
+
+impl TryFrom<RawPushRequest> for PushRequest {
+    type Error = StoreError;
+
+    fn try_from(r: RawPushRequest) -> Result<PushRequest, StoreError> {
+        let choices: [u8; 3] =
+            serde_json::from_str(&r.choices).map_err(|e| corrupt("push choices", e))?;
+        Ok(PushRequest {
+            verification_id: VerificationId::parse(&r.verification_id)
+                .ok_or_else(|| corrupt("push request id", &r.verification_id))?,
+            method_id: MethodId::parse(&r.method_id)
+                .ok_or_else(|| corrupt("push method id", &r.method_id))?,
+            nonce: r.nonce,
+            number: u8::try_from(r.number).map_err(|e| corrupt("push number", e))?,
+            choices,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            answered_at: r.answered_at,
+        })
+    }
+}
+
+fn fetch_push_request(conn: &Connection, id: &str) -> Result<Option<PushRequest>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {PUSH_REQUEST_COLUMNS} FROM push_requests WHERE verification_id = ?1"),
+        [id],
+        push_request_row,
+    )
+    .optional()?
+    .map(PushRequest::try_from)
+    .transpose()
+}
+
+/// Whether `v` waits for its current method `method`, a push.
+fn awaits_push(v: &Verification, method: &MethodId) -> bool {
+    v.status == Status::AwaitingUser
+        && v.method
+            .as_ref()
+            .is_some_and(|m| m.id == *method && m.kind == MethodKind::Push)
+}
+
 #[async_trait]
 impl Directory for SqliteStore {
     async fn create_user(&self, new: NewUser) -> Result<Option<User>, StoreError> {
@@ -373,6 +465,8 @@ impl Directory for SqliteStore {
                     None,
                 ),
                 MethodDetail::AppCode { secret } => (None, None, Some(secret.0.clone())),
+                // The device registers later, through its enrolment link.
+                MethodDetail::Push { .. } => (None, None, None),
             };
             tx.execute(
                 "INSERT INTO methods (id, user_id, kind, status, label, position, destination, \
@@ -574,7 +668,9 @@ impl Directory for SqliteStore {
                     Some(destination.expose().to_owned()),
                     extension.clone(),
                 ),
-                MethodDetail::AppCode { .. } => (Status::AwaitingUser, None, None),
+                MethodDetail::AppCode { .. } | MethodDetail::Push { .. } => {
+                    (Status::AwaitingUser, None, None)
+                }
             };
             let attempts = vec![MethodAttempt {
                 method: new.method.reference(),
@@ -954,6 +1050,219 @@ impl Directory for SqliteStore {
         .await
     }
 
+    async fn method_by_id(&self, id: &MethodId) -> Result<Option<Method>, StoreError> {
+        let id = id.clone();
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {METHOD_COLUMNS} FROM methods WHERE id = ?1"),
+                [id.as_str()],
+                method_row,
+            )
+            .optional()?
+            .map(Method::try_from)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn create_push_enrolment(
+        &self,
+        method: &MethodId,
+        token_hash: [u8; 32],
+        expires_at: UnixMs,
+    ) -> Result<(), StoreError> {
+        let method = method.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO push_enrolments (token_hash, method_id, expires_at) \
+                 VALUES (?1, ?2, ?3)",
+                params![token_hash.as_slice(), method.as_str(), expires_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn register_push_device(
+        &self,
+        token_hash: [u8; 32],
+        device: PushDevice,
+        now: UnixMs,
+    ) -> Result<PushRegistered, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some((method_id, expires_at, used_at)) = tx
+                .query_row(
+                    "SELECT method_id, expires_at, used_at FROM push_enrolments \
+                     WHERE token_hash = ?1",
+                    [token_hash.as_slice()],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                        ))
+                    },
+                )
+                .optional()?
+            else {
+                return Ok(PushRegistered::Unknown);
+            };
+            if used_at.is_some() {
+                return Ok(PushRegistered::AlreadyUsed);
+            }
+            if now >= expires_at {
+                return Ok(PushRegistered::Expired);
+            }
+            tx.execute(
+                "UPDATE push_enrolments SET used_at = ?2 WHERE token_hash = ?1",
+                params![token_hash.as_slice(), now],
+            )?;
+            let sub = device.subscription.as_ref();
+            let changed = tx.execute(
+                "UPDATE methods SET status = 'active', confirmed_at = ?2, device_key = ?3, \
+                 push_endpoint = ?4, push_p256dh = ?5, push_auth = ?6 \
+                 WHERE id = ?1 AND kind = 'push' AND status = 'pending'",
+                params![
+                    method_id,
+                    now,
+                    device.public_key,
+                    sub.map(|s| s.endpoint.as_str()),
+                    sub.map(|s| s.p256dh.as_slice()),
+                    sub.map(|s| s.auth.as_slice()),
+                ],
+            )?;
+            if changed == 0 {
+                // The token is spent either way: a method already active keeps its device.
+                tx.commit()?;
+                return Ok(PushRegistered::AlreadyUsed);
+            }
+            let m = tx
+                .query_row(
+                    &format!("SELECT {METHOD_COLUMNS} FROM methods WHERE id = ?1"),
+                    [&method_id],
+                    method_row,
+                )
+                .map_err(StoreError::from)
+                .and_then(Method::try_from)?;
+            tx.commit()?;
+            Ok(PushRegistered::Registered(Box::new(m)))
+        })
+        .await
+    }
+
+    async fn drop_push_subscription(&self, method: &MethodId) -> Result<(), StoreError> {
+        let method = method.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE methods SET push_endpoint = NULL, push_p256dh = NULL, push_auth = NULL \
+                 WHERE id = ?1",
+                [method.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_push_request(&self, request: PushRequest) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            let choices =
+                serde_json::to_string(&request.choices).map_err(|e| corrupt("push choices", e))?;
+            conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO push_requests ({PUSH_REQUEST_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)"
+                ),
+                params![
+                    request.verification_id.as_str(),
+                    request.method_id.as_str(),
+                    request.nonce,
+                    i64::from(request.number),
+                    choices,
+                    request.created_at,
+                    request.expires_at,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn push_request(&self, id: &VerificationId) -> Result<Option<PushRequest>, StoreError> {
+        let id = id.clone();
+        self.run(move |conn| fetch_push_request(conn, id.as_str()))
+            .await
+    }
+
+    async fn open_push_requests(
+        &self,
+        method: &MethodId,
+        now: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<PushRequest>, StoreError> {
+        let method = method.clone();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {} FROM push_requests p JOIN verifications v ON v.id = p.verification_id \
+                 WHERE p.method_id = ?1 AND p.answered_at IS NULL AND p.expires_at > ?2 \
+                 AND v.status = 'awaiting_user' AND v.method_id = ?1 \
+                 ORDER BY p.created_at LIMIT ?3",
+                PUSH_REQUEST_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("p.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))?;
+            let raws: Vec<RawPushRequest> = stmt
+                .query_map(params![method.as_str(), now, limit], push_request_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            raws.into_iter().map(PushRequest::try_from).collect()
+        })
+        .await
+    }
+
+    async fn answer_push(
+        &self,
+        id: &VerificationId,
+        method: &MethodId,
+        nonce: &str,
+        result: CallResult,
+        now: UnixMs,
+    ) -> Result<PushAnswered, StoreError> {
+        let (id, method, nonce) = (id.clone(), method.clone(), nonce.to_owned());
+        let payload = self.payload;
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(request) = fetch_push_request(&tx, id.as_str())?
+                .filter(|r| r.method_id == method && r.nonce == nonce)
+            else {
+                return Ok(PushAnswered::NotAwaiting);
+            };
+            if request.answered_at.is_some() {
+                return Ok(PushAnswered::AlreadyAnswered);
+            }
+            if now >= request.expires_at {
+                return Ok(PushAnswered::Expired);
+            }
+            let Some(v) = fetch(&tx, id.as_str())?.filter(|v| awaits_push(v, &method)) else {
+                return Ok(PushAnswered::NotAwaiting);
+            };
+            let spent = tx.execute(
+                "UPDATE push_requests SET answered_at = ?2 \
+                 WHERE verification_id = ?1 AND answered_at IS NULL",
+                params![id.as_str(), now],
+            )?;
+            if spent == 0 {
+                return Ok(PushAnswered::AlreadyAnswered);
+            }
+            let done = complete_awaiting_in(&tx, payload, v, result, now)?
+                .ok_or_else(|| corrupt("verification", "changed in transaction"))?;
+            tx.commit()?;
+            Ok(PushAnswered::Completed(Box::new(done)))
+        })
+        .await
+    }
+
     async fn prompt_session(
         &self,
         id: &VerificationId,
@@ -1018,5 +1327,88 @@ mod tests {
             [],
         );
         assert!(orphan.is_err(), "the reference to verifications survived");
+    }
+
+    #[tokio::test]
+    async fn the_push_migration_keeps_methods_and_allows_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &super::super::sqlite::MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (id, client, external_id, created_at) VALUES \
+                 ('usr_0123456789abcdef0123456789abcdef', 'auth', 'alice', 1); \
+                 INSERT INTO methods (id, user_id, kind, status, position, secret, created_at) \
+                 VALUES ('mth_0123456789abcdef0123456789abcdef', \
+                 'usr_0123456789abcdef0123456789abcdef', 'app_code', 'active', 0, x'01', 1);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(path.clone(), crate::webhook::payload)
+            .await
+            .unwrap();
+        let user = UserId::parse("usr_0123456789abcdef0123456789abcdef").unwrap();
+        let methods = store.methods(&user).await.unwrap();
+        assert_eq!(methods.len(), 1);
+        assert!(matches!(&methods[0].detail, MethodDetail::AppCode { secret } if secret.0 == [1]));
+        let push = store
+            .add_method(
+                NewMethod {
+                    id: MethodId::generate(),
+                    user_id: user.clone(),
+                    status: MethodStatus::Pending,
+                    label: None,
+                    detail: MethodDetail::Push { device: None },
+                    created_at: 2,
+                },
+                10,
+            )
+            .await
+            .unwrap()
+            .expect("kind push is allowed");
+        store
+            .create_push_enrolment(&push.id, [7; 32], 1_000)
+            .await
+            .unwrap();
+        let device = PushDevice {
+            public_key: vec![4; 65],
+            subscription: None,
+        };
+        assert!(matches!(
+            store
+                .register_push_device([7; 32], device.clone(), 1_000)
+                .await
+                .unwrap(),
+            PushRegistered::Expired
+        ));
+        let PushRegistered::Registered(m) = store
+            .register_push_device([7; 32], device.clone(), 999)
+            .await
+            .unwrap()
+        else {
+            panic!("registered")
+        };
+        assert_eq!(m.status, MethodStatus::Active);
+        assert!(
+            matches!(&m.detail, MethodDetail::Push { device: Some(d) } if d.public_key == vec![4; 65])
+        );
+        assert!(matches!(
+            store
+                .register_push_device([7; 32], device, 999)
+                .await
+                .unwrap(),
+            PushRegistered::AlreadyUsed
+        ));
+        // Deleting the user removes the method and its enrolment token (foreign keys on).
+        assert!(store.delete_user("auth", &user).await.unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM push_enrolments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

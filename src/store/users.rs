@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use super::{Created, IdempotencyKey, StoreError, UnixMs, Verification, VerificationId};
 use crate::user::{
     Method, MethodId, MethodKind, MethodPatch, NewMethod, NewPrompt, NewUser, NewUserVerification,
-    Prompt, SealedSecret, User, UserId,
+    Prompt, PushDevice, PushRequest, SealedSecret, User, UserId,
 };
 use flow::CallResult;
 
@@ -63,6 +63,33 @@ pub enum PromptOpened {
     Expired,
     /// No such token.
     Unknown,
+}
+
+/// What [`Directory::register_push_device`] did with an enrolment token.
+#[derive(Clone, Debug)]
+pub enum PushRegistered {
+    /// The token was fresh: it is now used, the device stored and the method active.
+    Registered(Box<Method>),
+    /// Used before: a link works once.
+    AlreadyUsed,
+    /// Older than `push.enrol_ttl_secs`.
+    Expired,
+    /// No such token (or its method was deleted).
+    Unknown,
+}
+
+/// What [`Directory::answer_push`] did with a verified answer.
+#[derive(Clone, Debug)]
+pub enum PushAnswered {
+    /// First answer in time: the verification is completed with the answer's result.
+    Completed(Box<Verification>),
+    /// The request was answered before (a replay): nothing changed.
+    AlreadyAnswered,
+    /// The request expired before the answer came: nothing changed.
+    Expired,
+    /// No request with this nonce for this method, or the verification no longer waits for it
+    /// (completed, switched): nothing changed.
+    NotAwaiting,
 }
 
 /// A verification by user waiting for its user (for the sweeper).
@@ -214,6 +241,58 @@ pub trait Directory: Send + Sync + 'static {
         now: UnixMs,
         session_expires_at: UnixMs,
     ) -> Result<PromptOpened, StoreError>;
+
+    /// A method by its id alone (the authenticator app knows its method, not its user).
+    async fn method_by_id(&self, id: &MethodId) -> Result<Option<Method>, StoreError>;
+
+    /// Stores the one-time enrolment token (its SHA-256) of a pending push method.
+    async fn create_push_enrolment(
+        &self,
+        method: &MethodId,
+        token_hash: [u8; 32],
+        expires_at: UnixMs,
+    ) -> Result<(), StoreError>;
+
+    /// Uses an enrolment token once: stores the device on its pending push method and makes
+    /// the method active.
+    async fn register_push_device(
+        &self,
+        token_hash: [u8; 32],
+        device: PushDevice,
+        now: UnixMs,
+    ) -> Result<PushRegistered, StoreError>;
+
+    /// Forgets a method's subscription (the push service said it is gone); the method stays
+    /// usable over the app's live channel.
+    async fn drop_push_subscription(&self, method: &MethodId) -> Result<(), StoreError>;
+
+    /// Stores the request of a verification's current push attempt (replacing an earlier
+    /// attempt's).
+    async fn create_push_request(&self, request: PushRequest) -> Result<(), StoreError>;
+
+    /// The push request of a verification.
+    async fn push_request(&self, id: &VerificationId) -> Result<Option<PushRequest>, StoreError>;
+
+    /// A method's open requests: unanswered, unexpired at `now`, their verification still
+    /// waiting for this method (oldest first, at most `limit`).
+    async fn open_push_requests(
+        &self,
+        method: &MethodId,
+        now: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<PushRequest>, StoreError>;
+
+    /// Records a device's answer (its signature already verified against `method`'s key) once:
+    /// the request must be `method`'s, carry `nonce`, be unanswered and unexpired at `now`, and
+    /// its verification must still wait for `method`; then it completes with `result`.
+    async fn answer_push(
+        &self,
+        id: &VerificationId,
+        method: &MethodId,
+        nonce: &str,
+        result: CallResult,
+        now: UnixMs,
+    ) -> Result<PushAnswered, StoreError>;
 
     /// The prompt of a verification, if `session_hash` is its live session.
     async fn prompt_session(

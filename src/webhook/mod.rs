@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+mod address;
 mod deliver;
 pub mod sign;
 
-pub use deliver::{Delivery, OutboxWorker, WebhookError, backoff, is_public};
+pub use deliver::{Delivery, GuardedResolver, OutboxWorker, WebhookError, backoff, is_public};
 
 use crate::model::Verification;
 

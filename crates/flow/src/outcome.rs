@@ -31,13 +31,15 @@ pub enum CallResult {
     Cancelled,
     /// The whole challenge ran out of time.
     Expired,
+    /// The user refused in the authenticator app (push method: Deny).
+    Denied,
     /// Internal error (should never be seen).
     Failed,
 }
 
 impl CallResult {
     /// Every result, in the order of the DESIGN.md table.
-    pub const ALL: [CallResult; 13] = [
+    pub const ALL: [CallResult; 14] = [
         CallResult::Confirmed,
         CallResult::FraudReported,
         CallResult::WrongDigits,
@@ -50,6 +52,7 @@ impl CallResult {
         CallResult::Unreachable,
         CallResult::Cancelled,
         CallResult::Expired,
+        CallResult::Denied,
         CallResult::Failed,
     ];
 
@@ -73,6 +76,7 @@ impl CallResult {
             CallResult::Unreachable => "unreachable",
             CallResult::Cancelled => "cancelled",
             CallResult::Expired => "expired",
+            CallResult::Denied => "denied",
             CallResult::Failed => "failed",
         }
     }

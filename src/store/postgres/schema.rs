@@ -130,7 +130,7 @@ CREATE TABLE methods (
     seq            BIGINT GENERATED ALWAYS AS IDENTITY,
     id             TEXT PRIMARY KEY,
     user_id        TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    kind           TEXT NOT NULL CHECK (kind IN ('phone', 'app_code')),
+    kind           TEXT NOT NULL CHECK (kind IN ('phone', 'app_code', 'push')),
     status         TEXT NOT NULL CHECK (status IN ('pending', 'active')),
     label          TEXT,
     position       BIGINT NOT NULL,
@@ -142,9 +142,40 @@ CREATE TABLE methods (
     failed_codes   BIGINT NOT NULL DEFAULT 0,
     locked_until   BIGINT,
     created_at     BIGINT NOT NULL,
-    confirmed_at   BIGINT
+    confirmed_at   BIGINT,
+    -- A push method's device (issue 12): its P-256 public key (SEC1) and its Web Push
+    -- subscription (endpoint, the keys of RFC 8291), the latter NULL once the push service
+    -- said it is gone.
+    device_key     BYTEA,
+    push_endpoint  TEXT,
+    push_p256dh    BYTEA,
+    push_auth      BYTEA
 );
 CREATE INDEX methods_of_user ON methods (user_id, position);
+
+-- The push method (issue 12; the same tables as SQLite's migration 4): one-time enrolment
+-- tokens (their SHA-256) and one request per verification attempt that waits for the device.
+CREATE TABLE push_enrolments (
+    token_hash  BYTEA PRIMARY KEY,
+    method_id   TEXT NOT NULL REFERENCES methods (id) ON DELETE CASCADE,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT
+);
+CREATE INDEX push_enrolments_of_method ON push_enrolments (method_id);
+
+CREATE TABLE push_requests (
+    verification_id TEXT PRIMARY KEY REFERENCES verifications (id),
+    method_id       TEXT NOT NULL,
+    nonce           TEXT NOT NULL,
+    number          BIGINT NOT NULL,
+    -- The three numbers the app offers, as a JSON array.
+    choices         TEXT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    expires_at      BIGINT NOT NULL,
+    answered_at     BIGINT
+);
+CREATE INDEX push_requests_open ON push_requests (method_id, expires_at)
+    WHERE answered_at IS NULL;
 
 CREATE TABLE signin_prompts (
     verification_id    TEXT PRIMARY KEY REFERENCES verifications (id),

@@ -1,13 +1,15 @@
-//! [`Directory`] for the shared PostgreSQL store: users, methods, verifications by user and
-//! hosted prompts, safe with any number of instances on one database.
+//! [`Directory`] for the shared PostgreSQL store: users, methods, verifications by user,
+//! hosted prompts and the push method's enrolments and requests, safe with any number of
+//! instances on one database.
 //!
 //! What SQLite gets from its single writer is held here by row locks: a verification is locked
 //! (`SELECT … FOR UPDATE`) before anything decides on it, always before its method (so two
 //! transactions never wait on each other in a circle); a user's row is locked while the order
 //! of its methods changes; a code step, a failure count and a prompt token are changed by
-//! conditional `UPDATE`s that a concurrent transaction re-checks after the first commits. A
-//! call's instance is recorded in `owner`: after a switch away from a call, the next phone
-//! attempt waits until that call reported its end (or its instance is gone), wherever it ran.
+//! conditional `UPDATE`s that a concurrent transaction re-checks after the first commits (so
+//! are a push enrolment token and a push request's answer). A call's instance is recorded in
+//! `owner`: after a switch away from a call, the next phone attempt waits until that call
+//! reported its end (or its instance is gone), wherever it ran.
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
@@ -19,17 +21,22 @@ use super::{
     PgStore, completed_in, fetch, listen, lock_key, quota_reached, quota_take, timeline_json,
 };
 use crate::store::users::{
-    Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, Switched,
+    Awaiting, CodeConfirmed, CodeRejected, Directory, PromptOpened, PushAnswered, PushRegistered,
+    Switched,
 };
 use crate::store::*;
 use crate::user::{
     Method, MethodAttempt, MethodDetail, MethodId, MethodKind, MethodPatch, MethodStatus,
-    NewMethod, NewPrompt, NewUser, NewUserVerification, Prompt, SealedSecret, User, UserId,
+    NewMethod, NewPrompt, NewUser, NewUserVerification, Prompt, PushDevice, PushRequest,
+    PushSubscription, SealedSecret, User, UserId,
 };
 
 const USER_COLUMNS: &str = "id, client, external_id, display_name, created_at";
 const METHOD_COLUMNS: &str = "id, user_id, kind, status, label, position, destination, \
-    extension, secret, last_code_step, failed_codes, locked_until, created_at, confirmed_at";
+    extension, secret, last_code_step, failed_codes, locked_until, created_at, confirmed_at, \
+    device_key, push_endpoint, push_p256dh, push_auth";
+const PUSH_REQUEST_COLUMNS: &str =
+    "verification_id, method_id, nonce, number, choices, created_at, expires_at, answered_at";
 const PROMPT_COLUMNS: &str = "verification_id, client, return_url, token_expires_at, \
     token_used_at, session_hash, csrf_hash, session_expires_at";
 
@@ -71,6 +78,25 @@ fn method(row: &Row) -> Result<Method, StoreError> {
                 secret.ok_or_else(|| corrupt("method", "app_code without secret"))?,
             ),
         },
+        MethodKind::Push => {
+            let device_key: Option<Vec<u8>> = row.try_get(14)?;
+            let endpoint: Option<String> = row.try_get(15)?;
+            let p256dh: Option<Vec<u8>> = row.try_get(16)?;
+            let auth: Option<Vec<u8>> = row.try_get(17)?;
+            MethodDetail::Push {
+                device: device_key.map(|public_key| PushDevice {
+                    public_key,
+                    subscription: match (endpoint, p256dh, auth) {
+                        (Some(endpoint), Some(p256dh), Some(auth)) => Some(PushSubscription {
+                            endpoint,
+                            p256dh,
+                            auth,
+                        }),
+                        _ => None,
+                    },
+                }),
+            }
+        }
     };
     Ok(Method {
         id: MethodId::parse(&id).ok_or_else(|| corrupt("method id", &id))?,
@@ -108,6 +134,41 @@ fn prompt(row: &Row) -> Result<Prompt, StoreError> {
         csrf_hash: hash32("csrf hash", row.try_get(6)?)?,
         session_expires_at: row.try_get(7)?,
     })
+}
+
+/// A push request from a row selected with [`PUSH_REQUEST_COLUMNS`].
+fn push_request(row: &Row) -> Result<PushRequest, StoreError> {
+    let vid: String = row.try_get(0)?;
+    let mid: String = row.try_get(1)?;
+    let number: i64 = row.try_get(3)?;
+    let choices: String = row.try_get(4)?;
+    let choices: [u8; 3] =
+        serde_json::from_str(&choices).map_err(|e| corrupt("push choices", e))?;
+    Ok(PushRequest {
+        verification_id: VerificationId::parse(&vid)
+            .ok_or_else(|| corrupt("push request id", &vid))?,
+        method_id: MethodId::parse(&mid).ok_or_else(|| corrupt("push method id", &mid))?,
+        nonce: row.try_get(2)?,
+        number: u8::try_from(number).map_err(|e| corrupt("push number", e))?,
+        choices,
+        created_at: row.try_get(5)?,
+        expires_at: row.try_get(6)?,
+        answered_at: row.try_get(7)?,
+    })
+}
+
+async fn fetch_push_request(
+    tx: &impl GenericClient,
+    id: &str,
+) -> Result<Option<PushRequest>, StoreError> {
+    tx.query_opt(
+        &format!("SELECT {PUSH_REQUEST_COLUMNS} FROM push_requests WHERE verification_id = $1"),
+        &[&id],
+    )
+    .await?
+    .as_ref()
+    .map(push_request)
+    .transpose()
 }
 
 async fn fetch_method(
@@ -254,6 +315,14 @@ async fn end<T>(tx: deadpool_postgres::Transaction<'_>, out: T) -> Result<T, Sto
     Ok(out)
 }
 
+/// Whether `v` waits for its current method `method`, a push.
+fn awaits_push(v: &Verification, method: &MethodId) -> bool {
+    v.status == Status::AwaitingUser
+        && v.method
+            .as_ref()
+            .is_some_and(|m| m.id == *method && m.kind == MethodKind::Push)
+}
+
 /// Whether `v` is waiting for a code of `method`.
 fn awaits_code(v: &Verification, method: &MethodId) -> bool {
     v.status == Status::AwaitingUser
@@ -359,6 +428,8 @@ impl Directory for PgStore {
                 None,
             ),
             MethodDetail::AppCode { secret } => (None, None, Some(secret.0.clone())),
+            // The device registers later, through its enrolment link.
+            MethodDetail::Push { .. } => (None, None, None),
         };
         let row = tx
             .query_one(
@@ -562,7 +633,9 @@ impl Directory for PgStore {
                 Some(destination.expose().to_owned()),
                 extension.clone(),
             ),
-            MethodDetail::AppCode { .. } => (Status::AwaitingUser, None, None),
+            MethodDetail::AppCode { .. } | MethodDetail::Push { .. } => {
+                (Status::AwaitingUser, None, None)
+            }
         };
         let attempts = vec![MethodAttempt {
             method: new.method.reference(),
@@ -989,6 +1062,243 @@ impl Directory for PgStore {
         let opened = prompt(&row)?;
         tx.commit().await?;
         Ok(PromptOpened::Opened(opened))
+    }
+
+    async fn method_by_id(&self, id: &MethodId) -> Result<Option<Method>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                &format!("SELECT {METHOD_COLUMNS} FROM methods WHERE id = $1"),
+                &[&id.as_str()],
+            )
+            .await?
+            .as_ref()
+            .map(method)
+            .transpose()
+    }
+
+    async fn create_push_enrolment(
+        &self,
+        method: &MethodId,
+        token_hash: [u8; 32],
+        expires_at: UnixMs,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO push_enrolments (token_hash, method_id, expires_at) \
+                 VALUES ($1, $2, $3)",
+                &[&token_hash.as_slice(), &method.as_str(), &expires_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn register_push_device(
+        &self,
+        token_hash: [u8; 32],
+        device: PushDevice,
+        now: UnixMs,
+    ) -> Result<PushRegistered, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(method_id) = tx
+            .query_opt(
+                "SELECT method_id FROM push_enrolments WHERE token_hash = $1",
+                &[&token_hash.as_slice()],
+            )
+            .await?
+            .map(|r| r.try_get::<_, String>(0))
+            .transpose()?
+        else {
+            return end(tx, PushRegistered::Unknown).await;
+        };
+        // The method's row before the token's: the order a deletion of the method (or its
+        // user) takes them in, its cascade reaching the token last. A method deleted
+        // meanwhile took its token with it.
+        if tx
+            .query_opt(
+                "SELECT 1 FROM methods WHERE id = $1 FOR UPDATE",
+                &[&method_id],
+            )
+            .await?
+            .is_none()
+        {
+            return end(tx, PushRegistered::Unknown).await;
+        }
+        // Single use: a concurrent registration with the same token waits on this row, then
+        // re-checks `used_at` and finds it set.
+        let spent = tx
+            .execute(
+                "UPDATE push_enrolments SET used_at = $2 \
+                 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+                &[&token_hash.as_slice(), &now],
+            )
+            .await?;
+        if spent == 0 {
+            let state = tx
+                .query_opt(
+                    "SELECT used_at IS NOT NULL FROM push_enrolments WHERE token_hash = $1",
+                    &[&token_hash.as_slice()],
+                )
+                .await?
+                .map(|r| r.try_get::<_, bool>(0))
+                .transpose()?;
+            let out = match state {
+                None => PushRegistered::Unknown,
+                Some(true) => PushRegistered::AlreadyUsed,
+                Some(false) => PushRegistered::Expired,
+            };
+            return end(tx, out).await;
+        }
+        let sub = device.subscription.as_ref();
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE methods SET status = 'active', confirmed_at = $2, device_key = $3, \
+                     push_endpoint = $4, push_p256dh = $5, push_auth = $6 \
+                     WHERE id = $1 AND kind = 'push' AND status = 'pending' \
+                     RETURNING {METHOD_COLUMNS}"
+                ),
+                &[
+                    &method_id,
+                    &now,
+                    &device.public_key,
+                    &sub.map(|s| s.endpoint.as_str()),
+                    &sub.map(|s| s.p256dh.as_slice()),
+                    &sub.map(|s| s.auth.as_slice()),
+                ],
+            )
+            .await?;
+        let out = match row {
+            Some(row) => PushRegistered::Registered(Box::new(method(&row)?)),
+            // The token is spent either way: a method already active keeps its device.
+            None => PushRegistered::AlreadyUsed,
+        };
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn drop_push_subscription(&self, method: &MethodId) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE methods SET push_endpoint = NULL, push_p256dh = NULL, push_auth = NULL \
+                 WHERE id = $1",
+                &[&method.as_str()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn create_push_request(&self, request: PushRequest) -> Result<(), StoreError> {
+        let choices =
+            serde_json::to_string(&request.choices).map_err(|e| corrupt("push choices", e))?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The verification first, as `answer_push` locks it before the request's row.
+        fetch_locked(&tx, request.verification_id.as_str()).await?;
+        tx.execute(
+            &format!(
+                "INSERT INTO push_requests ({PUSH_REQUEST_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL) \
+                 ON CONFLICT (verification_id) DO UPDATE SET method_id = EXCLUDED.method_id, \
+                 nonce = EXCLUDED.nonce, number = EXCLUDED.number, choices = EXCLUDED.choices, \
+                 created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
+                 answered_at = NULL"
+            ),
+            &[
+                &request.verification_id.as_str(),
+                &request.method_id.as_str(),
+                &request.nonce,
+                &i64::from(request.number),
+                &choices,
+                &request.created_at,
+                &request.expires_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn push_request(&self, id: &VerificationId) -> Result<Option<PushRequest>, StoreError> {
+        let client = self.client().await?;
+        fetch_push_request(&client, id.as_str()).await
+    }
+
+    async fn open_push_requests(
+        &self,
+        method: &MethodId,
+        now: UnixMs,
+        limit: u32,
+    ) -> Result<Vec<PushRequest>, StoreError> {
+        let client = self.client().await?;
+        let columns = PUSH_REQUEST_COLUMNS
+            .split(", ")
+            .map(|c| format!("p.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        client
+            .query(
+                &format!(
+                    "SELECT {columns} FROM push_requests p \
+                     JOIN verifications v ON v.id = p.verification_id \
+                     WHERE p.method_id = $1 AND p.answered_at IS NULL AND p.expires_at > $2 \
+                     AND v.status = 'awaiting_user' AND v.method_id = $1 \
+                     ORDER BY p.created_at, p.verification_id LIMIT $3"
+                ),
+                &[&method.as_str(), &now, &i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(push_request)
+            .collect()
+    }
+
+    async fn answer_push(
+        &self,
+        id: &VerificationId,
+        method: &MethodId,
+        nonce: &str,
+        result: CallResult,
+        now: UnixMs,
+    ) -> Result<PushAnswered, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The verification first (the order every directory method locks in): a concurrent
+        // answer (another instance) waits here, then finds the request answered.
+        let v = fetch_locked(&tx, id.as_str()).await?;
+        let Some(request) = fetch_push_request(&tx, id.as_str())
+            .await?
+            .filter(|r| r.method_id == *method && r.nonce == nonce)
+        else {
+            return end(tx, PushAnswered::NotAwaiting).await;
+        };
+        if request.answered_at.is_some() {
+            return end(tx, PushAnswered::AlreadyAnswered).await;
+        }
+        if now >= request.expires_at {
+            return end(tx, PushAnswered::Expired).await;
+        }
+        let Some(v) = v.filter(|v| awaits_push(v, method)) else {
+            return end(tx, PushAnswered::NotAwaiting).await;
+        };
+        let spent = tx
+            .execute(
+                "UPDATE push_requests SET answered_at = $2 \
+                 WHERE verification_id = $1 AND answered_at IS NULL",
+                &[&id.as_str(), &now],
+            )
+            .await?;
+        if spent == 0 {
+            return end(tx, PushAnswered::AlreadyAnswered).await;
+        }
+        let done = complete_awaiting_in(&tx, self.payload, v, result, now)
+            .await?
+            .ok_or_else(|| corrupt("verification", "changed in transaction"))?;
+        tx.commit().await?;
+        Ok(PushAnswered::Completed(Box::new(done)))
     }
 
     async fn prompt_session(
