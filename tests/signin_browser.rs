@@ -10,209 +10,22 @@
 //! 9521-9530 (the first free one).
 
 mod api_support;
+mod common_browser;
 mod common_peers;
 mod signin_support;
 
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api_support::*;
-use base64::Engine as _;
-use common_peers::{Peer, Work, sipp_uas};
+use common_browser::{Browser, SEEN};
+use common_peers::{Work, sipp_uas};
 use serde_json::{Value, json};
 use signin_support::{assert_accessible, oathtool, signing_pem, steady_now};
 
 const SEAL: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
-/// How long the browser test waits for anything visible.
-const SEEN: Duration = Duration::from_secs(40);
-
-/// The W3C WebDriver element key.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-/// A chromedriver session over plain HTTP.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    session: String,
-    _driver: Peer,
-}
-
-impl Browser {
-    async fn start(work: &Work) -> Browser {
-        let port = (9521..=9530)
-            .find(|p| StdListener::bind(("127.0.0.1", *p)).is_ok())
-            .expect("a free chromedriver port in 9521-9530");
-        let mut cmd = Command::new("chromedriver");
-        cmd.arg(format!("--port={port}"));
-        let driver = Peer::spawn("chromedriver", work.path(), &mut cmd);
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "chromedriver did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                         "--disable-gpu", "--window-size=900,1000", "--lang=en-US"]
-            }
-        }}});
-        let v = request(
-            &http,
-            reqwest::Method::POST,
-            &format!("{base}/session"),
-            Some(caps),
-        )
-        .await;
-        let session = v["value"]["sessionId"]
-            .as_str()
-            .expect("session")
-            .to_owned();
-        Browser {
-            http,
-            base,
-            session,
-            _driver: driver,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/session/{}{path}", self.base, self.session)
-    }
-
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        request(&self.http, method, &self.url(path), body).await["value"].clone()
-    }
-
-    async fn go(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url})))
-            .await;
-    }
-
-    async fn current_url(&self) -> String {
-        self.cmd(reqwest::Method::GET, "/url", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    async fn script(&self, script: &str) -> Value {
-        self.cmd(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(json!({"script": script, "args": []})),
-        )
-        .await
-    }
-
-    async fn find(&self, css: &str) -> Option<String> {
-        let v = self
-            .cmd(
-                reqwest::Method::POST,
-                "/element",
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        v[ELEMENT].as_str().map(str::to_owned)
-    }
-
-    async fn text(&self, css: &str) -> String {
-        match self.find(css).await {
-            Some(e) => self
-                .cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None)
-                .await
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            None => String::new(),
-        }
-    }
-
-    async fn click(&self, css: &str) {
-        let e = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{e}/click"),
-            Some(json!({})),
-        )
-        .await;
-    }
-
-    async fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{e}/value"),
-            Some(json!({"text": text})),
-        )
-        .await;
-    }
-
-    async fn screenshot(&self, name: &str) -> PathBuf {
-        let b64 = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap_or_default())
-            .expect("screenshot is base64");
-        let dir = std::env::var_os("SIGNIN_SCREENSHOTS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/signin-screenshots")
-            });
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.png"));
-        std::fs::write(&path, &png).unwrap();
-        assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        path
-    }
-
-    /// Waits until `ok(current url)`.
-    async fn wait_url(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let url = self.current_url().await;
-            if ok(&url) {
-                return url;
-            }
-            assert!(start.elapsed() < SEEN, "{what}: still at {url}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn quit(&self) {
-        let _ = self
-            .http
-            .delete(format!("{}/session/{}", self.base, self.session))
-            .send()
-            .await;
-    }
-}
-
-async fn request(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut req = http.request(method, url);
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-    let bytes = resp.bytes().await.unwrap();
-    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-}
 
 /// The auth server's return_url receiver: records each `callverify_token`.
 struct ReturnReceiver {
@@ -394,7 +207,12 @@ async fn watch_status(browser: &Browser, wanted: &str, seen: &mut Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hosted_prompt_in_chromium_call_then_switch_to_an_app_code() {
     let w = Work::new();
-    let browser = Browser::start(&w).await;
+    let browser = Browser::start(
+        &w,
+        9521..=9530,
+        ("SIGNIN_SCREENSHOTS", "signin-screenshots"),
+    )
+    .await;
     let setup = start_service(&w, ReturnReceiver::start().await).await;
     let jwks = format!("{}/v1/jwks.json", setup.base);
 
