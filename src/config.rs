@@ -174,6 +174,9 @@ pub struct SipConfig {
     pub max_connections: u32,
     /// The same, from one IP address.
     pub max_connections_per_ip: u32,
+    /// Runtime shards, each a driver task with its own calls, timers and RTP sockets; 0: one
+    /// per available core.
+    pub shards: u32,
     /// An accepted connection that completes no message for this long is closed (idle or
     /// slow peers hold descriptors).
     pub connection_idle_secs: u64,
@@ -199,6 +202,7 @@ impl Default for SipConfig {
             tls_ca: None,
             max_connections: 128,
             max_connections_per_ip: 8,
+            shards: 0,
             connection_idle_secs: 30,
             stranger_rate_per_sec: 20,
             stranger_burst: 40,

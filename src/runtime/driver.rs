@@ -1,7 +1,10 @@
-//! The driver task: one [`Switchboard`] for every call, fed by the socket readers through
-//! bounded queues (trusted signalling, media, strangers: taken in that order), woken by one
-//! timer (the switchboard's earliest deadline), which goes before any input so that prompts
-//! keep their 20 ms grid under a flood.
+//! The driver tasks, one per shard: each holds a [`Switchboard`] for its calls, fed by the
+//! socket readers through its own bounded queues (trusted signalling, media, strangers: taken
+//! in that order), woken by one timer (the switchboard's earliest deadline), which goes
+//! before any input so that prompts keep their 20 ms grid under a flood. The shards share the
+//! SIP socket (the reader routes each message to its shard, [`sip::route`]) and the admission
+//! state (trusted peers, strangers' buckets, connection caps, counters); each owns its calls'
+//! RTP sockets and timers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
 use super::admission::{
-    ConnectionGate, Inlets, MEDIA_QUEUE, RateLimiter, SIGNAL_QUEUE, STRANGER_QUEUE, Trusted,
+    ConnectionGate, Inlets, MEDIA_QUEUE, RTP_MAX_DATAGRAM, RateLimiter, SIGNAL_QUEUE,
+    STRANGER_QUEUE, ShardInlet, Trusted,
 };
 use super::live::Prompts;
 use super::net;
@@ -64,12 +68,6 @@ pub(crate) enum Input {
         source: SocketAddr,
         bytes: Vec<u8>,
     },
-    /// One datagram on a call's RTP socket.
-    Rtp {
-        call: CallId,
-        source: SocketAddr,
-        bytes: Vec<u8>,
-    },
     /// The far end opened a connection to us.
     StreamOpened {
         transport: Transport,
@@ -81,6 +79,36 @@ pub(crate) enum Input {
         transport: Transport,
         peer: SocketAddr,
     },
+}
+
+/// One datagram on a call's RTP socket, copied into a fixed slot (the media queue's slots are
+/// reused: nothing is allocated per packet).
+pub(crate) struct RtpIn {
+    call: CallId,
+    source: SocketAddr,
+    len: u16,
+    bytes: [u8; RTP_MAX_DATAGRAM],
+}
+
+impl RtpIn {
+    /// `None` when `bytes` is larger than [`RTP_MAX_DATAGRAM`] (no audio of ours).
+    pub(crate) fn new(call: CallId, source: SocketAddr, bytes: &[u8]) -> Option<RtpIn> {
+        let len = u16::try_from(bytes.len())
+            .ok()
+            .filter(|n| usize::from(*n) <= RTP_MAX_DATAGRAM)?;
+        let mut slot = RtpIn {
+            call,
+            source,
+            len,
+            bytes: [0; RTP_MAX_DATAGRAM],
+        };
+        slot.bytes[..bytes.len()].copy_from_slice(bytes);
+        Some(slot)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 struct LiveCall {
@@ -99,6 +127,8 @@ struct Stream {
 }
 
 struct Driver {
+    /// This driver's index among the shards (its identifiers carry it).
+    shard: usize,
     board: Switchboard<LiveFactory>,
     config: Arc<RuntimeConfig>,
     /// None with a TLS-only trunk: nothing listens.
@@ -116,7 +146,7 @@ struct Driver {
 /// The driver's ends of the input queues.
 struct Queues {
     signal: mpsc::Receiver<Input>,
-    media: mpsc::Receiver<Input>,
+    media: mpsc::Receiver<RtpIn>,
     strangers: mpsc::Receiver<Input>,
 }
 
@@ -131,25 +161,39 @@ impl Drop for Driver {
     }
 }
 
-/// Binds the SIP sockets and starts the driver (inside a tokio runtime); returns its command
-/// channel and the advertised SIP address. With a TLS-only trunk nothing listens: the trunk
-/// talks to us over the connection we open.
+/// Binds the SIP sockets and starts one driver per shard (inside a tokio runtime); returns
+/// their command channels and the advertised SIP address. With a TLS-only trunk nothing
+/// listens: the trunk talks to us over the connections we open.
 pub(crate) fn spawn(
     config: RuntimeConfig,
     prompts: Prompts,
     counters: Arc<SipCounters>,
-) -> Result<(mpsc::UnboundedSender<Command>, SocketAddr), RuntimeError> {
-    let bind_err = |source| RuntimeError::Bind {
-        addr: config.listen,
+) -> Result<(Vec<mpsc::UnboundedSender<Command>>, SocketAddr), RuntimeError> {
+    let listen = config.listen;
+    let bind_err = move |source| RuntimeError::Bind {
+        addr: listen,
         source,
     };
-    let (signal_tx, signal) = mpsc::channel(SIGNAL_QUEUE);
-    let (media_tx, media) = mpsc::channel(MEDIA_QUEUE);
-    let (strangers_tx, strangers) = mpsc::channel(STRANGER_QUEUE);
+    let shards = config.shards.max(1);
+    let mut inlets_of_shards = Vec::with_capacity(shards);
+    let mut queues = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (signal_tx, signal) = mpsc::channel(SIGNAL_QUEUE);
+        let (media_tx, media) = mpsc::channel(MEDIA_QUEUE);
+        let (strangers_tx, strangers) = mpsc::channel(STRANGER_QUEUE);
+        inlets_of_shards.push(ShardInlet {
+            signal: signal_tx,
+            strangers: strangers_tx,
+            media: media_tx,
+        });
+        queues.push(Queues {
+            signal,
+            media,
+            strangers,
+        });
+    }
     let inlets = Inlets {
-        signal: signal_tx,
-        strangers: strangers_tx,
-        media: media_tx,
+        shards: inlets_of_shards.into(),
         trusted: Arc::new(Trusted::new(config.trunk_peers.clone())),
         limiter: Arc::new(RateLimiter::new(
             config.stranger_rate_per_sec,
@@ -174,10 +218,7 @@ pub(crate) fn spawn(
         let std_socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
         let udp = net::Udp::new(std_socket).map_err(bind_err)?;
         let bound = udp.local_addr().map_err(bind_err)?;
-        readers.push(net::spawn_sip_reader(
-            Arc::clone(&udp.tokio),
-            inlets.clone(),
-        ));
+        readers.push(net::spawn_sip_reader(&udp, inlets.clone()));
         // TCP on the same port, for far ends that open a connection to our Contact.
         let tcp = std::net::TcpListener::bind(bound)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -189,33 +230,44 @@ pub(crate) fn spawn(
         (Some(udp), bound)
     };
     let local = advertised(bound, config.route_probe);
-    let mut sip_config = sip::Config::new(local);
-    sip_config.timers.t1 = config.t1;
-    sip_config.timers.t2 = sip_config.timers.t2.max(config.t1);
-    sip_config.trusted_peers = config.trunk_peers.clone();
-    let board = Switchboard::new(sip_config, os_seed()?, LiveFactory::new(prompts.book()));
     let tls = net::tls_config(config.tls_ca.as_deref())?;
-    let (commands, commands_rx) = mpsc::unbounded_channel();
-    let driver = Driver {
-        board,
-        config: Arc::new(config),
-        sip_udp,
-        rtp_bind: bound.ip(),
-        rtp_advertised: local.ip(),
-        calls: HashMap::new(),
-        tickets: HashMap::new(),
-        streams: HashMap::new(),
-        inlets,
-        tls,
-        readers,
-    };
-    tracing::info!(sip = %local, tls_only, "SIP runtime started");
-    let queues = Queues {
-        signal,
-        media,
-        strangers,
-    };
-    tokio::spawn(driver.run(commands_rx, queues));
+    let config = Arc::new(config);
+    let mut commands = Vec::with_capacity(shards);
+    for (shard, q) in queues.into_iter().enumerate() {
+        let mut sip_config = sip::Config::new(local);
+        sip_config.timers.t1 = config.t1;
+        sip_config.timers.t2 = sip_config.timers.t2.max(config.t1);
+        sip_config.trusted_peers = config.trunk_peers.clone();
+        sip_config.id_prefix = sip::route::prefix(u16::try_from(shard).unwrap_or(u16::MAX));
+        let board = Switchboard::new(sip_config, os_seed()?, LiveFactory::new(prompts.book()));
+        let sip_udp = match &sip_udp {
+            Some(udp) => Some(udp.try_clone().map_err(bind_err)?),
+            None => None,
+        };
+        let (tx, commands_rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            shard,
+            board,
+            config: Arc::clone(&config),
+            sip_udp,
+            rtp_bind: bound.ip(),
+            rtp_advertised: local.ip(),
+            calls: HashMap::new(),
+            tickets: HashMap::new(),
+            streams: HashMap::new(),
+            inlets: inlets.clone(),
+            tls: Arc::clone(&tls),
+            // The first shard stops the socket readers when it goes.
+            readers: if shard == 0 {
+                std::mem::take(&mut readers)
+            } else {
+                Vec::new()
+            },
+        };
+        tokio::spawn(driver.run(commands_rx, q));
+        commands.push(tx);
+    }
+    tracing::info!(sip = %local, tls_only, shards, "SIP runtime started");
     Ok((commands, local))
 }
 
@@ -250,22 +302,32 @@ impl Driver {
                     Some(c) => self.command(c),
                     None => commands_open = false,
                 },
-                Some(input) = q.signal.recv() => self.take(input, &mut q.signal),
-                Some(input) = q.media.recv() => self.take(input, &mut q.media),
-                Some(input) = q.strangers.recv() => self.take(input, &mut q.strangers),
+                Some(input) = q.signal.recv() => self.take(input, &mut q.signal, Self::input),
+                Some(rtp) = q.media.recv() => self.take(rtp, &mut q.media, Self::rtp),
+                Some(input) = q.strangers.recv() => self.take(input, &mut q.strangers, Self::input),
             }
         }
     }
 
     /// Handles `first` and up to [`BATCH`] more already waiting in `queue`.
-    fn take(&mut self, first: Input, queue: &mut mpsc::Receiver<Input>) {
-        self.input(first);
+    fn take<T>(
+        &mut self,
+        first: T,
+        queue: &mut mpsc::Receiver<T>,
+        mut handle: impl FnMut(&mut Self, T),
+    ) {
+        handle(self, first);
         for _ in 1..BATCH {
             match queue.try_recv() {
-                Ok(input) => self.input(input),
+                Ok(input) => handle(self, input),
                 Err(_) => return,
             }
         }
+    }
+
+    fn rtp(&mut self, rtp: RtpIn) {
+        self.board
+            .handle_rtp(Instant::now(), rtp.call, rtp.source, rtp.bytes());
     }
 
     fn command(&mut self, command: Command) {
@@ -298,7 +360,7 @@ impl Driver {
                 for p in &peers {
                     self.inlets.trusted.add(*p);
                 }
-                let reader = net::spawn_rtp_reader(Arc::clone(&rtp.tokio), id, self.inlets.clone());
+                let reader = net::spawn_rtp_reader(&rtp, self.shard, id, self.inlets.clone());
                 self.tickets.insert(ticket, id);
                 self.calls.insert(
                     id,
@@ -333,11 +395,6 @@ impl Driver {
                     tracing::debug!(%source, error = %e, "SIP message dropped");
                 }
             }
-            Input::Rtp {
-                call,
-                source,
-                bytes,
-            } => self.board.handle_rtp(now, call, source, &bytes),
             Input::StreamOpened {
                 transport,
                 peer,
@@ -418,6 +475,7 @@ impl Driver {
                         .map(|trunk| trunk.host.clone())
                         .unwrap_or_else(|| t.destination.ip().to_string());
                     let writer = net::spawn_stream(
+                        self.shard,
                         t.transport,
                         t.destination,
                         server_name,

@@ -2,17 +2,18 @@
 //! ([`flow::Switchboard`]).
 //!
 //! ```text
-//!  CallPlacer::place ──Command::Place──▶ ┌──────────────── driver task ───────────────┐
-//!  (one future per call)  ◀──progress──  │ Switchboard (SIP user agent + every call)  │
+//!  CallPlacer::place ──Command::Place──▶ ┌─────── driver task (one per shard) ────────┐
+//!  (one future per call)  ◀──progress──  │ Switchboard (SIP user agent + its calls)   │
 //!                         ◀──report────  │ one timer: sleep_until(poll_timeout())     │
 //!                                        └──▲──────────────────────────────┬─────────┘
 //!        reader tasks: SIP UDP socket,      │ Input (datagrams, messages,   │ try_send_to /
 //!        one per TCP/TLS connection,        │ transport errors)             │ connection queues
 //!        one per call's RTP socket ─────────┘                               ▼
 //! ```
-//! One driver task holds every call (no task per call or per transaction); socket readers only
-//! move bytes into its bounded queues, strangers through a per-IP token bucket
-//! ([`admission`]). RTP ports come from `media.rtp_ports`; prompts are loaded once. What is
+//! `sip.shards` driver tasks (default: one per core) each hold their calls (no task per call
+//! or per transaction); a new call goes to the shard with the fewest. Socket readers only
+//! move bytes into the owning shard's bounded queues (SIP by the shard its Via branch or
+//! Call-ID names, [`sip::route`]), strangers through a per-IP token bucket ([`admission`]). RTP ports come from `media.rtp_ports`; prompts are loaded once. What is
 //! dropped on the way is counted in [`SipCounters`] (docs/SECURITY.md).
 
 mod admission;
@@ -183,6 +184,8 @@ pub struct RuntimeConfig {
     pub stranger_burst: u32,
     /// `media.srtp`.
     pub srtp: SrtpMode,
+    /// `sip.shards` (0 there: one per available core), at least 1.
+    pub shards: usize,
 }
 
 impl RuntimeConfig {
@@ -238,6 +241,10 @@ impl RuntimeConfig {
             stranger_rate_per_sec: config.sip.stranger_rate_per_sec,
             stranger_burst: config.sip.stranger_burst,
             srtp,
+            shards: match config.sip.shards {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n as usize,
+            },
         })
     }
 }
@@ -257,7 +264,7 @@ pub struct CallOrder {
 /// A running SIP runtime; cheap to clone. The driver stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Runtime {
-    commands: mpsc::UnboundedSender<driver::Command>,
+    shards: Arc<[Shard]>,
     config: Arc<RuntimeConfig>,
     local_sip: SocketAddr,
     counters: Arc<SipCounters>,
@@ -271,15 +278,40 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// One shard as the call futures see it: its driver's command channel and how many calls it
+/// holds.
+struct Shard {
+    commands: mpsc::UnboundedSender<driver::Command>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+/// A call counted on its shard until the call's future ends.
+struct Seat<'a>(&'a Shard);
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.0
+            .calls
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Runtime {
-    /// Binds the SIP socket, loads the prompts and starts the driver task. Must be called
+    /// Binds the SIP socket, loads the prompts and starts the driver tasks. Must be called
     /// inside a tokio runtime.
     pub fn start(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let prompts = Prompts::load(&config.prompts, &config.languages)?;
         let counters = Arc::new(SipCounters::new());
         let (commands, local_sip) = driver::spawn(config.clone(), prompts, Arc::clone(&counters))?;
+        let shards = commands
+            .into_iter()
+            .map(|commands| Shard {
+                commands,
+                calls: std::sync::atomic::AtomicUsize::new(0),
+            })
+            .collect();
         Ok(Runtime {
-            commands,
+            shards,
             config: Arc::new(config),
             local_sip,
             counters,
@@ -325,7 +357,9 @@ impl Runtime {
         }
         let (done, report) = oneshot::channel();
         let ticket = driver::Ticket::next();
-        if self
+        let seat = self.seat();
+        let shard = seat.0;
+        if shard
             .commands
             .send(driver::Command::Place {
                 ticket,
@@ -342,10 +376,22 @@ impl Runtime {
             r = &mut report => return r.unwrap_or_else(|_| not_placed(&RuntimeError::Stopped)),
             _ = cancel.cancelled() => {}
         }
-        let _ = self.commands.send(driver::Command::Cancel { ticket });
+        let _ = shard.commands.send(driver::Command::Cancel { ticket });
         report
             .await
             .unwrap_or_else(|_| not_placed(&RuntimeError::Stopped))
+    }
+
+    /// A seat on the shard holding the fewest calls (a scan of the shards, not of calls).
+    fn seat(&self) -> Seat<'_> {
+        use std::sync::atomic::Ordering;
+        let shard = self
+            .shards
+            .iter()
+            .min_by_key(|s| s.calls.load(Ordering::Relaxed))
+            .unwrap_or_else(|| unreachable!("a runtime has at least one shard"));
+        shard.calls.fetch_add(1, Ordering::Relaxed);
+        Seat(shard)
     }
 
     /// What the flow needs to place `order`.
