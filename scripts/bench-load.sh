@@ -46,7 +46,7 @@ RATE = float(os.environ["RATE"])
 KEY_AT = int(os.environ["SECS_BEFORE_KEY"])
 API = ("127.0.0.1", 18480)
 SIP_PORT, UAS_PORT = 15460, 15470
-RTP_LOW, RTP_HIGH = 20000, 39999          # serve's RTP ports: 10,000 even ones
+RTP_LOW, RTP_HIGH = 20000, 29999          # serve's RTP ports: 5,000 even ones (the descriptor budget counts them)
 UAS_RTP_LOW, UAS_RTP_HIGH = 40000, 59999  # sipp's
 KEY = "cv_bench_load_key_0000000000001"
 CLK = os.sysconf("SC_CLK_TCK")
@@ -70,7 +70,7 @@ rate_per_minute = 0
 [sip]
 listen = "127.0.0.1:{SIP_PORT}"
 allow_sip_uris = true
-channels = 100000
+channels = {n + 50}
 {f"shards = {SHARDS}" if SHARDS else ""}
 {auth}
 [media]
@@ -227,7 +227,7 @@ def start(tmp, n, scenario):
     serve = subprocess.Popen([BIN, "serve", "--config", os.path.join(tmp, "serve.toml")],
                              stdout=open(os.path.join(tmp, "serve.log"), "w"), stderr=subprocess.STDOUT, env=env)
     sipp = subprocess.Popen(["sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(UAS_PORT),
-                             "-min_rtp_port", str(UAS_RTP_LOW), "-max_rtp_port", str(UAS_RTP_HIGH),
+                             "-mp", str(UAS_RTP_LOW),
                              "-max_socket", "15000", "-nostdin", "-trace_err", "-trace_stat", "-fd", "1",
                              "-timeout_error", "-aa"],
                             cwd=tmp, stdout=open(os.path.join(tmp, "sipp.log"), "w"), stderr=subprocess.STDOUT)

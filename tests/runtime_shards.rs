@@ -31,7 +31,7 @@ async fn calls_on_several_shards_all_complete() {
     cmd.arg("-sf")
         .arg(&scenario)
         .args(["-i", "127.0.0.1", "-p", &SIPP_PORT.to_string()])
-        .args(["-min_rtp_port", "26800", "-max_rtp_port", "26999"])
+        .args(["-mp", "26800"])
         .args([
             "-m",
             &CALLS.to_string(),
