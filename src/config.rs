@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +74,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub webhook: WebhookConfig,
+    pub cluster: ClusterConfig,
+    pub methods: MethodsConfig,
+    pub signin: SigninConfig,
 }
 
 /// `[api]`: the HTTP API and its clients.
@@ -145,6 +148,8 @@ pub struct ClientConfig {
     pub rate_per_hour: u32,
     /// Per day (0: `limits.per_client_per_day`).
     pub rate_per_day: u32,
+    /// Hosts a hosted prompt's `return_url` may point to (`host` or `host:port`).
+    pub return_hosts: Vec<String>,
 }
 
 /// `[sip]`: the trunk.
@@ -185,6 +190,35 @@ pub struct SipConfig {
     pub stranger_rate_per_sec: u32,
     /// Burst the stranger bucket holds.
     pub stranger_burst: u32,
+    /// Behind 1:1 NAT (a cloud VM): the public address, `IP` or `IP:port`, that Via, Contact
+    /// and Call-ID show instead of the bound one (the socket stays bound to `listen`).
+    /// Empty: the bound address (or, bound to a wildcard, the local address towards the
+    /// trunk).
+    pub external_address: String,
+    /// DNS servers (`"IP:port"`) asked for the trunk's NAPTR/SRV/A/AAAA records (RFC 3263).
+    /// Empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+}
+
+impl SipConfig {
+    /// `sip.external_address` parsed: the public IP and, if given, port.
+    pub fn external(&self) -> Result<Option<(IpAddr, Option<u16>)>, &'static str> {
+        let s = self.external_address.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(ip) = s
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            return Ok(Some((ip, None)));
+        }
+        match s.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(Some((a.ip(), Some(a.port())))),
+            _ => Err("must be an IP address or IP:port (e.g. 203.0.113.7 or 203.0.113.7:5060)"),
+        }
+    }
 }
 
 impl Default for SipConfig {
@@ -206,6 +240,8 @@ impl Default for SipConfig {
             connection_idle_secs: 30,
             stranger_rate_per_sec: 20,
             stranger_burst: 40,
+            external_address: String::new(),
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -216,12 +252,30 @@ impl Default for SipConfig {
 pub struct MediaConfig {
     /// RTP port range, `"LOW-HIGH"`.
     pub rtp_ports: String,
-    /// Folder of prompt recordings, one sub-folder per language.
+    /// Folder of prompt recordings, one sub-folder per language (`<folder>/en/greeting.wav`);
+    /// each file found replaces the recording built into the binary, the others stay. Empty
+    /// (the default): the built-in recordings (en, es, fr, de) only.
     pub prompts: PathBuf,
     /// Languages callers may ask for; the first is the default.
     pub languages: Vec<String>,
     /// SRTP (SDES keys in the SDP, RFC 4568): `off`, `offer` or `require`.
     pub srtp: SrtpMode,
+    /// Behind 1:1 NAT: the public IP the SDP (`c=`, `o=`) shows for our RTP (sockets stay
+    /// bound locally). Empty: `sip.external_address`'s IP if set, else the SIP address.
+    pub external_address: String,
+}
+
+impl MediaConfig {
+    /// `media.external_address` parsed.
+    pub fn external(&self) -> Result<Option<IpAddr>, &'static str> {
+        let s = self.external_address.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse::<IpAddr>()
+            .map(Some)
+            .map_err(|_| "must be an IP address (e.g. 203.0.113.7)")
+    }
 }
 
 /// `media.srtp`: whether calls protect their media with SRTP keyed by SDES.
@@ -243,9 +297,10 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             rtp_ports: "20000-29999".to_owned(),
-            prompts: PathBuf::from("audio"),
+            prompts: PathBuf::new(),
             languages: vec!["en".to_owned()],
             srtp: SrtpMode::Off,
+            external_address: String::new(),
         }
     }
 }
@@ -289,19 +344,50 @@ impl Default for CallConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH`, `sqlite::memory:`; `postgres://…` is reserved for later.
-    pub url: String,
+    /// `sqlite://PATH`, `sqlite::memory:`, or `postgres://user:pass@host[:port]/db` for several
+    /// instances on one database. A secret (it may hold the password): never printed; give it
+    /// as `CALLVERIFY_STORE__URL`.
+    pub url: Secret,
     /// The key that seals PINs, challenge digits and request fingerprints (64 hex digits, 32
     /// bytes), never stored in the database. Unset with a SQLite file: kept in `PATH.key`
     /// (created with mode 0600 on first start); with `sqlite::memory:`: random per process.
     pub secret_key: Option<Secret>,
+    /// PostgreSQL: connections in this instance's pool.
+    pub pool_size: usize,
+    /// PostgreSQL: longest wait for a connection (connect, or a free one from the pool), in
+    /// seconds; past it the API answers 503.
+    pub timeout_secs: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            url: "sqlite://callverify.db".to_owned(),
+            url: Secret::new("sqlite://callverify.db"),
             secret_key: None,
+            pool_size: 16,
+            timeout_secs: 5,
+        }
+    }
+}
+
+/// `[cluster]`: several instances on one PostgreSQL database (DESIGN.md "Storage and scale").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// How often an instance records that it is alive, in seconds.
+    pub heartbeat_secs: u64,
+    /// An instance silent this long is dead: a survivor fails its calls in progress
+    /// (`instance_lost`) and releases its webhook leases, in seconds.
+    pub dead_after_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        // Death is noticed within dead_after + heartbeat = 25 s (the 30 s promised in
+        // DESIGN.md "Storage and scale"), and 4 missed beats are needed to be declared dead.
+        ClusterConfig {
+            heartbeat_secs: 5,
+            dead_after_secs: 20,
         }
     }
 }
@@ -438,6 +524,81 @@ impl Default for WebhookConfig {
     }
 }
 
+/// `[methods]`: users' enrolled sign-in methods (DESIGN.md "Sign-in methods").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodsConfig {
+    /// Key sealing method secrets at rest: base64 of 32 random bytes
+    /// (`head -c 32 /dev/urandom | base64`). Required to enrol `app_code`; `serve` refuses to
+    /// start when the store holds sealed secrets and this is missing or another key.
+    pub seal_key: Option<Secret>,
+    /// Wrong codes allowed in one verification before it completes as `wrong_digits`.
+    pub code_attempts: u32,
+    /// Wrong codes in a row for one method, across verifications, that lock it.
+    pub lockout_failures: u32,
+    /// How long a locked method refuses codes, in seconds.
+    pub lockout_secs: u64,
+    /// The issuer an authenticator app shows next to the account (otpauth:// `issuer`).
+    pub totp_issuer: String,
+    /// Most methods one user may enrol.
+    pub max_per_user: u32,
+}
+
+impl Default for MethodsConfig {
+    fn default() -> Self {
+        MethodsConfig {
+            seal_key: None,
+            code_attempts: 3,
+            lockout_failures: 6,
+            lockout_secs: 900,
+            totp_issuer: "callverify".to_owned(),
+            max_per_user: 10,
+        }
+    }
+}
+
+/// `[signin]`: the hosted sign-in prompt and its signed result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigninConfig {
+    /// Where browsers reach this service (scheme, host, port; no path): the base of
+    /// `prompt_url` and the `iss` of signed results. Empty: `http://` + `api.listen`.
+    pub public_url: String,
+    /// The Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`) signing
+    /// results; its public key is served at `/v1/jwks.json`. Required when a client has
+    /// `return_hosts`.
+    pub signing_key: Option<Secret>,
+    /// How long a `prompt_url` can be opened (once), in seconds.
+    pub link_ttl_secs: u64,
+    /// How long the page's session lasts after the link was opened, in seconds.
+    pub session_ttl_secs: u64,
+    /// Lifetime of a signed result (`exp - iat`), in seconds.
+    pub result_ttl_secs: u64,
+}
+
+impl Default for SigninConfig {
+    fn default() -> Self {
+        SigninConfig {
+            public_url: String::new(),
+            signing_key: None,
+            link_ttl_secs: 300,
+            session_ttl_secs: 900,
+            result_ttl_secs: 120,
+        }
+    }
+}
+
+impl SigninConfig {
+    /// The base URL of prompt links (no trailing slash).
+    pub fn base_url(&self, listen: SocketAddr) -> String {
+        if self.public_url.is_empty() {
+            format!("http://{listen}")
+        } else {
+            self.public_url.trim_end_matches('/').to_owned()
+        }
+    }
+}
+
 /// Why a configuration could not be loaded. Every variant names the key or variable at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -545,6 +706,24 @@ impl Config {
                     ));
                 }
             }
+            for (j, host) in client.return_hosts.iter().enumerate() {
+                if host.is_empty() || host.contains('/') || host.contains('@') {
+                    return Err(invalid(
+                        format!("api.clients[{i}].return_hosts[{j}]"),
+                        "must be a host name or host:port, without scheme or path",
+                    ));
+                }
+            }
+            if !client.return_hosts.is_empty() && self.signin.signing_key.is_none() {
+                return Err(invalid(
+                    "signin.signing_key",
+                    format!(
+                        "required: client `{}` has return_hosts (hosted prompts return a signed \
+                         result); make one with `openssl genpkey -algorithm ed25519`",
+                        client.name
+                    ),
+                ));
+            }
         }
         if self.api.max_wait_secs > 600 {
             return Err(invalid("api.max_wait_secs", "at most 600"));
@@ -555,6 +734,12 @@ impl Config {
         if self.sip.t1_ms == 0 {
             return Err(invalid("sip.t1_ms", "must be at least 1"));
         }
+        self.sip
+            .external()
+            .map_err(|reason| invalid("sip.external_address", reason))?;
+        self.media
+            .external()
+            .map_err(|reason| invalid("media.external_address", reason))?;
         for (key, value) in [
             ("sip.max_connections", u64::from(self.sip.max_connections)),
             (
@@ -663,6 +848,14 @@ impl Config {
         if let Some(key) = &self.store.secret_key {
             crate::secrets::StoreKey::parse_hex(key.expose())
                 .map_err(|reason| invalid("store.secret_key", reason))?;
+        } else if matches!(self.store.backend(), Ok(StoreBackend::Postgres(_))) {
+            // Instances on one database must seal with one key: a PIN sealed by the instance
+            // that took the request is checked by whichever instance claims the call.
+            return Err(invalid(
+                "store.secret_key",
+                "is required with a postgres:// store (every instance must hold the same key; \
+                 `openssl rand -hex 32`, given as CALLVERIFY_STORE__SECRET_KEY)",
+            ));
         }
         for (i, kind) in self.limits.refused_number_types.iter().enumerate() {
             if !NUMBER_TYPES.contains(&kind.as_str()) {
@@ -728,6 +921,73 @@ impl Config {
             }
             _ => {}
         }
+        if self.store.pool_size == 0 {
+            return Err(invalid("store.pool_size", "must be at least 1"));
+        }
+        if self.store.timeout_secs == 0 {
+            return Err(invalid("store.timeout_secs", "must be at least 1"));
+        }
+        if self.cluster.heartbeat_secs == 0 {
+            return Err(invalid("cluster.heartbeat_secs", "must be at least 1"));
+        }
+        if self.cluster.dead_after_secs < 2 * self.cluster.heartbeat_secs {
+            return Err(invalid(
+                "cluster.dead_after_secs",
+                "must be at least twice cluster.heartbeat_secs (one late beat is not a death)",
+            ));
+        }
+        self.validate_signin()?;
+        Ok(())
+    }
+
+    /// `[methods]` and `[signin]`.
+    fn validate_signin(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.methods.seal_key {
+            crate::seal::Sealer::from_config(key)
+                .map_err(|e| invalid("methods.seal_key", e.to_string()))?;
+        }
+        if let Some(key) = &self.signin.signing_key {
+            crate::signed_result::ResultSigner::from_pem(key)
+                .map_err(|e| invalid("signin.signing_key", e.to_string()))?;
+        }
+        for (key, value) in [
+            ("methods.code_attempts", self.methods.code_attempts as u64),
+            (
+                "methods.lockout_failures",
+                self.methods.lockout_failures as u64,
+            ),
+            ("methods.lockout_secs", self.methods.lockout_secs),
+            ("methods.max_per_user", self.methods.max_per_user as u64),
+            ("signin.link_ttl_secs", self.signin.link_ttl_secs),
+            ("signin.session_ttl_secs", self.signin.session_ttl_secs),
+            ("signin.result_ttl_secs", self.signin.result_ttl_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.methods.totp_issuer.is_empty() || self.methods.totp_issuer.contains(':') {
+            return Err(invalid(
+                "methods.totp_issuer",
+                "must be a non-empty name without `:`",
+            ));
+        }
+        if !self.signin.public_url.is_empty() {
+            let url = url::Url::parse(&self.signin.public_url)
+                .map_err(|e| invalid("signin.public_url", e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https")
+                || url.host_str().is_none()
+                || url.path() != "/"
+                || url.query().is_some()
+                || url.fragment().is_some()
+                || !url.username().is_empty()
+            {
+                return Err(invalid(
+                    "signin.public_url",
+                    "must be http(s)://host[:port] without path, query or credentials",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -780,12 +1040,15 @@ pub enum StoreBackend {
     SqliteFile(PathBuf),
     /// A private in-memory SQLite database (tests, demo): nothing survives the process.
     SqliteMemory,
+    /// A PostgreSQL database that several instances may share (the parsed URL holds the
+    /// password: its `Debug` prints it redacted).
+    Postgres(Box<tokio_postgres::Config>),
 }
 
 impl StoreConfig {
-    /// Parses `url` into a backend.
+    /// Parses `url` into a backend. Error messages never repeat the URL (it is a secret).
     pub fn backend(&self) -> Result<StoreBackend, String> {
-        let url = self.url.as_str();
+        let url = self.url.expose();
         if url == "sqlite::memory:" || url == "sqlite://:memory:" {
             return Ok(StoreBackend::SqliteMemory);
         }
@@ -796,10 +1059,42 @@ impl StoreConfig {
             return Ok(StoreBackend::SqliteFile(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err("PostgreSQL is not implemented yet; use sqlite://PATH".to_owned());
+            let config: tokio_postgres::Config = url
+                .parse()
+                .map_err(|e| format!("not a PostgreSQL URL: {}", error_text(&e)))?;
+            if config.get_user().is_none_or(str::is_empty) {
+                return Err(
+                    "the PostgreSQL URL needs a user (`postgres://USER@host/db`)".to_owned(),
+                );
+            }
+            if config.get_hosts().is_empty() {
+                return Err(
+                    "the PostgreSQL URL needs a host (`postgres://user@HOST/db`)".to_owned(),
+                );
+            }
+            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                return Err(
+                    "sslmode=require: TLS to PostgreSQL is not supported; reach the database \
+                     over a private network or a local socket"
+                        .to_owned(),
+                );
+            }
+            return Ok(StoreBackend::Postgres(Box::new(config)));
         }
-        Err("must start with `sqlite://` (or be `sqlite::memory:`)".to_owned())
+        Err("must start with `sqlite://` or `postgres://` (or be `sqlite::memory:`)".to_owned())
     }
+}
+
+/// An error with its causes, for messages that must not quote the input.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The key of a Standard Webhooks secret (`whsec_` + base64 of the key bytes).
@@ -1071,8 +1366,66 @@ callback_hosts = ["auth.example.com"]
             e.to_string().contains("api.clients[0].webhook_secret"),
             "{e}"
         );
-        let e = load("[store]\nurl = \"postgres://x\"\n", &[]).unwrap_err();
+        let e = load("[store]\nurl = \"mysql://x\"\n", &[]).unwrap_err();
         assert!(e.to_string().contains("store.url"), "{e}");
+        let e = load("[store]\nurl = \"postgres://127.0.0.1/cv\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("needs a user"), "{e}");
+        let e = load("[cluster]\nheartbeat_secs = 5\ndead_after_secs = 6\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("cluster.dead_after_secs"), "{e}");
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres_and_never_prints() {
+        let url = "postgres://cv:s3cret-pw@db.internal:5433/callverify";
+        let config = load("", &[("CALLVERIFY_STORE__URL", url)]).unwrap();
+        let StoreBackend::Postgres(pg) = config.store.backend().unwrap() else {
+            panic!("not postgres")
+        };
+        assert_eq!(pg.get_user(), Some("cv"));
+        assert_eq!(pg.get_dbname(), Some("callverify"));
+        assert_eq!(pg.get_ports(), &[5433]);
+        for text in [
+            format!("{config:?}"),
+            format!("{pg:?}"),
+            toml::to_string(&config).unwrap(),
+        ] {
+            assert!(!text.contains("s3cret-pw"), "{text}");
+        }
+        let e = load(
+            "",
+            &[(
+                "CALLVERIFY_STORE__URL",
+                "postgres://cv:s3cret-pw@h/db?bogus=1",
+            )],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("store.url"), "{e}");
+        assert!(!e.to_string().contains("s3cret-pw"), "{e}");
+    }
+
+    #[test]
+    fn sign_in_keys_are_checked_at_load() {
+        let e = load("[methods]\nseal_key = \"c2hvcnQ=\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("methods.seal_key"), "{e}");
+        let e = load("[signin]\nsigning_key = \"not a key\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.signing_key"), "{e}");
+        let hosted = CLIENT.replace(
+            "callback_hosts = [\"auth.example.com\"]",
+            "callback_hosts = [\"auth.example.com\"]\nreturn_hosts = [\"app.example.com\"]",
+        );
+        let e = load(&hosted, &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.signing_key"), "{e}");
+        let e = load("[signin]\npublic_url = \"https://x.example/path\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("signin.public_url"), "{e}");
+        let ok = load(
+            "[methods]\nseal_key = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            !format!("{ok:?}").contains("AQIDBAUG"),
+            "the seal key never prints"
+        );
     }
 
     #[test]

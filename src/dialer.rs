@@ -45,6 +45,10 @@ const HANGUP_SETTLE: Duration = Duration::from_secs(5);
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// How often queued verifications past `limits.queue_ttl_secs` are expired.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Retries of an outcome the store could not take (database unreachable): first pause,
+/// doubled up to the cap, until it is stored or the service shuts down.
+const OUTCOME_RETRY_MIN: Duration = Duration::from_millis(250);
+const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Shared between the dialer and the API: wake-ups and the hang-up handles of live calls.
 #[derive(Clone, Debug, Default)]
@@ -76,9 +80,39 @@ impl DialerHandle {
         live.entry(id.clone()).or_default().cancel();
     }
 
+    /// Whether this process is placing (or about to place) a call for `id`.
+    pub fn is_placing(&self, id: &VerificationId) -> bool {
+        self.live().contains_key(id)
+    }
+
+    /// Hangs up the call of `id` if this process is placing one (unlike [`Self::hang_up`],
+    /// leaves nothing behind for a call that already ended).
+    pub fn hang_up_if_placing(&self, id: &VerificationId) -> bool {
+        match self.live().get(id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Calls this process is placing now.
     pub fn live_calls(&self) -> usize {
         self.live().len()
+    }
+
+    /// The call of `id` runs in this process (or was asked to hang up before it started).
+    pub fn is_live(&self, id: &VerificationId) -> bool {
+        self.live().contains_key(id)
+    }
+
+    /// Hangs up every call of this process without shutting down (their outcomes were
+    /// already recorded elsewhere: this instance had been declared dead).
+    pub fn hang_up_live(&self) {
+        for token in self.live().values() {
+            token.cancel();
+        }
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<VerificationId, CancellationToken>> {
@@ -230,7 +264,7 @@ impl Dialer {
         {
             Ok(expired) => {
                 for v in &expired {
-                    tracing::info!(id = %v.id, destination = %v.destination, "queued too long: expired");
+                    tracing::info!(id = %v.id, "queued too long: expired");
                     self.metrics.completed(CallResult::Expired, None);
                     self.completions.announce(&v.id);
                 }
@@ -246,14 +280,30 @@ impl Dialer {
     /// timeline when the call is over.
     async fn drive(&self, v: Verification) {
         let id = v.id.clone();
-        tracing::info!(%id, destination = %v.destination, mode = ?v.mode, "call started");
+        // Only calls are queued, so a claimed verification has a number; a row without one
+        // (a damaged store) fails instead of being dialled.
+        let Some(destination) = v.destination.clone() else {
+            tracing::error!(%id, "claimed a verification without a number");
+            let failed = Completion {
+                result: CallResult::Failed,
+                dtmf_method: None,
+                timeline: Vec::new(),
+            };
+            if let Err(e) = self.store.complete(&id, failed, now_ms()).await {
+                tracing::error!(%id, error = %e, "cannot store the outcome of a call");
+            }
+            self.completions.announce(&id);
+            self.outbox.wake();
+            return;
+        };
+        tracing::info!(%id, %destination, mode = ?v.mode, "call started");
         let expected_digits = v.digits_tag.map(|tag| {
             self.digits
-                .sealed(&digits_context(&v.client, v.destination.expose()), tag)
+                .sealed(&digits_context(&v.client, destination.expose()), tag)
         });
         let request = CallRequest {
             id: id.clone(),
-            destination: v.destination.clone(),
+            destination,
             extension: v.extension.clone(),
             mode: v.mode,
             expected_digits,
@@ -346,12 +396,7 @@ impl Dialer {
         }
         let (result, method) = (completion.result, completion.dtmf_method);
         let timeline = completion.timeline.clone();
-        let stored = if hold_line {
-            self.store.settle(id, completion, now_ms()).await
-        } else {
-            self.store.complete(id, completion, now_ms()).await
-        };
-        match stored {
+        match self.store_outcome(id, completion, hold_line).await {
             Ok(Some(_)) => {
                 self.metrics.completed(result, method);
                 tracing::info!(%id, %result, "verification completed");
@@ -362,6 +407,34 @@ impl Dialer {
         self.completions.announce(id);
         self.outbox.wake();
         timeline
+    }
+
+    /// Persists an outcome (`settle` while the call still holds its line for the goodbye);
+    /// while the store is unreachable (a database restart) it retries,
+    /// so the outcome is not lost, until it is stored or the service shuts down (then the next
+    /// start, or a surviving instance, completes the call as `failed`).
+    async fn store_outcome(
+        &self,
+        id: &VerificationId,
+        completion: Completion,
+        hold_line: bool,
+    ) -> Result<Option<Verification>, crate::store::StoreError> {
+        let mut pause = OUTCOME_RETRY_MIN;
+        loop {
+            let stored = if hold_line {
+                self.store.settle(id, completion.clone(), now_ms()).await
+            } else {
+                self.store.complete(id, completion.clone(), now_ms()).await
+            };
+            match stored {
+                Err(e) if e.is_unavailable() && !self.handle.shutting_down() => {
+                    tracing::warn!(%id, error = %e, retry_in_ms = pause.as_millis() as u64, "store unreachable: outcome kept for a retry");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(OUTCOME_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn on_progress(

@@ -8,6 +8,8 @@ use flow::{CallResult, Mode, TimelineEntry};
 use media::DtmfMethod;
 use serde::{Deserialize, Serialize};
 
+use crate::user::{MethodAttempt, MethodRef, UserId};
+
 /// Milliseconds since the Unix epoch (wall clock), as stored.
 pub type UnixMs = i64;
 
@@ -64,15 +66,18 @@ pub enum Status {
     Ringing,
     InCall,
     Completed,
+    /// A verification by user waits for the user on a method without a call (an app code).
+    AwaitingUser,
 }
 
 impl Status {
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Queued,
         Status::Calling,
         Status::Ringing,
         Status::InCall,
         Status::Completed,
+        Status::AwaitingUser,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +87,7 @@ impl Status {
             Status::Ringing => "ringing",
             Status::InCall => "in_call",
             Status::Completed => "completed",
+            Status::AwaitingUser => "awaiting_user",
         }
     }
 
@@ -190,7 +196,9 @@ pub struct NewVerification {
 pub struct Verification {
     pub id: VerificationId,
     pub client: String,
-    pub destination: Destination,
+    /// The number being called; `None` while a verification by user is on a method without
+    /// a call (an app code).
+    pub destination: Option<Destination>,
     pub extension: Option<String>,
     pub mode: Mode,
     /// Tag of the PIN or challenge digits; cleared once the verification is completed.
@@ -208,6 +216,12 @@ pub struct Verification {
     /// Wall clock of the timeline's zero (the call was handed to the SIP runtime).
     pub call_started_at: Option<UnixMs>,
     pub completed_at: Option<UnixMs>,
+    /// A verification by user: whose.
+    pub user_id: Option<UserId>,
+    /// A verification by user: the current method; once completed, the one that decided.
+    pub method: Option<MethodRef>,
+    /// A verification by user: every method tried, the current one last.
+    pub attempts: Vec<MethodAttempt>,
 }
 
 impl Verification {

@@ -1,6 +1,7 @@
-//! The whole service put together, as `serve` runs it: store (recovered), HTTP API, dialer and
-//! webhook outbox worker, with an orderly shutdown. Tests and `demo` start it the same way
-//! with their own [`CallPlacer`] and store.
+//! The whole service put together, as `serve` runs it: store (recovered), HTTP API, dialer,
+//! webhook outbox worker and, on a shared store, the cluster heartbeat and notifications, with
+//! an orderly shutdown. Tests and `demo` start it the same way with their own [`CallPlacer`]
+//! and store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::api::connections::{self, Limits};
 use crate::api::{AppState, app};
 use crate::call::CallPlacer;
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::dialer::Dialer;
 use crate::fds::FdBudget;
 use crate::secrets::{SecretKeyError, StoreKey};
-use crate::store::{self, Recovery, Store, StoreError, now_ms};
+use crate::store::{self, InstanceId, Recovery, Store, StoreError, now_ms};
 use crate::webhook::{self, OutboxWorker, WebhookError};
 
 /// After the dialer settled, how long the outbox worker may finish its current attempt.
@@ -56,12 +58,14 @@ pub struct Service {
 }
 
 impl Service {
-    /// Opens the store that `store.url` names, recovers it, builds the state.
+    /// Opens the store that `store.url` names (as a new instance of the cluster, on a shared
+    /// store), recovers it, builds the state.
     pub async fn open(
         config: Config,
         placer: Arc<dyn CallPlacer>,
     ) -> Result<Service, ServiceError> {
-        let store = store::open(&config.store, webhook::payload).await?;
+        let instance = InstanceId::generate();
+        let store = store::open(&config.store, webhook::payload, instance).await?;
         Service::with_store(config, store, placer).await
     }
 
@@ -84,6 +88,8 @@ impl Service {
             );
         }
         let state = AppState::new(config, store, key)?;
+        // Refuse to start with a seal key that cannot open the stored method secrets.
+        state.signin.check_sealing_key().await?;
         for _ in 0..recovery.calls_failed {
             state.metrics.completed(flow::CallResult::Failed, None);
         }
@@ -149,6 +155,16 @@ impl Service {
             header_read_timeout: Duration::from_secs(config.api.header_read_timeout_secs),
             body_read_timeout: Duration::from_secs(config.api.body_read_timeout_secs),
         };
+        let cluster_stop = CancellationToken::new();
+        let cluster = Cluster::new(
+            Arc::clone(&state.store),
+            config.cluster.clone(),
+            state.dialer.clone(),
+            state.completions.clone(),
+            state.outbox.clone(),
+            Arc::clone(&state.metrics),
+        )
+        .map(|c| tokio::spawn(c.run(cluster_stop.clone())));
         let http = tokio::spawn(connections::serve(
             listener,
             app(state.clone()),
@@ -160,14 +176,19 @@ impl Service {
         let grace = Duration::from_secs(config.api.shutdown_grace_secs);
         let dialer = tokio::spawn(dialer.run(shutdown.clone(), grace));
         let outbox = tokio::spawn(worker.run(state.outbox.clone(), outbox_stop.clone()));
-        tracing::info!(%addr, channels = config.sip.channels, "callverify listening");
+        // Expires verifications waiting for their user; starts calls after a method switch.
+        tokio::spawn(state.signin.clone().run_sweeper(shutdown.clone()));
+        let instance = state.store.shared().map(|s| s.instance().to_string());
+        tracing::info!(%addr, channels = config.sip.channels, instance, "callverify listening");
         Ok(Running {
             addr,
             state,
             outbox_stop,
+            cluster_stop,
             http,
             dialer,
             outbox,
+            cluster,
         })
     }
 }
@@ -196,9 +217,12 @@ pub struct Running {
     addr: SocketAddr,
     state: AppState,
     outbox_stop: CancellationToken,
+    cluster_stop: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     dialer: JoinHandle<()>,
     outbox: JoinHandle<()>,
+    /// Heartbeat and notifications, on a shared store.
+    cluster: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -214,7 +238,8 @@ impl Running {
     /// Stops taking work (the API closes, the dialer claims nothing more), lets calls in
     /// flight finish within `api.shutdown_grace_secs` (then hangs them up), persists their
     /// outcomes, and stops the outbox worker after its current attempt. Everything not
-    /// delivered stays in the outbox for the next start.
+    /// delivered stays in the outbox for the next start (or, on a shared store, for the other
+    /// instances: this one leaves the cluster last, releasing its webhook leases).
     pub async fn shutdown(self) -> Result<(), ServiceError> {
         tracing::info!("shutting down");
         self.state.shutdown.cancel();
@@ -228,6 +253,10 @@ impl Running {
             tracing::warn!(
                 "outbox worker still busy at shutdown; its message stays leased until the next start"
             );
+        }
+        self.cluster_stop.cancel();
+        if let Some(cluster) = self.cluster {
+            cluster.await?;
         }
         tracing::info!("stopped");
         http.map_err(ServiceError::Http)

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common_capture;
+
 fn callverify(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_callverify"))
         .args(args)
@@ -111,4 +113,52 @@ fn bad_input_exits_2() {
 
     let (o, _) = analyze(&real("restcomm-dtmfs-1-9.wav"), &["--width", "5"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn long_inputs_are_drawn_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("plot.png");
+    let run = |input: &Path| {
+        let (o, kb) = common_capture::callverify_peak(&[
+            "analyze",
+            input.to_str().unwrap(),
+            "-o",
+            png.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(png_size(&std::fs::read(&png).unwrap()), (1600, 900));
+        (String::from_utf8_lossy(&o.stdout).into_owned(), kb)
+    };
+    let short_wav = dir.path().join("short.wav");
+    let hour_wav = dir.path().join("hour.wav");
+    common_capture::write_wav(&short_wav, 20);
+    common_capture::write_wav(&hour_wav, 3600);
+    let (out, short_kb) = run(&short_wav);
+    assert!(out.contains("digits ## (inband)"), "{out}");
+    let (out, hour_kb) = run(&hour_wav);
+    // 360 keys, the first 2000 of any file are drawn and listed.
+    assert!(
+        out.contains(&format!("digits {} (inband)", "#".repeat(360))),
+        "{out}"
+    );
+    assert!(
+        hour_kb <= short_kb + 8 * 1024,
+        "an hour peaks at {hour_kb} kB, 20 s at {short_kb} kB"
+    );
+
+    // One stream of a long capture: its audio laid out as the file is read.
+    let long = dir.path().join("long.pcap");
+    common_capture::write_calls(&long, 1, 2400);
+    let (out, long_kb) = run(&long);
+    assert!(out.contains("digits # (inband)"), "{out}");
+    assert!(
+        long_kb <= short_kb + 8 * 1024,
+        "40 minutes of capture peak at {long_kb} kB, 20 s of WAV at {short_kb} kB"
+    );
 }

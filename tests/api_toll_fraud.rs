@@ -470,11 +470,18 @@ async fn queued_verifications_expire_with_a_webhook() {
 async fn caps_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_with("[limits]\nper_number_per_hour = 2\nduplicate = \"queue\"\n");
-    cfg.store.url = format!("sqlite://{}", dir.path().join("caps.db").display());
+    cfg.store.url = callverify::config::Secret::new(format!(
+        "sqlite://{}",
+        dir.path().join("caps.db").display()
+    ));
     let open = || async {
-        callverify::store::open(&cfg.store, callverify::webhook::payload)
-            .await
-            .unwrap()
+        callverify::store::open(
+            &cfg.store,
+            callverify::webhook::payload,
+            callverify::store::InstanceId::generate(),
+        )
+        .await
+        .unwrap()
     };
     {
         let state = callverify::api::AppState::new(cfg.clone(), open().await, test_key()).unwrap();

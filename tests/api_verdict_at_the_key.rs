@@ -97,7 +97,10 @@ async fn the_webhook_leaves_at_the_key_before_the_closing_prompt_and_the_bye() {
          [media]\nrtp_ports = \"54210-54229\"\nprompts = \"{}\"\n",
         prompts.display()
     ));
-    cfg.store.url = format!("sqlite://{}", w.path().join("verdict.db").display());
+    cfg.store.url = callverify::config::Secret::new(format!(
+        "sqlite://{}",
+        w.path().join("verdict.db").display()
+    ));
     cfg.sip.channels = 1;
     let placer = callverify::runtime::call_placer(&cfg).expect("the SIP runtime starts");
     let running = Service::open(cfg, placer)

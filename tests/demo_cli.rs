@@ -45,3 +45,28 @@ fn a_silent_phone_ends_with_no_input() {
 fn a_busy_phone_ends_busy() {
     assert_demo("busy", "busy (approved: false)", "-");
 }
+
+#[test]
+fn an_authenticator_app_code_signs_in() {
+    let out = Command::new(env!("CARGO_BIN_EXE_callverify"))
+        .args(["demo", "--method", "code"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("otpauth://totp/callverify:alice%40example.com?secret="),
+        "{text}"
+    );
+    assert!(
+        text.contains("Outcome: confirmed (approved: true), by \"app_code\""),
+        "{text}"
+    );
+    assert!(text.contains("signature verified"), "{text}");
+    assert!(!text.contains("BUT IT DIFFERS"), "{text}");
+}

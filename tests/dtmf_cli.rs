@@ -1,9 +1,11 @@
 //! `callverify dtmf detect|generate` as a user runs them: the real recordings of
 //! `../shared/fixtures/real` (WAV and raw) decode to their expected digits, generated tones
-//! round-trip with their timing, and bad input exits 2 with a message, never a panic.
+//! round-trip with their timing, an hour of audio streamed through a pipe is decoded in
+//! bounded memory, and bad input exits 2 with a message, never a panic.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 fn callverify(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_callverify"))
@@ -167,6 +169,108 @@ fn unreadable_input_exits_2_with_a_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'x'"));
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// Ten seconds of white noise (about -33 dBm0) with `5` and `#` at -10 dBm0, 16-bit 8 kHz.
+fn block_with_keys() -> Vec<u8> {
+    let mut samples = dtmf::generate(
+        "5#,,,,,,,,",
+        &dtmf::ToneSpec {
+            on_ms: 100,
+            off_ms: 100,
+            ..dtmf::ToneSpec::default()
+        },
+    );
+    samples.resize(80_000, 0);
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut bytes = Vec::with_capacity(samples.len() * 2);
+    for s in samples {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let noise = ((seed >> 53) as i16) - 1024;
+        bytes.extend_from_slice(&s.saturating_add(noise).to_le_bytes());
+    }
+    bytes
+}
+
+/// A WAV header as streaming writers make it: sizes unknown (all ones).
+fn streaming_wav_header() -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(b"RIFF\xff\xff\xff\xffWAVEfmt ");
+    h.extend_from_slice(&16u32.to_le_bytes());
+    h.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    h.extend_from_slice(&1u16.to_le_bytes()); // mono
+    h.extend_from_slice(&8000u32.to_le_bytes());
+    h.extend_from_slice(&16_000u32.to_le_bytes());
+    h.extend_from_slice(&2u16.to_le_bytes());
+    h.extend_from_slice(&16u16.to_le_bytes());
+    h.extend_from_slice(b"data\xff\xff\xff\xff");
+    h
+}
+
+/// A /proc/PID/status field, kB.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Pipes `blocks` ten-second blocks into `dtmf detect -`; returns the digits, the child's
+/// peak resident set (VmHWM, read just before its input ends) and the largest anonymous
+/// (heap and stack) resident memory seen while it read.
+fn detect_through_a_pipe(blocks: usize) -> (String, u64, u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callverify"))
+        .args(["dtmf", "detect", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let pid = child.id();
+    let block = block_with_keys();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&streaming_wav_header()).unwrap();
+    let mut anon = 0;
+    for _ in 0..blocks {
+        stdin.write_all(&block).unwrap();
+        anon = anon.max(status_kb(pid, "RssAnon:").unwrap_or(0));
+    }
+    let hwm = status_kb(pid, "VmHWM:").expect("the child is alive while its input is open");
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    (out.trim().to_string(), hwm, anon)
+}
+
+#[test]
+fn an_hour_through_a_pipe_is_decoded_in_bounded_memory() {
+    // 360 blocks of 10 s: one hour, 57.6 MB of samples, never a file.
+    let (digits, hour_hwm, hour_anon) = detect_through_a_pipe(360);
+    assert_eq!(digits, "5#".repeat(360));
+    let (short, short_hwm, _) = detect_through_a_pipe(2);
+    assert_eq!(short, "5#5#");
+    // What the input's length adds to the peak (the rest is the binary's own pages, larger
+    // in a debug build): a few buffers, not the recording.
+    assert!(
+        hour_hwm <= short_hwm + 6 * 1024,
+        "an hour peaks at {hour_hwm} kB, 20 s at {short_hwm} kB"
+    );
+    assert!(hour_anon <= 16 * 1024, "{hour_anon} kB of heap and stacks");
 }
 
 fn tempdir() -> PathBuf {

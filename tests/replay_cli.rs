@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common_capture;
+
 fn callverify(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_callverify"))
         .args(args)
@@ -242,4 +244,37 @@ fn help_documents_the_jsonl_schema() {
     ] {
         assert!(help.contains(key), "{key} missing from --help:\n{help}");
     }
+}
+
+#[test]
+fn a_long_capture_is_replayed_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.pcap");
+    let long = dir.path().join("long.pcap");
+    common_capture::write_calls(&short, 2, 6);
+    // 400 calls of 6 s one after the other: 120,000 packets, 40 minutes, 25 MB.
+    let packets = common_capture::write_calls(&long, 400, 6);
+    assert_eq!(packets, 120_000);
+
+    let (o, short_kb) =
+        common_capture::callverify_peak(&["replay", "--format", "jsonl", short.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (o, long_kb) =
+        common_capture::callverify_peak(&["replay", "--format", "jsonl", long.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines = jsonl(&o);
+    let streams = of_type(&lines, "stream");
+    assert_eq!(streams.len(), 400);
+    assert!(
+        streams
+            .iter()
+            .all(|s| s["digits"] == "#" && s["packets"] == 300)
+    );
+    assert_eq!(of_type(&lines, "digit").len(), 400);
+    // What 25 MB of capture adds to the peak: small buffers and 400 streams' summaries, not
+    // the capture (the rest is the binary itself, larger in a debug build).
+    assert!(
+        long_kb <= short_kb + 6 * 1024,
+        "40 minutes peak at {long_kb} kB, 12 s at {short_kb} kB"
+    );
 }

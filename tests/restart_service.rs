@@ -18,7 +18,10 @@ use flow::CallResult;
 
 fn file_config(dir: &std::path::Path) -> Config {
     let mut cfg = config_with("[limits]\nduplicate = \"queue\"\n");
-    cfg.store.url = format!("sqlite://{}", dir.join("callverify.db").display());
+    cfg.store.url = callverify::config::Secret::new(format!(
+        "sqlite://{}",
+        dir.join("callverify.db").display()
+    ));
     cfg.sip.channels = 1;
     cfg.webhook.initial_backoff_secs = 1;
     cfg

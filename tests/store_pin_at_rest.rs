@@ -64,7 +64,7 @@ async fn the_pin_is_in_no_store_file_while_ringing_or_after_cancel() {
          [media]\nrtp_ports = \"54100-54119\"\nprompts = \"{}\"\n",
         prompts.display()
     ));
-    cfg.store.url = format!("sqlite://{}", db.display());
+    cfg.store.url = callverify::config::Secret::new(format!("sqlite://{}", db.display()));
     let placer = callverify::runtime::call_placer(&cfg).expect("the SIP runtime starts");
     let service = Service::open(cfg, placer).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

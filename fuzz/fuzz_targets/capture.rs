@@ -1,5 +1,6 @@
 //! Arbitrary bytes as a capture file: whatever can be read plus a typed error, never a panic;
-//! every stream found is replayed through the receive path and its audio decoded for a plot.
+//! every stream found is replayed through the receive path (with its audio laid out for a
+//! plot), and reading the bytes in two pieces finds exactly what reading them whole does.
 #![no_main]
 
 use std::time::Instant;
@@ -11,9 +12,26 @@ fuzz_target!(|data: &[u8]| {
     if capture.format.is_none() {
         assert!(capture.error.is_some());
     }
+    let split = data.first().map_or(0, |b| usize::from(*b) * 7 % (data.len() + 1));
+    let mut scanner = capture::Scanner::new();
+    scanner.push(&data[..split]);
+    scanner.push(&data[split..]);
+    let pieces = scanner.finish();
+    assert_eq!(pieces.streams.len(), capture.streams.len());
+    assert_eq!(pieces.error, capture.error);
+    assert_eq!(pieces.counts, capture.counts);
+
     let base = Instant::now();
-    for stream in &capture.streams {
-        let _ = capture::replay::replay_stream(&capture, stream, base);
-        let _ = capture::audio::decode(&capture, stream);
+    let mut layouts: Vec<_> = capture.streams.iter().map(capture::audio::Layout::new).collect();
+    let mut replay = capture::replay::Replay::new(&capture, base);
+    replay.push_observed(data, |i, d, h| {
+        if let Some(Some(layout)) = layouts.get_mut(i) {
+            layout.packet(d.at_ns, &d.payload, h, |_| {});
+        }
+    });
+    let replays = replay.finish();
+    assert_eq!(replays.len(), capture.streams.len());
+    for layout in layouts.iter_mut().flatten() {
+        layout.finish(|_| {});
     }
 });

@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
                     display_name: None,
                     next_hop: phone,
                     peers: Vec::new(),
+                    alternates: Vec::new(),
                     transport: Transport::Udp,
                     local_rtp: rtp,
                     credentials: None,

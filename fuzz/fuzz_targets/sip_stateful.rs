@@ -76,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
                     display_name: None,
                     next_hop: addrs[1 - who],
                     peers: Vec::new(),
+                    alternates: Vec::new(),
                     transport: Transport::Udp,
                     media: LocalMedia::new("127.0.0.1:27000".parse().unwrap(), 1),
                     credentials: None,

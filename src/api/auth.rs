@@ -24,6 +24,8 @@ pub struct Client {
     pub rate_per_hour: u32,
     pub rate_per_day: u32,
     pub has_webhook_secret: bool,
+    /// Hosts a hosted prompt's `return_url` may point to (`host` or `host:port`), lowercase.
+    pub return_hosts: Vec<String>,
 }
 
 /// Every configured client.
@@ -50,6 +52,11 @@ impl Clients {
                 rate_per_hour: or_default(c.rate_per_hour, config.limits.per_client_per_hour),
                 rate_per_day: or_default(c.rate_per_day, config.limits.per_client_per_day),
                 has_webhook_secret: c.webhook_secret.is_some(),
+                return_hosts: c
+                    .return_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
             }));
         }
         Ok(Clients(clients))

@@ -59,12 +59,36 @@ pub enum AppError {
         message: String,
         retry_after: Duration,
     },
+    /// 429 with `Retry-After` and code `method_locked`: too many wrong codes for a method.
+    #[error("{message}")]
+    Locked {
+        message: String,
+        retry_after: Duration,
+    },
+    /// 501: a feature this deployment has not configured (`methods.seal_key`…).
+    #[error("{0}")]
+    NotConfigured(String),
+    /// 500: a secret that does not open or a result that cannot be signed; logged, not shown.
+    #[error("internal error")]
+    Crypto(#[source] crate::signin::SigninError),
     /// 503: the store does not answer.
     #[error("the store is unavailable")]
     Unavailable(#[source] StoreError),
     /// 500: a bug or a broken store; logged, not shown.
     #[error("internal error")]
-    Internal(#[from] StoreError),
+    Internal(#[source] StoreError),
+}
+
+impl From<StoreError> for AppError {
+    /// An unreachable database (down, restarting) is 503, so clients retry; anything else
+    /// from the store is a 500.
+    fn from(e: StoreError) -> AppError {
+        if e.is_unavailable() {
+            AppError::Unavailable(e)
+        } else {
+            AppError::Internal(e)
+        }
+    }
 }
 
 impl AppError {
@@ -95,8 +119,35 @@ impl AppError {
             }
             AppError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            AppError::Locked { .. } => (StatusCode::TOO_MANY_REQUESTS, "method_locked"),
+            AppError::NotConfigured(_) => (StatusCode::NOT_IMPLEMENTED, "not_configured"),
+            AppError::Crypto(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<crate::signin::SigninError> for AppError {
+    fn from(e: crate::signin::SigninError) -> AppError {
+        use crate::signin::SigninError as E;
+        match e {
+            E::NoDirectory | E::NoSealKey => AppError::NotConfigured(e.to_string()),
+            E::NotFound(m) => AppError::NotFound(m),
+            E::Conflict { code, message } => AppError::Conflict { code, message },
+            E::Unprocessable { code, message } => AppError::Unprocessable { code, message },
+            E::Locked { until } => {
+                let ms = u64::try_from(until - crate::model::now_ms()).unwrap_or(0);
+                AppError::Locked {
+                    message: format!(
+                        "too many wrong codes for this method; retry in {} s or use another method",
+                        ms.div_ceil(1000).max(1)
+                    ),
+                    retry_after: Duration::from_millis(ms),
+                }
+            }
+            E::Store(e) => AppError::Internal(e),
+            e @ (E::Seal(_) | E::Sign(_)) => AppError::Crypto(e),
         }
     }
 }
@@ -106,6 +157,7 @@ impl IntoResponse for AppError {
         let (status, code) = self.status_and_code();
         match &self {
             AppError::Internal(e) => tracing::error!(error = %e, "internal error"),
+            AppError::Crypto(e) => tracing::error!(error = %e, "internal error"),
             AppError::Unavailable(e) => tracing::warn!(error = %e, "store unavailable"),
             _ => tracing::debug!(status = status.as_u16(), code, "request refused"),
         }
@@ -117,7 +169,7 @@ impl IntoResponse for AppError {
         };
         let mut response = (status, Json(body)).into_response();
         match &self {
-            AppError::RateLimited { retry_after, .. } => {
+            AppError::RateLimited { retry_after, .. } | AppError::Locked { retry_after, .. } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 response
                     .headers_mut()

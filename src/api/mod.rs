@@ -31,7 +31,9 @@ use utoipa::OpenApi;
 mod auth;
 pub mod connections;
 mod error;
+pub mod signin;
 pub mod sip_uri;
+pub mod users;
 pub mod validate;
 
 pub use crate::view::{VerificationView, rfc3339};
@@ -68,6 +70,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Seals PINs, challenge digits and request fingerprints (`crate::secrets`).
     pub secrets: Arc<StoreKey>,
+    /// Sign-in by user and the hosted prompt (shares the handles above).
+    pub signin: crate::signin::SignIn,
     clients: Arc<Clients>,
 }
 
@@ -79,16 +83,29 @@ impl AppState {
         store: Arc<dyn Store>,
         secrets: StoreKey,
     ) -> Result<AppState, ConfigError> {
+        let clients = Arc::new(Clients::from_config(&config)?);
+        let config = Arc::new(config);
+        let (dialer, completions) = (DialerHandle::new(), Completions::new());
+        let (metrics, outbox) = (Arc::new(Metrics::new()), OutboxWake::new());
+        let signin = crate::signin::SignIn::new(
+            Arc::clone(&config),
+            Arc::clone(&store),
+            dialer.clone(),
+            completions.clone(),
+            outbox.clone(),
+            Arc::clone(&metrics),
+        )?;
         Ok(AppState {
-            clients: Arc::new(Clients::from_config(&config)?),
-            config: Arc::new(config),
+            clients,
+            config,
             store,
-            dialer: DialerHandle::new(),
-            completions: Completions::new(),
-            metrics: Arc::new(Metrics::new()),
-            outbox: OutboxWake::new(),
+            dialer,
+            completions,
+            metrics,
+            outbox,
             shutdown: CancellationToken::new(),
             secrets: Arc::new(secrets),
+            signin,
         })
     }
 }
@@ -105,10 +122,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(users::routes())
+        .merge(signin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::signin::page::routes(state.signin))
 }
 
 /// The OpenAPI 3.1 document, generated from the handler annotations.
@@ -116,7 +136,8 @@ pub fn app(state: AppState) -> Router {
 #[openapi(
     info(title = "callverify", description = "Voice-call verification for multi-factor sign-in."),
     paths(create_verification, get_verification, cancel_verification, healthz, metrics, openapi),
-    components(schemas(validate::CreateRequest, VerificationView, ErrorBody, ErrorDetail)),
+    components(schemas(validate::CreateRequest, VerificationView, ErrorBody, ErrorDetail,
+                       crate::view::MethodView, crate::view::AttemptView)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -182,7 +203,7 @@ fn challenge(state: &AppState, v: &Verification) -> Option<Secret> {
         .challenge_digits(&v.id, state.config.call.challenge_digits);
     let ours = state
         .secrets
-        .seal(&v.client, v.destination.expose(), &digits)
+        .seal(&v.client, v.destination.as_ref()?.expose(), &digits)
         .ok()?;
     bool::from(ours.to_bytes().ct_eq(&tag.to_bytes())).then_some(digits)
 }
@@ -251,16 +272,30 @@ async fn create_verification(
     })?;
     // A MAC, not a plain hash: the body may hold a PIN (crate::secrets).
     let fingerprint = state.secrets.fingerprint(canonical_json(&value).as_bytes());
-    let request = validate::request(value)?;
+    if value.get("user_id").is_some() {
+        let key = idempotency.map(|key| IdempotencyKey { key, fingerprint });
+        return signin::create_for_user(&state, &client, value, key).await;
+    }
+    let mut request = validate::request(value)?;
+    let return_url = request
+        .hosted
+        .take()
+        .map(|h| signin::return_url(&h.return_url, &client))
+        .transpose()?;
     let (new, target) = validate::verification(request, &client, &state.config, &state.secrets)?;
-    let quotas = quotas(&state.config, &client, &target);
+    let quotas = quotas(&state.config, &client, Some(&target));
     let key = idempotency.map(|key| IdempotencyKey { key, fingerprint });
-    let join = state.config.limits.duplicate == DuplicatePolicy::Join;
+    // A hosted prompt is one browser's: never joined to another request's verification.
+    let join = state.config.limits.duplicate == DuplicatePolicy::Join && return_url.is_none();
     let destination = new.destination.clone();
     match state.store.create(new, key, join, &quotas).await? {
         Created::New(v) => {
             tracing::info!(id = %v.id, client = %client.name, %destination, mode = ?v.mode, "verification queued");
             state.dialer.wake();
+            if let Some(url) = return_url {
+                let prompt_url = state.signin.create_prompt(&v, url).await?;
+                return Ok(signin::created(&v, challenge(&state, &v), Some(prompt_url)));
+            }
             Ok(view_response(
                 StatusCode::CREATED,
                 &v,
@@ -290,24 +325,16 @@ async fn create_verification(
     }
 }
 
-/// The caps a new verification of `client` to `target` counts against.
-fn quotas(config: &Config, client: &Client, target: &validate::Target) -> Vec<Quota> {
+/// The caps a new verification of `client` counts against: the client's and the global ones,
+/// and, when it calls `target`, the number's and the country's.
+pub(super) fn quotas(
+    config: &Config,
+    client: &Client,
+    target: Option<&validate::Target>,
+) -> Vec<Quota> {
     let limits = &config.limits;
-    let number = format!("number:{}", target.destination.expose());
     let client_key = format!("client:{}", client.name);
     let mut quotas = vec![
-        Quota {
-            key: number.clone(),
-            max: limits.per_number_per_hour,
-            window: HOUR,
-            what: "verifications of this phone number per hour",
-        },
-        Quota {
-            key: number,
-            max: limits.per_number_per_day,
-            window: DAY,
-            what: "verifications of this phone number per day",
-        },
         Quota {
             key: client_key.clone(),
             max: client.rate_per_minute,
@@ -339,6 +366,22 @@ fn quotas(config: &Config, client: &Client, target: &validate::Target) -> Vec<Qu
             what: "verifications per day (all clients)",
         },
     ];
+    let Some(target) = target else {
+        return quotas;
+    };
+    let number = format!("number:{}", target.destination.expose());
+    quotas.push(Quota {
+        key: number.clone(),
+        max: limits.per_number_per_hour,
+        window: HOUR,
+        what: "verifications of this phone number per hour",
+    });
+    quotas.push(Quota {
+        key: number,
+        max: limits.per_number_per_day,
+        window: DAY,
+        what: "verifications of this phone number per day",
+    });
     if let Some(country) = &target.country {
         let key = format!("country:{country}");
         quotas.push(Quota {
@@ -474,6 +517,19 @@ async fn cancel_verification(
             state.outbox.wake();
             Ok(view_response(StatusCode::OK, &v, None))
         }
+        Dequeued::NotQueued(v) if v.status == Status::AwaitingUser => {
+            match state.signin.cancel_awaiting(&id).await? {
+                Some(done) => {
+                    tracing::info!(%id, "verification waiting for its user cancelled");
+                    Ok(view_response(StatusCode::OK, &done, None))
+                }
+                // It moved on meanwhile (a code decided it, or its call was queued).
+                None => Err(AppError::Conflict {
+                    code: "state_changed",
+                    message: format!("verification `{id}` changed meanwhile; read it and retry"),
+                }),
+            }
+        }
         Dequeued::NotQueued(v) if v.status == Status::Completed => Err(AppError::Conflict {
             code: "already_completed",
             message: format!(
@@ -483,18 +539,32 @@ async fn cancel_verification(
         }),
         Dequeued::NotQueued(v) => {
             tracing::info!(%id, "hang-up requested");
-            state.dialer.hang_up(&id);
+            match state.store.shared() {
+                // Several instances: the call may run on another one; the instance that
+                // claimed it hears the request and hangs up.
+                Some(shared) if !state.dialer.is_live(&id) => {
+                    if !shared.request_hang_up(&id).await? {
+                        tracing::info!(%id, "no live call to hang up (it just ended)");
+                    }
+                }
+                _ => state.dialer.hang_up(&id),
+            }
             Ok(view_response(StatusCode::ACCEPTED, &v, None))
         }
     }
 }
 
-/// Liveness: 200 when the store answers.
+/// Health: 200 when the store answers (`{"status":"ok","store":"reachable"}`, with this
+/// instance's id on a shared store), 503 when it does not.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Up"), (status = 503, description = "Store unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "Up: the store is reachable"), (status = 503, description = "Store unreachable", body = ErrorBody)))]
 async fn healthz(State(state): State<AppState>) -> Result<Response, AppError> {
     state.store.ping().await.map_err(AppError::Unavailable)?;
-    Ok(Json(serde_json::json!({"status": "ok"})).into_response())
+    let mut body = serde_json::json!({"status": "ok", "store": "reachable"});
+    if let Some(shared) = state.store.shared() {
+        body["instance"] = shared.instance().as_str().into();
+    }
+    Ok(Json(body).into_response())
 }
 
 /// Prometheus metrics (text format 0.0.4): `Authorization: Bearer <api.metrics_key>`, unless
@@ -542,7 +612,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(users::UsersDoc::openapi());
+    doc.merge(signin::SigninDoc::openapi());
+    signin::document(&mut doc);
+    Json(doc)
 }
 
 async fn not_found() -> AppError {

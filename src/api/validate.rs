@@ -57,10 +57,18 @@ pub struct CreateRequest {
     /// Returned as given (a JSON object, `api.metadata_max_bytes` at most).
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// The hosted sign-in page: the 201 carries a single-use `prompt_url`; once decided the
+    /// page returns the browser to `return_url` with a signed result.
+    pub hosted: Option<super::signin::HostedRequest>,
 }
 
 /// Turns a JSON value into the request, naming the field at fault.
 pub fn request(value: serde_json::Value) -> Result<CreateRequest, AppError> {
+    parse(value)
+}
+
+/// Turns a JSON object into a request body type, naming the field at fault.
+pub fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, AppError> {
     if !value.is_object() {
         return Err(AppError::bad_request(
             "invalid_json",

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use capture::audio::{Piece, StreamAudio};
+use capture::audio::{Layout, Piece};
+use capture::replay::Replay;
 use dtmf::{BAND_FREQUENCIES_HZ, Event, Receiver, SAMPLE_RATE, WINDOW_HOP, WINDOW_LEN};
+
+use crate::audio::{self, InputFormat};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -23,7 +26,12 @@ RFC 4733, SIP INFO), at the time it reported them.
 The picture: top, the level each of the eight bands sees (dBm0; low group 697–941 Hz in
 warm colours, high group 1209–1633 Hz in cool colours) with the receiver's minimum tone
 level dashed; bottom, the total level of the audio. Spans where the Goertzel receiver held
-a key are shaded and labelled with the key; dashed verticals mark reported digits."##;
+a key are shaded and labelled with the key; dashed verticals mark reported digits.
+
+The input is read in pieces, so any length can be drawn in little memory: beyond four
+points per pixel column the levels are drawn as the loudest of each group of windows,
+nearby gaps merge into one grey span, and beyond 2000 keys the rest are counted in the
+summary rather than drawn."##;
 
 /// Plot the band levels the DTMF receiver sees in a WAV file or a captured call.
 #[derive(Debug, clap::Args)]
@@ -74,11 +82,8 @@ enum AnalyzeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: {source}", path.display())]
-    Wav {
-        path: PathBuf,
-        source: media::wav::WavError,
-    },
+    #[error(transparent)]
+    Audio(#[from] audio::AudioError),
     #[error("{}: {source}", path.display())]
     Capture {
         path: PathBuf,
@@ -103,19 +108,168 @@ struct Analysis {
     title: String,
     /// Seconds of the first sample on the x axis.
     offset_s: f64,
-    windows: Vec<dtmf::WindowReport>,
-    /// Sample ranges with no audio (lost, paused).
-    gaps: Vec<Range<u64>>,
+    /// The band levels, decimated to the picture's resolution.
+    series: Series,
+    /// Sample ranges with no audio (lost, paused), nearby ones merged.
+    gaps: Spans,
     /// Sample count of the timeline.
     len: u64,
     /// Key held by the Goertzel receiver: key and sample range.
-    held: Vec<(char, Range<u64>)>,
+    held: Marks<(char, Range<u64>)>,
     /// Digits reported by the receive path: key, method, time in seconds.
-    reported: Vec<(char, &'static str, f64)>,
+    reported: Marks<(char, &'static str, f64)>,
     /// A line under the title (what was found).
     note: String,
     /// What time zero is.
     time_axis: &'static str,
+}
+
+/// Points kept per pixel column of the picture before neighbours are merged.
+const POINTS_PER_PIXEL: usize = 4;
+/// Gaps and keys drawn at most (a picture cannot show more; the rest are counted).
+const MAX_SPANS: usize = 4096;
+const MAX_MARKS: usize = 2000;
+
+/// One plotted point: the loudest level of each band over a run of windows.
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    /// Start of its first and last window, samples.
+    first: u64,
+    last: u64,
+    band_dbm0: [f32; 8],
+    total_dbm0: f32,
+}
+
+/// The band levels of every window, merged in groups (of a power of two) as they stream in
+/// so that at most `max` points are kept.
+struct Series {
+    points: Vec<Point>,
+    /// Windows per group.
+    group: u64,
+    max: usize,
+}
+
+impl Series {
+    fn new(max: usize) -> Series {
+        Series {
+            points: Vec::new(),
+            group: 1,
+            max: max.max(2),
+        }
+    }
+
+    fn push(&mut self, w: &dtmf::WindowReport) {
+        let slot = |start: u64, group: u64| start / WINDOW_HOP as u64 / group;
+        let point = Point {
+            first: w.start,
+            last: w.start,
+            band_dbm0: w.band_dbm0,
+            total_dbm0: w.total_dbm0,
+        };
+        match self.points.last_mut() {
+            Some(p) if slot(p.first, self.group) == slot(w.start, self.group) => merge(p, &point),
+            _ => self.points.push(point),
+        }
+        if self.points.len() > self.max {
+            self.group *= 2;
+            let group = self.group;
+            let mut merged: Vec<Point> = Vec::with_capacity(self.max);
+            for p in self.points.drain(..) {
+                match merged.last_mut() {
+                    Some(m) if slot(m.first, group) == slot(p.first, group) => merge(m, &p),
+                    _ => merged.push(p),
+                }
+            }
+            self.points = merged;
+        }
+    }
+
+    /// Runs of points with no missing window between them (a gap breaks the line).
+    fn segments(&self) -> Vec<&[Point]> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 1..=self.points.len() {
+            let broken = i == self.points.len()
+                || self.points[i].first > self.points[i - 1].last + WINDOW_HOP as u64;
+            if broken {
+                if i > start {
+                    out.push(&self.points[start..i]);
+                }
+                start = i;
+            }
+        }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+fn merge(into: &mut Point, p: &Point) {
+    into.last = into.last.max(p.last);
+    for (a, b) in into.band_dbm0.iter_mut().zip(p.band_dbm0) {
+        *a = a.max(b);
+    }
+    into.total_dbm0 = into.total_dbm0.max(p.total_dbm0);
+}
+
+/// Gaps, merged with their neighbours when too many to draw: the distance under which two
+/// merge doubles until they fit in [`MAX_SPANS`].
+struct Spans {
+    spans: Vec<Range<u64>>,
+    merge_within: u64,
+}
+
+impl Spans {
+    fn new() -> Spans {
+        Spans {
+            spans: Vec::new(),
+            merge_within: 0,
+        }
+    }
+
+    fn push(&mut self, span: Range<u64>) {
+        match self.spans.last_mut() {
+            Some(last) if span.start <= last.end + self.merge_within => last.end = span.end,
+            _ => self.spans.push(span),
+        }
+        while self.spans.len() > MAX_SPANS {
+            self.merge_within = (self.merge_within * 2).max(WINDOW_HOP as u64);
+            let within = self.merge_within;
+            let mut merged: Vec<Range<u64>> = Vec::new();
+            for s in self.spans.drain(..) {
+                match merged.last_mut() {
+                    Some(last) if s.start <= last.end + within => last.end = s.end,
+                    _ => merged.push(s),
+                }
+            }
+            self.spans = merged;
+        }
+    }
+}
+
+/// Marks kept up to [`MAX_MARKS`], the rest counted.
+struct Marks<T> {
+    kept: Vec<T>,
+    more: u64,
+}
+
+impl<T> Marks<T> {
+    fn new() -> Marks<T> {
+        Marks {
+            kept: Vec::new(),
+            more: 0,
+        }
+    }
+
+    fn push(&mut self, mark: T) {
+        if self.kept.len() < MAX_MARKS {
+            self.kept.push(mark);
+        } else {
+            self.more += 1;
+        }
+    }
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -137,25 +291,30 @@ fn analyze(args: &Args) -> Result<String, AnalyzeError> {
     {
         return Err(AnalyzeError::Size(args.width, args.height));
     }
-    let bytes = std::fs::read(&args.file).map_err(|source| AnalyzeError::Read {
+    let read = |source| AnalyzeError::Read {
         path: args.file.clone(),
         source,
-    })?;
-    let is_capture = bytes.len() >= 4
-        && matches!(
-            u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-            0xa1b2_c3d4
-                | 0xd4c3_b2a1
-                | 0xa1b2_3c4d
-                | 0x4d3c_b2a1
-                | 0xa1b2_cd34
-                | 0x34cd_b2a1
-                | 0x0a0d_0d0a
-        );
-    let analysis = if is_capture {
-        from_capture(&args.file, &bytes, args.stream)?
+    };
+    let mut magic = [0u8; 4];
+    let got = {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&args.file).map_err(read)?;
+        let mut got = 0;
+        while got < magic.len() {
+            match file.read(&mut magic[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(read(e)),
+            }
+        }
+        got
+    };
+    let max_points = args.width as usize * POINTS_PER_PIXEL;
+    let analysis = if capture::is_capture(&magic[..got]) {
+        from_capture(&args.file, args.stream, max_points)?
     } else {
-        from_wav(&args.file, &bytes)?
+        from_wav(&args.file, max_points)?
     };
     draw(&analysis, &args.output, (args.width, args.height)).map_err(|message| {
         AnalyzeError::Draw {
@@ -178,33 +337,32 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-fn from_wav(path: &Path, bytes: &[u8]) -> Result<Analysis, AnalyzeError> {
-    let samples = media::wav::decode(bytes).map_err(|source| AnalyzeError::Wav {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let audio = StreamAudio {
-        ssrc: 0,
-        start_ns: 0,
-        pieces: vec![Piece::Samples(samples)],
-    };
-    let mut a = run_receiver(&audio);
+fn from_wav(path: &Path, max_points: usize) -> Result<Analysis, AnalyzeError> {
+    let mut plot = Plotter::new(max_points);
+    audio::stream(path, InputFormat::Wav, |samples| plot.samples(samples))?;
+    let mut a = plot.finish();
     a.title = file_name(path);
-    a.reported = a
-        .held
-        .iter()
-        .map(|(key, r)| (*key, "inband", r.start as f64 / f64::from(SAMPLE_RATE)))
-        .collect();
+    for (key, r) in &a.held.kept {
+        a.reported
+            .push((*key, "inband", r.start as f64 / f64::from(SAMPLE_RATE)));
+    }
+    a.reported.more = a.held.more;
     a.note = digits_note(&a.reported);
     Ok(a)
 }
 
 fn from_capture(
     path: &Path,
-    bytes: &[u8],
     chosen: Option<usize>,
+    max_points: usize,
 ) -> Result<Analysis, AnalyzeError> {
-    let capture = capture::read(bytes);
+    let read = |source| AnalyzeError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut scanner = capture::Scanner::new();
+    super::replay::read_in_pieces(path, |piece| scanner.push(piece)).map_err(read)?;
+    let capture = scanner.finish();
     if let Some(source) = &capture.error
         && capture.streams.is_empty()
     {
@@ -226,20 +384,32 @@ fn from_capture(
         None => capture
             .streams
             .iter()
-            .position(|s| capture::audio::decode(&capture, s).is_some())
+            .position(|s| s.audio_ssrc().is_some())
             .or((!capture.streams.is_empty()).then_some(0))
             .ok_or_else(|| AnalyzeError::NoStreams {
                 path: path.to_path_buf(),
             })?,
     };
     let stream = &capture.streams[index];
-    let base = Instant::now();
-    let replay = capture::replay::replay_stream(&capture, stream, base);
-    let reported: Vec<(char, &'static str, f64)> = replay
-        .digits
-        .iter()
-        .map(|d| (d.digit.as_char(), d.method.as_str(), d.at_ns as f64 / 1e9))
-        .collect();
+    let mut layout = Layout::new(stream);
+    let mut plot = Plotter::new(max_points);
+    let mut replay = Replay::only(&capture, Instant::now(), index);
+    super::replay::read_in_pieces(path, |piece| {
+        replay.push_observed(piece, |_, d, h| {
+            if let Some(layout) = layout.as_mut() {
+                layout.packet(d.at_ns, &d.payload, h, |p| plot.piece(p));
+            }
+        })
+    })
+    .map_err(read)?;
+    let replays = replay.finish();
+    let mut reported = Marks::new();
+    for r in &replays {
+        for d in &r.digits {
+            reported.push((d.digit.as_char(), d.method.as_str(), d.at_ns as f64 / 1e9));
+        }
+        reported.more += r.unlisted;
+    }
     let mut codecs: Vec<String> = stream
         .payload_types
         .iter()
@@ -248,23 +418,19 @@ fn from_capture(
     if codecs.is_empty() {
         codecs.push("SIP INFO only".to_string());
     }
-    let mut a = match capture::audio::decode(&capture, stream) {
-        Some(audio) => {
-            let mut a = run_receiver(&audio);
-            a.offset_s = audio.start_ns as f64 / 1e9;
-            a.note = format!("ssrc 0x{:08x}, ", audio.ssrc);
+    let mut a = match layout.as_mut() {
+        Some(layout) if layout.start_ns().is_some() => {
+            layout.finish(|p| plot.piece(p));
+            let mut a = plot.finish();
+            a.offset_s = layout.start_ns().unwrap_or(0) as f64 / 1e9;
+            a.note = format!("ssrc 0x{:08x}, ", layout.ssrc());
             a
         }
-        None => Analysis {
-            title: String::new(),
+        _ => Analysis {
             offset_s: stream.first_ns as f64 / 1e9,
-            windows: Vec::new(),
-            gaps: Vec::new(),
-            len: 0,
-            held: Vec::new(),
-            reported: Vec::new(),
             note: "no G.711 audio in this stream, ".to_string(),
             time_axis: "",
+            ..Plotter::new(max_points).finish()
         },
     };
     a.title = format!(
@@ -283,53 +449,81 @@ fn from_capture(
     Ok(a)
 }
 
-fn digits_note(reported: &[(char, &'static str, f64)]) -> String {
-    if reported.is_empty() {
+fn digits_note(reported: &Marks<(char, &'static str, f64)>) -> String {
+    if reported.kept.is_empty() {
         return "no digits".to_string();
     }
-    let keys: String = reported.iter().map(|(k, ..)| *k).collect();
-    let mut methods: Vec<&str> = reported.iter().map(|(_, m, _)| *m).collect();
+    let keys: String = reported.kept.iter().map(|(k, ..)| *k).collect();
+    let mut methods: Vec<&str> = reported.kept.iter().map(|(_, m, _)| *m).collect();
     methods.dedup();
-    format!("digits {keys} ({})", methods.join(", "))
+    let more = if reported.more > 0 {
+        format!(" and {} more", reported.more)
+    } else {
+        String::new()
+    };
+    format!("digits {keys}{more} ({})", methods.join(", "))
 }
 
-/// Runs a Goertzel receiver over the timeline, keeping every window and the held keys.
-fn run_receiver(audio: &StreamAudio) -> Analysis {
-    let mut rx = Receiver::new();
-    let mut windows = Vec::new();
-    let mut gaps = Vec::new();
-    let mut held = Vec::new();
-    let mut on_event = |e: Event| {
-        if let Event::End {
-            digit, start, end, ..
-        } = e
-        {
-            held.push((digit.as_char(), start..end));
+/// A Goertzel receiver over the timeline, keeping the decimated windows, gaps and held keys.
+struct Plotter {
+    rx: Receiver,
+    series: Series,
+    gaps: Spans,
+    held: Marks<(char, Range<u64>)>,
+}
+
+impl Plotter {
+    fn new(max_points: usize) -> Plotter {
+        Plotter {
+            rx: Receiver::new(),
+            series: Series::new(max_points),
+            gaps: Spans::new(),
+            held: Marks::new(),
         }
-    };
-    for piece in &audio.pieces {
+    }
+
+    fn samples(&mut self, samples: &[i16]) {
+        let Plotter {
+            rx, series, held, ..
+        } = self;
+        rx.process_with_windows(samples, |e| on_held(held, e), |w| series.push(w));
+    }
+
+    fn piece(&mut self, piece: Piece<'_>) {
         match piece {
-            Piece::Samples(s) => {
-                rx.process_with_windows(s, &mut on_event, |w| windows.push(*w));
-            }
+            Piece::Samples(s) => self.samples(s),
             Piece::Gap(n) => {
-                let at = rx.position();
-                gaps.push(at..at + n);
-                rx.fill_in(*n, &mut on_event);
+                let at = self.rx.position();
+                self.gaps.push(at..at + n);
+                let held = &mut self.held;
+                self.rx.fill_in(n, |e| on_held(held, e));
             }
         }
     }
-    rx.finish(&mut on_event);
-    Analysis {
-        title: String::new(),
-        offset_s: 0.0,
-        windows,
-        gaps,
-        len: audio.len(),
-        held,
-        reported: Vec::new(),
-        note: String::new(),
-        time_axis: "time, s (from the start of the audio)",
+
+    fn finish(mut self) -> Analysis {
+        let held = &mut self.held;
+        self.rx.finish(|e| on_held(held, e));
+        Analysis {
+            title: String::new(),
+            offset_s: 0.0,
+            series: self.series,
+            gaps: self.gaps,
+            len: self.rx.position(),
+            held: self.held,
+            reported: Marks::new(),
+            note: String::new(),
+            time_axis: "time, s (from the start of the audio)",
+        }
+    }
+}
+
+fn on_held(held: &mut Marks<(char, Range<u64>)>, e: Event) {
+    if let Event::End {
+        digit, start, end, ..
+    } = e
+    {
+        held.push((digit.as_char(), start..end));
     }
 }
 
@@ -343,12 +537,13 @@ fn draw(a: &Analysis, output: &Path, size: (u32, u32)) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let rate = f64::from(SAMPLE_RATE);
     let t = |samples: u64| a.offset_s + samples as f64 / rate;
-    // Window centre: the level a window reports belongs to its middle.
-    let centre = |w: &dtmf::WindowReport| t(w.start + WINDOW_LEN as u64 / 2);
-    let last_report = a.reported.iter().map(|r| r.2).fold(f64::MIN, f64::max);
-    let first_report = a.reported.iter().map(|r| r.2).fold(f64::MAX, f64::min);
+    // Window centre: the level a window reports belongs to its middle (a merged point's, to
+    // the middle of its windows).
+    let centre = |p: &Point| t((p.first + p.last) / 2 + WINDOW_LEN as u64 / 2);
+    let last_report = a.reported.kept.iter().map(|r| r.2).fold(f64::MIN, f64::max);
+    let first_report = a.reported.kept.iter().map(|r| r.2).fold(f64::MAX, f64::min);
     // Without audio the picture spans the digits, with some room either side.
-    let x_start = if a.windows.is_empty() {
+    let x_start = if a.series.is_empty() {
         a.offset_s.min(first_report - 0.25).max(0.0)
     } else {
         a.offset_s
@@ -400,7 +595,7 @@ fn draw(a: &Analysis, output: &Path, size: (u32, u32)) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     shade_spans(&mut bands, a, &t, FLOOR_DBM0..CEILING_DBM0)?;
     for (band, colour) in BAND_COLOURS.iter().enumerate() {
-        for segment in segments(&a.windows) {
+        for segment in a.series.segments() {
             let points = segment
                 .iter()
                 .map(|w| (centre(w), level(w.band_dbm0[band])));
@@ -420,9 +615,10 @@ fn draw(a: &Analysis, output: &Path, size: (u32, u32)) -> Result<(), String> {
             BLACK.mix(0.7).stroke_width(1),
         ))
         .map_err(|e| e.to_string())?;
+    let x_span = x_range.end - x_range.start;
     let seconds_per_pixel =
         (x_range.end - x_range.start) / f64::from(size.0.saturating_sub(100).max(1));
-    mark_reported(&mut bands, a, seconds_per_pixel)?;
+    mark_reported(&mut bands, a, seconds_per_pixel, x_span)?;
 
     let mut total = ChartBuilder::on(&total_area)
         .margin_left(10)
@@ -444,7 +640,7 @@ fn draw(a: &Analysis, output: &Path, size: (u32, u32)) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     shade_spans(&mut total, a, &t, FLOOR_DBM0..CEILING_DBM0)?;
     total
-        .draw_series(a.held.iter().map(|(key, r)| {
+        .draw_series(sparse(&a.held.kept, seconds_per_pixel, &t).map(|(key, r)| {
             Text::new(
                 key.to_string(),
                 (t(r.start), CEILING_DBM0 - 2.0),
@@ -455,23 +651,23 @@ fn draw(a: &Analysis, output: &Path, size: (u32, u32)) -> Result<(), String> {
             )
         }))
         .map_err(|e| e.to_string())?;
-    for segment in segments(&a.windows) {
+    for segment in a.series.segments() {
         let points = segment.iter().map(|w| (centre(w), level(w.total_dbm0)));
         total
             .draw_series(LineSeries::new(points, BLACK.stroke_width(1)))
             .map_err(|e| e.to_string())?;
     }
-    for (_, _, at) in &a.reported {
+    for (_, _, at) in &a.reported.kept {
         total
             .draw_series(DashedLineSeries::new(
                 [(*at, FLOOR_DBM0), (*at, CEILING_DBM0)],
                 5,
                 3,
-                BLACK.stroke_width(2),
+                BLACK.stroke_width(mark_stroke(a, seconds_per_pixel, x_span)),
             ))
             .map_err(|e| e.to_string())?;
     }
-    if a.windows.is_empty() {
+    if a.series.is_empty() {
         total
             .draw_series(std::iter::once(Text::new(
                 "no decodable audio".to_string(),
@@ -563,7 +759,7 @@ fn shade_spans(
     y: Range<f64>,
 ) -> Result<(), String> {
     chart
-        .draw_series(a.gaps.iter().map(|g| {
+        .draw_series(a.gaps.spans.iter().map(|g| {
             Rectangle::new(
                 [(t(g.start), y.start), (t(g.end), y.end)],
                 RGBColor(200, 200, 200).mix(0.5).filled(),
@@ -571,7 +767,7 @@ fn shade_spans(
         }))
         .map_err(|e| e.to_string())?;
     chart
-        .draw_series(a.held.iter().map(|(_, r)| {
+        .draw_series(a.held.kept.iter().map(|(_, r)| {
             Rectangle::new(
                 [(t(r.start), y.start), (t(r.end), y.end)],
                 RGBColor(255, 221, 87).mix(0.4).filled(),
@@ -587,22 +783,27 @@ fn mark_reported(
     chart: &mut Chart<'_, '_>,
     a: &Analysis,
     seconds_per_pixel: f64,
+    x_span: f64,
 ) -> Result<(), String> {
     const ROWS: [f64; 3] = [CEILING_DBM0 + 11.0, CEILING_DBM0 + 7.0, CEILING_DBM0 + 3.0];
     let mut row_end = [f64::MIN; 3];
-    for (key, method, at) in &a.reported {
+    let stroke = mark_stroke(a, seconds_per_pixel, x_span);
+    for (key, method, at) in &a.reported.kept {
         chart
             .draw_series(DashedLineSeries::new(
                 [(*at, FLOOR_DBM0), (*at, CEILING_DBM0)],
                 5,
                 3,
-                BLACK.stroke_width(2),
+                BLACK.stroke_width(stroke),
             ))
             .map_err(|e| e.to_string())?;
         let text = format!("{key} {method}");
         // About 8 px per character at 15 px DejaVu Sans.
         let width = (8 * text.len() + 6) as f64 * seconds_per_pixel;
-        let row = (0..ROWS.len()).find(|&r| row_end[r] <= *at).unwrap_or(0);
+        // No free row: the label is left out (the line still marks the digit).
+        let Some(row) = (0..ROWS.len()).find(|&r| row_end[r] <= *at) else {
+            continue;
+        };
         row_end[row] = at + width;
         chart
             .draw_series(std::iter::once(Text::new(
@@ -615,6 +816,32 @@ fn mark_reported(
     Ok(())
 }
 
+/// Width of the digit lines: 2 px, or 1 px when they are closer than 6 px on average.
+fn mark_stroke(a: &Analysis, seconds_per_pixel: f64, span_s: f64) -> u32 {
+    if (a.reported.kept.len() as f64) * 6.0 * seconds_per_pixel > span_s {
+        1
+    } else {
+        2
+    }
+}
+
+/// The held keys whose labels do not run into the previous one (18 px per label).
+fn sparse<'a>(
+    held: &'a [(char, Range<u64>)],
+    seconds_per_pixel: f64,
+    t: &'a dyn Fn(u64) -> f64,
+) -> impl Iterator<Item = &'a (char, Range<u64>)> {
+    let mut free_from = f64::MIN;
+    held.iter().filter(move |(_, r)| {
+        let at = t(r.start);
+        let fits = at >= free_from;
+        if fits {
+            free_from = at + 18.0 * seconds_per_pixel;
+        }
+        fits
+    })
+}
+
 /// A level as drawn: clamped to the picture, NaN and -inf on the floor.
 fn level(dbm0: f32) -> f64 {
     let v = f64::from(dbm0);
@@ -623,21 +850,4 @@ fn level(dbm0: f32) -> f64 {
     } else {
         v.clamp(FLOOR_DBM0, CEILING_DBM0)
     }
-}
-
-/// Runs of contiguous windows (a gap breaks the line).
-fn segments(windows: &[dtmf::WindowReport]) -> Vec<&[dtmf::WindowReport]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in 1..=windows.len() {
-        let broken =
-            i == windows.len() || windows[i].start != windows[i - 1].start + WINDOW_HOP as u64;
-        if broken {
-            if i > start {
-                out.push(&windows[start..i]);
-            }
-            start = i;
-        }
-    }
-    out
 }

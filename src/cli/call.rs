@@ -326,6 +326,7 @@ fn describe(entry: &TimelineEntry) -> Option<String> {
         E::MediaChanged { on_hold: false } => "the far end changed the media".into(),
         E::Rejected { code } => format!("call refused ({code})"),
         E::NoResponse { reason } => reason.clone(),
+        E::Rerouted { from, to, reason } => format!("{from} failed ({reason}): trying {to}"),
         E::ExtensionSent => "extension dialled".into(),
         E::PromptStarted { prompt } => format!("prompt: {prompt}"),
         E::PromptFinished { .. } => return None,
@@ -340,6 +341,7 @@ fn describe(entry: &TimelineEntry) -> Option<String> {
         E::ByeSent => "hanging up (BYE)".into(),
         E::ByeReceived => "the callee hung up".into(),
         E::Outcome { result } => format!("outcome: {result}"),
+        E::InstanceLost => "the instance running the call was lost".into(),
     })
 }
 

@@ -11,9 +11,22 @@ pub struct Args {
     /// be busy.
     #[arg(long, value_enum, default_value_t = PhoneMode::Confirm)]
     phone: PhoneMode,
+    /// The sign-in method: a phone call (the default), or a code from an authenticator app
+    /// (enrols one, prints its otpauth:// URI, computes the code and submits it).
+    #[arg(long, value_enum, default_value_t = DemoMethod::Phone)]
+    method: DemoMethod,
     /// Folder of prompt recordings (default: the `audio` folder of this checkout).
     #[arg(long)]
     prompts: Option<PathBuf>,
+}
+
+/// Which sign-in method the demo shows.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoMethod {
+    /// A call to the simulated phone (`--phone` says what it does).
+    Phone,
+    /// An authenticator app's code (RFC 6238).
+    Code,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -36,6 +49,26 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let mut out = std::io::stdout();
+    if args.method == DemoMethod::Code {
+        return match runtime.block_on(demo::code::run(&prompts, &mut out)) {
+            Ok(outcome) if outcome.as_expected && outcome.webhook_verified => {
+                println!("\nThe demo ran as expected for --method code.");
+                ExitCode::SUCCESS
+            }
+            Ok(outcome) => {
+                println!(
+                    "\nThe demo did NOT end as expected for --method code: wanted confirmed, \
+                     webhook verified: {}.",
+                    outcome.webhook_verified
+                );
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("callverify demo: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match runtime.block_on(demo::run(args.phone, &prompts, &mut out)) {
         Ok(outcome) if outcome.as_expected && outcome.webhook_verified => {
             println!(

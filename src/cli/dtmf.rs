@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use dtmf::{Event, Receiver, ToneSpec};
+use dtmf::{Event, ToneSpec};
 
 use crate::audio::{self, InputFormat};
 
@@ -17,7 +17,8 @@ pub enum Command {
     /// {"digit":"#","start_ms":1230,"end_ms":1330,"report_ms":1262}, report_ms being when the
     /// receiver was certain of the key.
     Detect {
-        /// The audio file.
+        /// The audio file (`-`: standard input, read as it comes; WAV, or give
+        /// --input-format).
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -45,6 +46,9 @@ pub enum Command {
         off_ms: u32,
     },
 }
+
+/// Most threads `detect` runs receivers on (beyond eight, reading the file is the limit).
+const MAX_WORKERS: usize = 8;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -118,8 +122,10 @@ fn detect(
     format: Format,
     input_format: InputFormat,
 ) -> Result<(), DtmfCliError> {
-    let samples = audio::read(file, input_format)?;
-    let mut presses = Vec::new();
+    // Presses are written as the receiver ends them, while the file is still being read:
+    // nothing accumulates, whatever the length of the recording.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut written: std::io::Result<()> = Ok(());
     let mut reported = None;
     let mut on_event = |e: Event| match e {
         Event::Start { reported_at, .. } => reported = Some(reported_at),
@@ -128,31 +134,33 @@ fn detect(
             start,
             end,
             reported_at,
-        } => presses.push(Press {
-            digit: digit.to_string(),
-            start_ms: dtmf::samples_to_ms(start),
-            end_ms: dtmf::samples_to_ms(end),
-            report_ms: dtmf::samples_to_ms(reported.take().unwrap_or(reported_at)),
-        }),
-    };
-    let mut rx = Receiver::new();
-    rx.process(&samples, &mut on_event);
-    rx.finish(&mut on_event);
-
-    let mut out = std::io::stdout().lock();
-    match format {
-        Format::Text => writeln!(
-            out,
-            "{}",
-            presses.iter().map(|p| p.digit.as_str()).collect::<String>()
-        )?,
-        Format::Jsonl => {
-            for p in &presses {
-                // Serialising a struct of strings and integers cannot fail.
-                writeln!(out, "{}", serde_json::to_string(p).unwrap_or_default())?;
+        } => {
+            if written.is_err() {
+                return;
             }
+            written = match format {
+                Format::Text => write!(out, "{digit}"),
+                Format::Jsonl => {
+                    let press = Press {
+                        digit: digit.to_string(),
+                        start_ms: dtmf::samples_to_ms(start),
+                        end_ms: dtmf::samples_to_ms(end),
+                        report_ms: dtmf::samples_to_ms(reported.take().unwrap_or(reported_at)),
+                    };
+                    // Serialising a struct of strings and integers cannot fail.
+                    writeln!(out, "{}", serde_json::to_string(&press).unwrap_or_default())
+                }
+            };
         }
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
+    // What was decoded before a read error still counts; the error is reported after it.
+    crate::detect::detect(file, input_format, workers, &mut on_event)?;
+    written?;
+    if format == Format::Text {
+        writeln!(out)?;
     }
+    out.flush()?;
     Ok(())
 }
 

@@ -2,13 +2,17 @@
 //! live call, with the digits each carried.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use capture::replay::{self, StreamReplay};
-use capture::{Capture, Discovery, Stream};
+use capture::replay::{self, Replay, StreamReplay};
+use capture::{Capture, Discovery, Scanner, Stream};
+
+/// Bytes read from a capture at a time: both passes read the file in pieces, so memory does
+/// not grow with it.
+const READ_CHUNK: usize = 256 << 10;
 
 /// The long help of the command (the summary line comes from `cli::mod`).
 const HELP: &str = r##"Reads pcap and pcapng (Ethernet, Linux cooked v1/v2, raw IP, BSD loopback; IPv4/IPv6,
@@ -18,6 +22,10 @@ otherwise the flow is recognised as RTP from its packets, static payload types m
 RFC 3551 says and a dynamic payload type carrying 4-byte event blocks is taken for
 telephone-event/8000. SIP INFO key presses are fed into the stream their sender sends
 (or reported on a stream of their own when the capture has no RTP for them).
+
+The file is read twice, in pieces (once to find the streams, once to replay them): memory
+stays small however large the capture. Beyond 4096 UDP flows, further flows are counted,
+not analysed; beyond 100000 key presses, further ones are counted, not listed.
 
 Exit status: 0 when the capture was read to its end, 2 when it is unreadable, truncated or
 corrupt (what was read before the damage is still printed).
@@ -64,17 +72,18 @@ enum Format {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let bytes = match std::fs::read(&args.file) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            eprintln!(
-                "callverify replay: cannot read {}: {e}",
-                args.file.display()
-            );
-            return ExitCode::from(super::EXIT_USAGE);
-        }
+    let cannot_read = |e: std::io::Error| {
+        eprintln!(
+            "callverify replay: cannot read {}: {e}",
+            args.file.display()
+        );
+        ExitCode::from(super::EXIT_USAGE)
     };
-    let capture = capture::read(&bytes);
+    let mut scanner = Scanner::new();
+    if let Err(e) = read_in_pieces(&args.file, |piece| scanner.push(piece)) {
+        return cannot_read(e);
+    }
+    let capture = scanner.finish();
     if capture.format.is_none() {
         let e = capture
             .error
@@ -83,8 +92,12 @@ pub fn run(args: Args) -> ExitCode {
         eprintln!("callverify replay: {}: {e}", args.file.display());
         return ExitCode::from(super::EXIT_USAGE);
     }
-    let replays = replay::replay(&capture, Instant::now());
-    let mut out = std::io::stdout().lock();
+    let mut replay = Replay::new(&capture, Instant::now());
+    if let Err(e) = read_in_pieces(&args.file, |piece| replay.push(piece)) {
+        return cannot_read(e);
+    }
+    let replays = replay.finish();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = match args.format {
         Format::Text => write_text(&mut out, &args.file, &capture, &replays),
         Format::Jsonl => write_jsonl(&mut out, &args.file, &capture, &replays),
@@ -103,6 +116,46 @@ pub fn run(args: Args) -> ExitCode {
             ExitCode::from(super::EXIT_USAGE)
         }
     }
+}
+
+/// Reads `path` from its start to its end, [`READ_CHUNK`] bytes at a time.
+pub(super) fn read_in_pieces(path: &Path, mut on_piece: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => on_piece(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What the bounds left out, if anything (a line of the text output).
+fn left_out(capture: &Capture, replays: &[StreamReplay]) -> Option<String> {
+    let unlisted: u64 = replays.iter().map(|r| r.unlisted).sum();
+    let mut parts = Vec::new();
+    if capture.untracked > 0 {
+        parts.push(format!(
+            "{} datagrams of flows beyond the first {} not analysed",
+            capture.untracked,
+            capture::streams::MAX_FLOWS
+        ));
+    }
+    if capture.sip.dropped > 0 {
+        parts.push(format!(
+            "{} SDP descriptions or SIP INFO key presses beyond the bounds not kept",
+            capture.sip.dropped
+        ));
+    }
+    if unlisted > 0 {
+        parts.push(format!(
+            "{unlisted} key presses beyond the first {} not listed",
+            replay::MAX_DIGITS
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn ms(ns: u64) -> u64 {
@@ -162,7 +215,7 @@ fn write_text(
         c.frames,
         c.udp,
         c.tcp,
-        capture.sip.messages.len()
+        capture.sip.messages
     )?;
     if capture.streams.is_empty() {
         writeln!(out, "no RTP streams and no SIP INFO key presses found")?;
@@ -264,6 +317,10 @@ fn write_text(
             }
         }
     }
+    if let Some(note) = left_out(capture, replays) {
+        writeln!(out)?;
+        writeln!(out, "left out: {note}")?;
+    }
     if let Some(e) = &capture.error {
         writeln!(out)?;
         writeln!(out, "incomplete: {e}")?;
@@ -298,7 +355,7 @@ struct StreamLine {
     telephone_event: Option<TelephoneEventLine>,
     first_ms: u64,
     last_ms: u64,
-    packets: usize,
+    packets: u64,
     non_rtp: u64,
     dropped_source: u64,
     sip_info: usize,
@@ -348,10 +405,13 @@ struct CaptureLine {
     frames: u64,
     udp: u64,
     tcp: u64,
-    sip_messages: usize,
+    sip_messages: u64,
     streams: usize,
     complete: bool,
     error: Option<String>,
+    /// Present only when bounds left something out (a hostile or enormous capture).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    left_out: Option<String>,
 }
 
 fn write_line(out: &mut impl Write, line: &impl serde::Serialize) -> std::io::Result<()> {
@@ -393,10 +453,11 @@ fn write_jsonl(
             frames: c.frames,
             udp: c.udp,
             tcp: c.tcp,
-            sip_messages: capture.sip.messages.len(),
+            sip_messages: capture.sip.messages,
             streams: capture.streams.len(),
             complete: capture.error.is_none(),
             error: capture.error.as_ref().map(|e| e.to_string()),
+            left_out: left_out(capture, replays),
         },
     )
 }
@@ -460,7 +521,7 @@ fn stream_line(index: usize, stream: &Stream, r: &StreamReplay) -> StreamLine {
             .map(|(pt, clock_rate)| TelephoneEventLine { pt, clock_rate }),
         first_ms: ms(stream.first_ns),
         last_ms: ms(last_ns),
-        packets: stream.datagrams.len(),
+        packets: stream.packets,
         non_rtp: stream.non_rtp,
         dropped_source: r.stats.dropped_source,
         sip_info: stream.info.len(),

@@ -5,6 +5,7 @@
 //! through the HTTP API as an auth server would, and narrates the request, the live status,
 //! the outcome, the timeline and the verified webhook.
 
+pub mod code;
 pub mod phone;
 
 use std::io::Write;
@@ -26,8 +27,8 @@ use crate::webhook::sign;
 pub use phone::PhoneMode;
 
 /// The demo client's API key and webhook secret (loopback only, printed for the curious).
-const API_KEY: &str = "cv_demo_key_loopback_only";
-const WEBHOOK_SECRET: &str = "whsec_ZGVtby1zZWNyZXQtb25seS1mb3ItbG9vcGJhY2s=";
+pub(crate) const API_KEY: &str = "cv_demo_key_loopback_only";
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_ZGVtby1zZWNyZXQtb25seS1mb3ItbG9vcGJhY2s=";
 /// The number the demo "calls": a valid US number (the simulated phone answers any).
 const PHONE_NUMBER: &str = "+14255550123";
 /// How long the demo waits for the outcome and then for the webhook.
@@ -268,7 +269,7 @@ pub async fn run(
 }
 
 /// A response body as JSON (the API always answers JSON; anything else is reported).
-async fn json_body(response: reqwest::Response) -> Result<Value, DemoError> {
+pub(crate) async fn json_body(response: reqwest::Response) -> Result<Value, DemoError> {
     let status = response.status().as_u16();
     let bytes = response.bytes().await?;
     serde_json::from_slice(&bytes).map_err(|_| DemoError::Api {
@@ -288,11 +289,11 @@ fn describe(mode: PhoneMode) -> &'static str {
 
 /// The webhook receiver's state: the client's key, and where verified payloads (or why one
 /// was refused) go.
-type Receiver = (WebhookKey, mpsc::UnboundedSender<Result<Value, String>>);
+pub(crate) type Receiver = (WebhookKey, mpsc::UnboundedSender<Result<Value, String>>);
 
 /// Checks each webhook like an auth server must: Standard Webhooks signature over
 /// `{id}.{timestamp}.{body}` with the client's secret.
-async fn receive_webhook(
+pub(crate) async fn receive_webhook(
     State(state): State<Arc<Receiver>>,
     headers: HeaderMap,
     body: Bytes,
@@ -331,7 +332,7 @@ async fn receive_webhook(
 }
 
 /// The service configuration of the demo: loopback everywhere, the trunk is the phone.
-fn demo_config(
+pub(crate) fn demo_config(
     api: SocketAddr,
     phone: SocketAddr,
     hooks: SocketAddr,

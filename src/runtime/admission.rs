@@ -44,16 +44,30 @@ pub(crate) const RTP_RATE_PER_SEC: u32 = 400;
 /// queues.
 #[derive(Debug, Default)]
 pub(crate) struct Trusted {
-    fixed: Vec<SocketAddr>,
+    /// The trunk's addresses (replaced when it is resolved again).
+    fixed: RwLock<Vec<SocketAddr>>,
     calls: RwLock<HashMap<SocketAddr, u32>>,
 }
 
 impl Trusted {
     pub(crate) fn new(fixed: Vec<SocketAddr>) -> Trusted {
         Trusted {
-            fixed,
+            fixed: RwLock::new(fixed),
             calls: RwLock::default(),
         }
+    }
+
+    /// The trunk was resolved again: its addresses now.
+    pub(crate) fn set_fixed(&self, fixed: Vec<SocketAddr>) {
+        *self.fixed.write().unwrap_or_else(PoisonError::into_inner) = fixed;
+    }
+
+    fn fixed_has(&self, f: impl Fn(&SocketAddr) -> bool) -> bool {
+        self.fixed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(f)
     }
 
     pub(crate) fn add(&self, addr: SocketAddr) {
@@ -72,7 +86,7 @@ impl Trusted {
     }
 
     pub(crate) fn contains(&self, addr: SocketAddr) -> bool {
-        self.fixed.contains(&addr)
+        self.fixed_has(|a| *a == addr)
             || self
                 .calls
                 .read()
@@ -82,7 +96,7 @@ impl Trusted {
 
     /// Some trusted peer has this IP address (at any port).
     pub(crate) fn has_ip(&self, ip: IpAddr) -> bool {
-        self.fixed.iter().any(|a| a.ip() == ip)
+        self.fixed_has(|a| a.ip() == ip)
             || self
                 .calls
                 .read()

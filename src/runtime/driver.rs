@@ -58,6 +58,10 @@ pub(crate) enum Command {
     Cancel {
         ticket: Ticket,
     },
+    /// The trunk was resolved again to other addresses: trust these instead.
+    TrunkPeers {
+        peers: Vec<SocketAddr>,
+    },
 }
 
 /// What the socket tasks bring in.
@@ -229,7 +233,10 @@ pub(crate) fn spawn(
         }
         (Some(udp), bound)
     };
-    let local = advertised(bound, config.route_probe);
+    // Behind 1:1 NAT the external addresses are what Via, Contact and SDP show (on every
+    // shard); the sockets stay bound to the local ones.
+    let local = config.public_sip(advertised(bound, config.route_probe));
+    let rtp_advertised = config.public_rtp(local.ip());
     let tls = net::tls_config(config.tls_ca.as_deref())?;
     let config = Arc::new(config);
     let mut commands = Vec::with_capacity(shards);
@@ -251,7 +258,7 @@ pub(crate) fn spawn(
             config: Arc::clone(&config),
             sip_udp,
             rtp_bind: bound.ip(),
-            rtp_advertised: local.ip(),
+            rtp_advertised,
             calls: HashMap::new(),
             tickets: HashMap::new(),
             streams: HashMap::new(),
@@ -373,6 +380,10 @@ impl Driver {
                         peers,
                     },
                 );
+            }
+            Command::TrunkPeers { peers } => {
+                self.inlets.trusted.set_fixed(peers.clone());
+                self.board.set_trusted_peers(peers);
             }
             Command::Cancel { ticket } => {
                 if let Some(id) = self.tickets.get(&ticket) {

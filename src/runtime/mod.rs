@@ -20,6 +20,7 @@ mod admission;
 mod driver;
 mod live;
 mod net;
+mod resolve;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use crate::config::{CallConfig, Config, SrtpMode};
 use crate::metrics::SipCounters;
 
 pub use live::{PromptError, Prompts};
+pub use resolve::ResolveError;
 
 /// Why the runtime cannot start or a call cannot be placed. Each variant says whose fault it is.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +71,18 @@ pub enum RuntimeError {
     /// The destination is neither an E.164 number nor a SIP URI (the request).
     #[error("destination is not an E.164 number or a sip:/sips: URI")]
     Destination,
-    /// The trunk's (or SIP URI's) host name does not resolve (DNS, or our configuration).
+    /// The SIP URI's host name does not resolve (DNS, or the request).
     #[error("cannot resolve {host}: {reason}")]
     Resolve { host: String, reason: String },
+    /// The trunk's name does not resolve to any target (DNS, or our configuration).
+    #[error("cannot resolve the trunk: {0}")]
+    Dns(#[from] ResolveError),
+    /// `sip.external_address` or `media.external_address` is malformed (our configuration).
+    #[error("configuration key `{key}`: {reason}")]
+    External {
+        key: &'static str,
+        reason: &'static str,
+    },
     /// No free RTP port in `media.rtp_ports` (too many calls for the range, or ports taken).
     #[error("no free RTP port in media.rtp_ports {low}-{high}")]
     NoRtpPort { low: u16, high: u16 },
@@ -101,10 +112,12 @@ pub enum RuntimeError {
 pub struct Trunk {
     /// Host (name or address literal).
     pub host: String,
-    /// Port (default 5060, 5061 for TLS).
+    /// Port (the URI's, else 5060, 5061 for TLS; with SRV, each target has its own).
     pub port: u16,
-    /// Transport (`;transport=` or `sips:`).
+    /// Transport (`;transport=` or `sips:`, else UDP until NAPTR says otherwise at start).
     pub transport: Transport,
+    /// What the URI itself says, for RFC 3263 (explicit port and transport).
+    pub name: sip::locate::Name,
 }
 
 impl Trunk {
@@ -126,22 +139,37 @@ impl Trunk {
         } else {
             5060
         };
+        let host = parsed
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let name = sip::locate::Name {
+            host: host.clone(),
+            port: parsed.port(),
+            transport: parsed.transport(),
+            secure: parsed.is_sips(),
+        };
         Ok(Trunk {
-            host: parsed
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host,
             port: parsed.port().unwrap_or(default_port),
             transport,
+            name,
         })
     }
 
-    /// `host:port` as it goes into URIs.
+    /// `host[:port]` as it goes into URIs: the port only when the URI gave one (a domain
+    /// found through SRV is named without it, RFC 3263 §4.2).
     fn host_port(&self) -> String {
-        match self.host.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", self.port),
-            _ => format!("{}:{}", self.host, self.port),
+        let host = match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => self.host.clone(),
+        };
+        match (self.name.port, self.host.parse::<IpAddr>()) {
+            (Some(p), _) => format!("{host}:{p}"),
+            // An address literal always carries its port (nothing else could give it).
+            (None, Ok(_)) => format!("{host}:{}", self.port),
+            (None, Err(_)) => host,
         }
     }
 }
@@ -186,12 +214,37 @@ pub struct RuntimeConfig {
     pub srtp: SrtpMode,
     /// `sip.shards` (0 there: one per available core), at least 1.
     pub shards: usize,
+    /// `sip.dns_servers` (empty: the system's).
+    pub dns_servers: Vec<SocketAddr>,
+    /// The trunk resolved at start (RFC 3263), if it resolved.
+    pub trunk_located: Option<sip::locate::Located>,
+    /// `sip.external_address`: public IP and optional port shown in Via/Contact.
+    pub external_sip: Option<(IpAddr, Option<u16>)>,
+    /// `media.external_address` (else the SIP external IP): shown in the SDP.
+    pub external_media: Option<IpAddr>,
+}
+
+impl RuntimeConfig {
+    /// The SIP address to advertise: `sip.external_address` over the local one.
+    pub(crate) fn public_sip(&self, local: SocketAddr) -> SocketAddr {
+        match self.external_sip {
+            Some((ip, port)) => SocketAddr::new(ip, port.unwrap_or(local.port())),
+            None => local,
+        }
+    }
+
+    /// The RTP address to advertise for `local` (the advertised SIP IP).
+    pub(crate) fn public_rtp(&self, local: IpAddr) -> IpAddr {
+        self.external_media
+            .or(self.external_sip.map(|(ip, _)| ip))
+            .unwrap_or(local)
+    }
 }
 
 impl RuntimeConfig {
     /// From the service configuration.
     pub fn from_config(config: &Config) -> Result<RuntimeConfig, RuntimeError> {
-        let trunk = if config.sip.trunk.is_empty() {
+        let mut trunk = if config.sip.trunk.is_empty() {
             None
         } else {
             Some(Trunk::parse(&config.sip.trunk)?)
@@ -204,11 +257,41 @@ impl RuntimeConfig {
             .media
             .rtp_port_range()
             .map_err(RuntimeError::RtpPorts)?;
-        let trunk_peers = trunk
+        // RFC 3263 once at start: the transport (NAPTR may choose it) and the trusted peers.
+        // A trunk that does not resolve yet is no reason to refuse to start: calls resolve
+        // again and report it.
+        let trunk_located = match &mut trunk {
+            Some(t) => match resolve::locate_at_start(&config.sip.dns_servers, &t.name) {
+                Ok(located) => {
+                    t.transport = located.transport();
+                    Some(located)
+                }
+                Err(e) => {
+                    tracing::warn!(trunk = %config.sip.trunk, error = %e, "trunk does not resolve at start");
+                    None
+                }
+            },
+            None => None,
+        };
+        let trunk_peers = trunk_located
             .as_ref()
-            .map(|t| resolve_now(&t.host, t.port))
+            .map(sip::locate::Located::peers)
             .unwrap_or_default();
         let route_probe = trunk_peers.first().copied();
+        let external_sip = config
+            .sip
+            .external()
+            .map_err(|reason| RuntimeError::External {
+                key: "sip.external_address",
+                reason,
+            })?;
+        let external_media = config
+            .media
+            .external()
+            .map_err(|reason| RuntimeError::External {
+                key: "media.external_address",
+                reason,
+            })?;
         let srtp = config.media.srtp;
         if let Some(t) = &trunk
             && t.transport != Transport::Tls
@@ -245,6 +328,10 @@ impl RuntimeConfig {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n as usize,
             },
+            dns_servers: config.sip.dns_servers.clone(),
+            trunk_located,
+            external_sip,
+            external_media,
         })
     }
 }
@@ -268,6 +355,9 @@ pub struct Runtime {
     config: Arc<RuntimeConfig>,
     local_sip: SocketAddr,
     counters: Arc<SipCounters>,
+    /// The trunk's targets when it is a name (RFC 3263, cached per TTL); None without a
+    /// trunk or with an address literal.
+    trunk_targets: Option<Arc<resolve::TrunkTargets>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -302,6 +392,17 @@ impl Runtime {
     pub fn start(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let prompts = Prompts::load(&config.prompts, &config.languages)?;
         let counters = Arc::new(SipCounters::new());
+        let trunk_targets = match &config.trunk {
+            Some(t) if t.host.parse::<IpAddr>().is_err() => {
+                Some(Arc::new(resolve::TrunkTargets::new(
+                    resolve::Dns::new(&config.dns_servers)?,
+                    t.name.clone(),
+                    t.transport,
+                    config.trunk_located.clone(),
+                )))
+            }
+            _ => None,
+        };
         let (commands, local_sip) = driver::spawn(config.clone(), prompts, Arc::clone(&counters))?;
         let shards = commands
             .into_iter()
@@ -315,6 +416,7 @@ impl Runtime {
             config: Arc::new(config),
             local_sip,
             counters,
+            trunk_targets,
         })
     }
 
@@ -398,27 +500,49 @@ impl Runtime {
     async fn spec(&self, order: &CallOrder) -> Result<flow::CallSpec, RuntimeError> {
         let cfg = &self.config;
         let dest = order.destination.as_str();
-        let (target, next_host, next_port, transport) = if is_e164(dest) {
+        let target = if is_e164(dest) {
             let trunk = cfg.trunk.as_ref().ok_or(RuntimeError::NoTrunk)?;
-            let target = Uri::parse(&format!("sip:{dest}@{};user=phone", trunk.host_port()))
-                .map_err(|_| RuntimeError::Destination)?;
-            (target, trunk.host.clone(), trunk.port, trunk.transport)
+            Uri::parse(&format!("sip:{dest}@{};user=phone", trunk.host_port()))
+                .map_err(|_| RuntimeError::Destination)?
         } else if dest.starts_with("sip:") || dest.starts_with("sips:") {
-            let target = Uri::parse(dest).map_err(|_| RuntimeError::Destination)?;
-            match &cfg.trunk {
-                Some(trunk) => (target, trunk.host.clone(), trunk.port, trunk.transport),
-                None => {
-                    let t = Trunk::parse(dest).map_err(|_| RuntimeError::Destination)?;
-                    (target, t.host, t.port, t.transport)
-                }
-            }
+            Uri::parse(dest).map_err(|_| RuntimeError::Destination)?
         } else {
             return Err(RuntimeError::Destination);
         };
-        // Responses count only from `next_hop`; in-dialog requests from any address of the
-        // host (a trunk behind several addresses answers from one and may hang up from another).
-        let peers = resolve(&next_host, next_port).await?;
-        let next_hop = peers[0];
+        // Responses count only from the hop tried at the time (`next_hop`, then each of
+        // `alternates` in turn, RFC 3263 §4.3); in-dialog requests from any address of the
+        // trunk (one behind several addresses answers from one and may hang up from another).
+        let (hops, peers, transport) = match (&cfg.trunk, &self.trunk_targets) {
+            (Some(trunk), Some(targets)) => {
+                let t = targets.current().await?;
+                if t.changed {
+                    // Re-resolved to other addresses: those are the trunk's trusted peers now.
+                    // Every shard's agent answers the trunk's OPTIONS and strays.
+                    for shard in self.shards.iter() {
+                        let _ = shard.commands.send(driver::Command::TrunkPeers {
+                            peers: t.peers.clone(),
+                        });
+                    }
+                }
+                (t.hops, t.peers, trunk.transport)
+            }
+            (Some(trunk), None) => {
+                let peers = resolve(&trunk.host, trunk.port).await?;
+                (peers.clone(), peers, trunk.transport)
+            }
+            (None, _) => {
+                let t = Trunk::parse(dest).map_err(|_| RuntimeError::Destination)?;
+                let peers = resolve(&t.host, t.port).await?;
+                // A direct call goes to the host's first address only (as before).
+                (peers[..1].to_vec(), peers, t.transport)
+            }
+        };
+        let Some((&next_hop, alternates)) = hops.split_first() else {
+            return Err(RuntimeError::Dns(ResolveError::NoAddress(
+                order.destination.clone(),
+            )));
+        };
+        let alternates = alternates.to_vec();
         let user = if !cfg.caller_id.is_empty() {
             cfg.caller_id.clone()
         } else if let Some(c) = &cfg.credentials {
@@ -442,6 +566,7 @@ impl Runtime {
             display_name: None,
             next_hop,
             peers,
+            alternates,
             transport,
             // Filled in by the driver when it binds the call's RTP socket.
             local_rtp: SocketAddr::new(self.local_sip.ip(), 0),
@@ -493,8 +618,9 @@ fn is_e164(s: &str) -> bool {
         .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// A/AAAA lookup of the next hop (no NAPTR/SRV: RFC 3263 is not implemented): every address
-/// of the host at `port`, the first one being where the INVITE goes. Never empty.
+/// A/AAAA lookup of a SIP URI's host called directly (no trunk), or of a trunk given as an
+/// address literal: every address of the host at `port`, the first one being where the
+/// INVITE goes. Never empty.
 async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, RuntimeError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
@@ -556,7 +682,7 @@ fn resolve_now(host: &str, port: u16) -> Vec<SocketAddr> {
 /// The report of a call that never reached the network.
 fn not_placed(e: &RuntimeError) -> CallReport {
     let result = match e {
-        RuntimeError::Resolve { .. } => CallResult::Unreachable,
+        RuntimeError::Resolve { .. } | RuntimeError::Dns(_) => CallResult::Unreachable,
         _ => CallResult::Failed,
     };
     CallReport {

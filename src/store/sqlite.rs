@@ -15,6 +15,7 @@ use flow::{CallResult, Mode, TimelineEntry, TimelineEvent};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::*;
+use crate::user::{MethodId, MethodKind, MethodRef, UserId};
 
 /// How long a writer waits for the file lock before failing, in milliseconds.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -23,7 +24,7 @@ const RATE_EVENTS_KEPT_MS: i64 = 24 * 3600 * 1000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
 /// Append only: a released migration never changes.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE verifications (
     id              TEXT PRIMARY KEY,
@@ -104,17 +105,108 @@ CREATE TABLE rate_events (key TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX rate_events_key_at ON rate_events (key, at);
 CREATE INDEX rate_events_at ON rate_events (at);
 "#,
+    // Sign-in methods (issue 11): users, their methods, hosted prompts, and verifications by user.
+    // SQLite cannot change a CHECK constraint in place, so `verifications` is rebuilt (the SQLite
+    // "12-step" procedure; `migrate` turns foreign keys off around it and checks them before
+    // committing) to allow the `awaiting_user` status and no destination (an app-code attempt);
+    // the new columns are nullable. PostgreSQL: ALTER the status CHECK, DROP NOT NULL on
+    // destination, ADD the four columns.
+    r#"
+CREATE TABLE verifications_next (
+    id              TEXT PRIMARY KEY,
+    client          TEXT NOT NULL,
+    destination     TEXT,
+    extension       TEXT,
+    mode            TEXT NOT NULL,
+    digits_tag      TEXT,
+    language        TEXT NOT NULL,
+    callback_url    TEXT,
+    metadata        TEXT,
+    status          TEXT NOT NULL
+        CHECK (status IN ('queued', 'calling', 'ringing', 'in_call', 'completed',
+                          'awaiting_user')),
+    result          TEXT,
+    dtmf_method     TEXT,
+    timeline        TEXT NOT NULL DEFAULT '[]',
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    call_started_at INTEGER,
+    completed_at    INTEGER,
+    line_held       INTEGER NOT NULL DEFAULT 0,
+    user_id         TEXT,
+    method_id       TEXT,
+    method_type     TEXT,
+    attempts        TEXT
+);
+INSERT INTO verifications_next
+    (id, client, destination, extension, mode, digits_tag, language, callback_url,
+     metadata, status, result, dtmf_method, timeline, created_at, updated_at,
+     call_started_at, completed_at, line_held)
+SELECT id, client, destination, extension, mode, digits_tag, language, callback_url,
+     metadata, status, result, dtmf_method, timeline, created_at, updated_at,
+     call_started_at, completed_at, line_held
+FROM verifications;
+DROP TABLE verifications;
+ALTER TABLE verifications_next RENAME TO verifications;
+CREATE INDEX verifications_queued ON verifications (created_at) WHERE status = 'queued';
+CREATE UNIQUE INDEX verifications_one_live_call ON verifications (destination)
+    WHERE status IN ('calling', 'ringing', 'in_call');
+CREATE INDEX verifications_open ON verifications (client, destination)
+    WHERE status <> 'completed';
+CREATE INDEX verifications_line_held ON verifications (destination) WHERE line_held = 1;
+CREATE INDEX verifications_awaiting ON verifications (created_at)
+    WHERE status = 'awaiting_user';
+
+CREATE TABLE users (
+    id           TEXT PRIMARY KEY,
+    client       TEXT NOT NULL,
+    external_id  TEXT NOT NULL,
+    display_name TEXT,
+    created_at   INTEGER NOT NULL,
+    UNIQUE (client, external_id)
+);
+
+CREATE TABLE methods (
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    kind           TEXT NOT NULL CHECK (kind IN ('phone', 'app_code')),
+    status         TEXT NOT NULL CHECK (status IN ('pending', 'active')),
+    label          TEXT,
+    position       INTEGER NOT NULL,
+    destination    TEXT,
+    extension      TEXT,
+    secret         BLOB,
+    last_code_step INTEGER,
+    failed_codes   INTEGER NOT NULL DEFAULT 0,
+    locked_until   INTEGER,
+    created_at     INTEGER NOT NULL,
+    confirmed_at   INTEGER
+);
+CREATE INDEX methods_of_user ON methods (user_id, position);
+
+CREATE TABLE signin_prompts (
+    verification_id    TEXT PRIMARY KEY REFERENCES verifications (id),
+    client             TEXT NOT NULL,
+    return_url         TEXT NOT NULL,
+    token_hash         BLOB NOT NULL UNIQUE,
+    token_expires_at   INTEGER NOT NULL,
+    token_used_at      INTEGER,
+    session_hash       BLOB UNIQUE,
+    csrf_hash          BLOB,
+    session_expires_at INTEGER
+);
+"#,
 ];
 
-const COLUMNS: &str = "id, client, destination, extension, mode, digits_tag, language, \
-    callback_url, metadata, status, result, dtmf_method, timeline, created_at, updated_at, \
-    call_started_at, completed_at";
+pub(super) const COLUMNS: &str = "id, client, destination, extension, mode, digits_tag, \
+    language, callback_url, metadata, status, result, dtmf_method, timeline, created_at, \
+    updated_at, call_started_at, completed_at, user_id, method_id, method_type, attempts";
 
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    payload: PayloadFn,
+    pub(super) payload: PayloadFn,
 }
 
 impl SqliteStore {
@@ -165,7 +257,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` with the connection on the blocking pool.
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -208,16 +300,40 @@ impl SqliteStore {
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let applied = usize::try_from(applied).unwrap_or(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        if i == 1 {
-            backfill_outbox_hosts(&tx)?;
-        }
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
-        tx.commit()?;
+    if applied >= MIGRATIONS.len() {
+        return Ok(());
     }
-    Ok(())
+    // A migration may rebuild a table that others reference (SQLite's "12-step" ALTER):
+    // foreign keys are off while it runs (the pragma is a no-op inside a transaction) and
+    // checked before each commit.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = (|| {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            if i == 1 {
+                backfill_outbox_hosts(&tx)?;
+            }
+            let violations: i64 =
+                tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?;
+            if violations > 0 {
+                return Err(corrupt(
+                    "schema",
+                    format!(
+                        "migration {} leaves {violations} foreign key violations",
+                        i + 1
+                    ),
+                ));
+            }
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    result
 }
 
 /// Migration 2: the host of every queued webhook, which SQL cannot parse out of a URL.
@@ -269,7 +385,7 @@ fn mode_parse(s: &str) -> Option<Mode> {
         .find(|m| mode_str(*m) == s)
 }
 
-fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         what,
         detail: detail.to_string(),
@@ -280,7 +396,7 @@ fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
 struct RawRow {
     id: String,
     client: String,
-    destination: String,
+    destination: Option<String>,
     extension: Option<String>,
     mode: String,
     digits_tag: Option<String>,
@@ -295,6 +411,10 @@ struct RawRow {
     updated_at: i64,
     call_started_at: Option<i64>,
     completed_at: Option<i64>,
+    user_id: Option<String>,
+    method_id: Option<String>,
+    method_type: Option<String>,
+    attempts: Option<String>,
 }
 
 fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
@@ -316,6 +436,10 @@ fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         updated_at: row.get(14)?,
         call_started_at: row.get(15)?,
         completed_at: row.get(16)?,
+        user_id: row.get(17)?,
+        method_id: row.get(18)?,
+        method_type: row.get(19)?,
+        attempts: row.get(20)?,
     })
 }
 
@@ -325,7 +449,22 @@ impl TryFrom<RawRow> for Verification {
     fn try_from(r: RawRow) -> Result<Verification, StoreError> {
         Ok(Verification {
             id: VerificationId::parse(&r.id).ok_or_else(|| corrupt("id", &r.id))?,
-            destination: Destination::from_stored(&r.destination),
+            destination: r.destination.as_deref().map(Destination::from_stored),
+            user_id: match r.user_id {
+                Some(s) => Some(UserId::parse(&s).ok_or_else(|| corrupt("user_id", &s))?),
+                None => None,
+            },
+            method: match (r.method_id, r.method_type) {
+                (Some(id), Some(kind)) => Some(MethodRef {
+                    id: MethodId::parse(&id).ok_or_else(|| corrupt("method_id", &id))?,
+                    kind: MethodKind::parse(&kind).ok_or_else(|| corrupt("method_type", &kind))?,
+                }),
+                _ => None,
+            },
+            attempts: match r.attempts {
+                Some(s) => serde_json::from_str(&s).map_err(|e| corrupt("attempts", e))?,
+                None => Vec::new(),
+            },
             mode: mode_parse(&r.mode).ok_or_else(|| corrupt("mode", &r.mode))?,
             status: Status::parse(&r.status).ok_or_else(|| corrupt("status", &r.status))?,
             result: match r.result {
@@ -357,7 +496,7 @@ impl TryFrom<RawRow> for Verification {
     }
 }
 
-fn fetch(conn: &Connection, id: &str) -> Result<Option<Verification>, StoreError> {
+pub(super) fn fetch(conn: &Connection, id: &str) -> Result<Option<Verification>, StoreError> {
     let raw = conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"),
@@ -368,7 +507,7 @@ fn fetch(conn: &Connection, id: &str) -> Result<Option<Verification>, StoreError
     raw.map(Verification::try_from).transpose()
 }
 
-fn timeline_json(timeline: &[TimelineEntry]) -> Result<String, StoreError> {
+pub(super) fn timeline_json(timeline: &[TimelineEntry]) -> Result<String, StoreError> {
     serde_json::to_string(timeline).map_err(|e| corrupt("timeline", e))
 }
 
@@ -382,7 +521,10 @@ struct Completed {
 
 /// Completes `id` (if not completed yet) and queues its webhook, inside the caller's
 /// transaction. `hold_line`: the call goes on after the decision (closing prompts, BYE), so
-/// no other call to the destination may start until [`Store::close_call`].
+/// no other call to the destination may start until [`Store::close_call`]. Only a
+/// verification that is queued or in a call completes here: one waiting for its user on
+/// another method (`awaiting_user`: the user switched away from the call) is not completed by
+/// that call's late report.
 fn complete_in(
     tx: &rusqlite::Transaction<'_>,
     payload: PayloadFn,
@@ -403,7 +545,7 @@ fn complete_in(
     let changed = tx.execute(
         "UPDATE verifications SET status = 'completed', result = ?2, dtmf_method = ?3, \
          timeline = ?4, completed_at = ?5, updated_at = ?5, digits_tag = NULL, line_held = ?6 \
-         WHERE id = ?1 AND status <> 'completed'",
+         WHERE id = ?1 AND status IN ('queued', 'calling', 'ringing', 'in_call')",
         params![
             id,
             completion.result.as_str(),
@@ -420,6 +562,21 @@ fn complete_in(
         });
     }
     let v = fetch(tx, id)?.ok_or_else(|| corrupt("verification", "vanished in transaction"))?;
+    enqueue_webhook(tx, payload, &v, now)?;
+    Ok(Completed {
+        verification: Some(v),
+        cleared_tag,
+    })
+}
+
+/// Queues the webhook of the completed `v` (when it has a callback), inside the caller's
+/// transaction.
+pub(super) fn enqueue_webhook(
+    tx: &rusqlite::Transaction<'_>,
+    payload: PayloadFn,
+    v: &Verification,
+    now: UnixMs,
+) -> Result<(), StoreError> {
     if let Some(url) = &v.callback_url {
         let message_id = format!("msg_{}", hex::encode(rand::random::<[u8; 16]>()));
         tx.execute(
@@ -428,23 +585,20 @@ fn complete_in(
              host) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
             params![
                 message_id,
-                id,
+                v.id.as_str(),
                 v.client,
                 url,
-                payload(&v),
+                payload(v),
                 now,
                 callback_host(url)
             ],
         )?;
     }
-    Ok(Completed {
-        verification: Some(v),
-        cleared_tag,
-    })
+    Ok(())
 }
 
 /// The cap that is reached, if any (the one that lifts last), for a request at `now`.
-fn quota_reached(
+pub(super) fn quota_reached(
     tx: &rusqlite::Transaction<'_>,
     quotas: &[Quota],
     now: UnixMs,
@@ -482,7 +636,7 @@ fn quota_reached(
 
 /// Counts one verification against every cap that has a limit (one event per distinct key),
 /// and forgets events older than any window.
-fn quota_take(
+pub(super) fn quota_take(
     tx: &rusqlite::Transaction<'_>,
     quotas: &[Quota],
     now: UnixMs,
@@ -555,7 +709,7 @@ impl Store for SqliteStore {
                         "SELECT id FROM verifications WHERE client = ?1 AND destination = ?2 \
                          AND status <> 'completed' AND extension IS ?3 AND mode = ?4 \
                          AND language = ?5 AND callback_url IS ?6 \
-                         AND (mode <> 'pin' OR digits_tag IS ?7) \
+                         AND (mode <> 'pin' OR digits_tag IS ?7) AND user_id IS NULL \
                          ORDER BY created_at, rowid LIMIT 1",
                         params![
                             new.client,
@@ -591,7 +745,7 @@ impl Store for SqliteStore {
                 &format!(
                     "INSERT INTO verifications ({COLUMNS}) VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', NULL, NULL, '[]', ?10, ?10, \
-                     NULL, NULL)"
+                     NULL, NULL, NULL, NULL, NULL, NULL)"
                 ),
                 params![
                     new.id.as_str(),
@@ -818,6 +972,10 @@ impl Store for SqliteStore {
                     .map_or(0, |start| u64::try_from(now - start).unwrap_or(0));
                 timeline.push(TimelineEntry {
                     at_ms,
+                    event: TimelineEvent::InstanceLost,
+                });
+                timeline.push(TimelineEntry {
+                    at_ms,
                     event: TimelineEvent::Outcome {
                         result: CallResult::Failed,
                     },
@@ -1023,5 +1181,9 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        Some(Arc::new(self.clone()))
     }
 }

@@ -11,7 +11,7 @@ fn main() {
             "{path}: {:?} {:?} sip={} media={} info={} error={:?}",
             c.format,
             c.counts,
-            c.sip.messages.len(),
+            c.sip.messages,
             c.sip.media.len(),
             c.sip.info_digits.len(),
             c.error
@@ -28,7 +28,7 @@ fn main() {
                     .collect::<Vec<_>>()
             );
         }
-        let replays = capture::replay::replay(&c, std::time::Instant::now());
+        let replays = capture::replay::replay(&c, &bytes, std::time::Instant::now());
         for (s, r) in c.streams.iter().zip(&replays) {
             let digits: Vec<String> = r
                 .digits

@@ -35,6 +35,9 @@ const NULL_HEADER: usize = 4;
 /// Fragments older than this (ns) are given up on (RFC 791 reassembly timeout is 15 s; a
 /// capture is not a live host, so be generous).
 const FRAGMENT_TIMEOUT_NS: i128 = 60_000_000_000;
+/// Bytes of fragments held for reassembly, at most: beyond this (fragments that never
+/// complete, from a broken or hostile capture) everything held is given up.
+const MAX_FRAGMENT_BYTES: usize = 4 << 20;
 
 /// How a datagram travelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,6 +94,8 @@ pub(crate) struct Decoder {
     pub counts: FrameCounts,
     /// The link type of the first frame we could not read, for the error message.
     pub unsupported: Option<u32>,
+    /// Fragment bytes taken in since the pool was last emptied, less those reassembled.
+    fragment_bytes: usize,
 }
 
 impl Decoder {
@@ -100,6 +105,7 @@ impl Decoder {
             defrag: IpDefragPool::new(),
             counts: FrameCounts::default(),
             unsupported: None,
+            fragment_bytes: 0,
         }
     }
 
@@ -149,6 +155,11 @@ impl Decoder {
             self.counts.fragments += 1;
             self.defrag
                 .retain(|t| frame.at_ns - *t < FRAGMENT_TIMEOUT_NS);
+            self.fragment_bytes += frame.data.len();
+            if self.fragment_bytes > MAX_FRAGMENT_BYTES {
+                self.defrag.retain(|_| false);
+                self.fragment_bytes = frame.data.len();
+            }
             let whole = match self.defrag.process_sliced_packet(&sliced, frame.at_ns, ()) {
                 Ok(Some(whole)) => whole,
                 Ok(None) => return None,
@@ -161,6 +172,7 @@ impl Decoder {
                 self.counts.other += 1;
                 return None;
             }
+            self.fragment_bytes = self.fragment_bytes.saturating_sub(whole.payload.len());
             let Ok(udp) = UdpSlice::from_slice(&whole.payload) else {
                 self.counts.undecodable += 1;
                 return None;

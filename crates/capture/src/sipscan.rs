@@ -1,9 +1,10 @@
 //! SIP in a capture: every UDP payload that looks like SIP (on any port) and every TCP stream
 //! that starts like SIP is parsed with the project's own SIP parser; from the messages we keep
 //! what a replay needs: the SDP media endpoints with their payload types, and the key presses
-//! sent as SIP INFO.
+//! sent as SIP INFO. Datagrams are taken one at a time ([`Scanner`]); the messages themselves
+//! are not kept, and everything kept is bounded (a capture of a whole trunk's day stays small).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use sip::framer::StreamFramer;
@@ -15,25 +16,13 @@ use crate::payload::{Encoding, Origin, PayloadType};
 
 /// Most bytes buffered for one TCP flow that never frames into messages.
 const MAX_TCP_BUFFER: usize = 256 * 1024;
-
-/// A SIP message seen in the capture.
-#[derive(Clone, Debug)]
-pub struct SipMessage {
-    /// Capture time since the first frame, ns.
-    pub at_ns: u64,
-    /// 1-based frame number (of the last segment, for TCP).
-    pub frame: u64,
-    /// Sender.
-    pub src: SocketAddr,
-    /// Receiver.
-    pub dst: SocketAddr,
-    /// Method name (`INVITE`) or status code (`200`).
-    pub summary: String,
-    /// Call-ID, empty when missing.
-    pub call_id: String,
-    /// The parsed message.
-    pub message: Message,
-}
+/// TCP flows framed at once; a new one beyond this replaces the one idle longest.
+const MAX_TCP_FLOWS: usize = 16;
+/// Audio media descriptions kept (distinct endpoint and payload types): two per call, so a
+/// capture of thousands of calls; further SDPs are counted in [`SipFacts::dropped`].
+pub const MAX_MEDIA: usize = 8192;
+/// SIP INFO key presses kept; further ones are counted in [`SipFacts::dropped`].
+pub const MAX_INFO_DIGITS: usize = 16_384;
 
 /// One `m=audio` line of an SDP body seen in the capture: where its author receives RTP and
 /// what the payload types mean there (RFC 3264 §5.1).
@@ -73,18 +62,18 @@ pub struct InfoDigit {
 /// All SIP facts of a capture.
 #[derive(Clone, Debug, Default)]
 pub struct SipFacts {
-    /// Every SIP message, in capture order.
-    pub messages: Vec<SipMessage>,
-    /// Every audio media description, in capture order.
+    /// SIP messages our parser accepts.
+    pub messages: u64,
+    /// Every audio media description, in capture order (up to [`MAX_MEDIA`]).
     pub media: Vec<SdpMedia>,
-    /// Every DTMF INFO, in capture order (retransmissions removed).
+    /// Every DTMF INFO, in capture order, retransmissions removed (up to [`MAX_INFO_DIGITS`]).
     pub info_digits: Vec<InfoDigit>,
-    /// UDP datagram indexes that were SIP (not to be taken for RTP).
-    pub sip_datagrams: Vec<usize>,
     /// Messages that look like SIP but our parser refuses (kept for their SDP and INFO only).
     pub unparsed: u64,
-    /// (Call-ID, sender, CSeq) of every DTMF INFO seen, to drop retransmissions.
-    seen_info: Vec<(String, SocketAddr, String)>,
+    /// SDP media descriptions and INFO key presses beyond the bounds, not kept.
+    pub dropped: u64,
+    /// (Call-ID, sender, CSeq) of every DTMF INFO kept, to drop retransmissions.
+    seen_info: HashSet<(String, SocketAddr, String)>,
 }
 
 /// Whether a UDP payload plausibly starts a SIP message: a request line ending in
@@ -104,105 +93,114 @@ pub(crate) fn looks_like_sip(payload: &[u8]) -> bool {
     line.starts_with(b"SIP/2.0 ") || (line.ends_with(b" SIP/2.0") && line.len() > 8)
 }
 
-/// Finds the SIP in `datagrams`.
-pub(crate) fn scan(datagrams: &[Datagram]) -> SipFacts {
-    let limits = Limits::default();
-    let mut facts = SipFacts::default();
-    let mut tcp: HashMap<(SocketAddr, SocketAddr), TcpFlow> = HashMap::new();
-    for (index, d) in datagrams.iter().enumerate() {
+/// Finds the SIP in datagrams taken one at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Scanner {
+    limits: Limits,
+    pub facts: SipFacts,
+    tcp: HashMap<(SocketAddr, SocketAddr), TcpFlow>,
+}
+
+impl Scanner {
+    /// Takes one datagram; true when it is (part of) SIP, not to be taken for RTP.
+    pub fn datagram(&mut self, d: &Datagram) -> bool {
         match d.transport {
             Transport::Udp => {
                 if !looks_like_sip(&d.payload) {
-                    continue;
+                    return false;
                 }
-                facts.sip_datagrams.push(index);
-                match Message::parse(&d.payload, &limits) {
-                    Ok(message) => facts.add(d, message),
-                    Err(_) => facts.add_lenient(d, &d.payload),
+                match Message::parse(&d.payload, &self.limits) {
+                    Ok(message) => self.facts.add(d, message),
+                    Err(_) => self.facts.add_lenient(d, &d.payload),
                 }
+                true
             }
             Transport::Tcp { seq } => {
-                let flow = tcp.entry((d.src, d.dst)).or_insert_with(|| TcpFlow {
-                    framer: None,
-                    next_seq: seq,
-                });
-                if flow.framer.is_none() {
-                    if !looks_like_sip(&d.payload) {
-                        continue;
-                    }
-                    flow.framer = Some(StreamFramer::new(&limits));
-                    flow.next_seq = seq;
-                }
-                // In-order segments only; retransmissions (seq behind) are skipped and a
-                // gap restarts framing at the next segment that starts a message.
-                let ahead = seq.wrapping_sub(flow.next_seq);
-                if ahead != 0 {
-                    if ahead > u32::MAX / 2 {
-                        continue;
-                    }
-                    flow.framer = None;
-                    if looks_like_sip(&d.payload) {
-                        flow.framer = Some(StreamFramer::new(&limits));
-                    } else {
-                        flow.next_seq = seq.wrapping_add(d.payload.len() as u32);
-                        continue;
-                    }
-                }
-                flow.next_seq = seq.wrapping_add(d.payload.len() as u32);
-                let Some(framer) = flow.framer.as_mut() else {
-                    continue;
-                };
-                framer.push(&d.payload);
-                let mut failed = false;
-                while let Some(next) = framer.next_message() {
-                    match next {
-                        Ok(bytes) => match Message::parse(&bytes, &limits) {
-                            Ok(message) => facts.add(d, message),
-                            Err(_) => facts.add_lenient(d, &bytes),
-                        },
-                        Err(_) => {
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-                if failed || framer.buffered() > MAX_TCP_BUFFER {
-                    flow.framer = None;
-                }
+                self.segment(d, seq);
+                false
             }
         }
     }
-    facts
+
+    fn segment(&mut self, d: &Datagram, seq: u32) {
+        let key = (d.src, d.dst);
+        if !self.tcp.contains_key(&key) {
+            if !looks_like_sip(&d.payload) {
+                return;
+            }
+            if self.tcp.len() >= MAX_TCP_FLOWS
+                && let Some(idle) = self
+                    .tcp
+                    .iter()
+                    .min_by_key(|(_, f)| f.last_frame)
+                    .map(|(k, _)| *k)
+            {
+                self.tcp.remove(&idle);
+            }
+            self.tcp.insert(
+                key,
+                TcpFlow {
+                    framer: StreamFramer::new(&self.limits),
+                    next_seq: seq,
+                    last_frame: d.frame,
+                },
+            );
+        }
+        let Some(flow) = self.tcp.get_mut(&key) else {
+            return;
+        };
+        flow.last_frame = d.frame;
+        // In-order segments only; retransmissions (seq behind) are skipped and a gap restarts
+        // framing at the next segment that starts a message.
+        let ahead = seq.wrapping_sub(flow.next_seq);
+        if ahead != 0 {
+            if ahead > u32::MAX / 2 {
+                return;
+            }
+            if !looks_like_sip(&d.payload) {
+                self.tcp.remove(&key);
+                return;
+            }
+            flow.framer = StreamFramer::new(&self.limits);
+        }
+        flow.next_seq = seq.wrapping_add(d.payload.len() as u32);
+        flow.framer.push(&d.payload);
+        let mut failed = false;
+        while let Some(next) = flow.framer.next_message() {
+            match next {
+                Ok(bytes) => match Message::parse(&bytes, &self.limits) {
+                    Ok(message) => self.facts.add(d, message),
+                    Err(_) => self.facts.add_lenient(d, &bytes),
+                },
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed || flow.framer.buffered() > MAX_TCP_BUFFER {
+            self.tcp.remove(&key);
+        }
+    }
 }
 
+#[derive(Debug)]
 struct TcpFlow {
-    framer: Option<StreamFramer>,
+    framer: StreamFramer,
     next_seq: u32,
+    /// Frame of its last segment (the flow idle longest is the one given up).
+    last_frame: u64,
 }
 
 impl SipFacts {
     fn add(&mut self, d: &Datagram, message: Message) {
-        let call_id = message.headers().get("Call-ID").unwrap_or("").to_string();
-        let (summary, is_info) = match &message {
-            Message::Request(r) => (r.method.as_str().to_string(), r.method.as_str() == "INFO"),
-            Message::Response(r) => (r.status.to_string(), false),
-        };
-        let content_type = message
-            .headers()
-            .get("Content-Type")
-            .unwrap_or("")
-            .to_string();
-        let cseq = message.headers().get("CSeq").unwrap_or("").to_string();
-        self.add_body(d, &call_id, is_info, &content_type, &cseq, message.body());
-        self.messages.push(SipMessage {
-            at_ns: d.at_ns,
-            frame: d.frame,
-            src: d.src,
-            dst: d.dst,
-            summary,
-            call_id,
-            message,
-        });
+        self.messages += 1;
+        let headers = message.headers();
+        let call_id = headers.get("Call-ID").unwrap_or("");
+        let is_info = matches!(&message, Message::Request(r) if r.method.as_str() == "INFO");
+        let content_type = headers.get("Content-Type").unwrap_or("");
+        let cseq = headers.get("CSeq").unwrap_or("");
+        self.add_body(d, call_id, is_info, content_type, cseq, message.body());
     }
 
     /// The SDP and DTMF INFO facts of one message body.
@@ -242,7 +240,11 @@ impl SipFacts {
         if self.seen_info.contains(&key) {
             return;
         }
-        self.seen_info.push(key);
+        if self.info_digits.len() >= MAX_INFO_DIGITS {
+            self.dropped += 1;
+            return;
+        }
+        self.seen_info.insert(key);
         self.info_digits.push(InfoDigit {
             at_ns: d.at_ns,
             frame: d.frame,
@@ -318,13 +320,18 @@ impl SipFacts {
                 payload_types,
             };
             // Retransmitted INVITEs and 200s repeat the same SDP.
-            if !self
+            if self
                 .media
                 .iter()
                 .any(|x| x.endpoint == media.endpoint && x.payload_types == media.payload_types)
             {
-                self.media.push(media);
+                continue;
             }
+            if self.media.len() >= MAX_MEDIA {
+                self.dropped += 1;
+                continue;
+            }
+            self.media.push(media);
         }
     }
 }

@@ -11,11 +11,16 @@
 //!    18 G.729 …); a dynamic PT whose payloads are all 4-byte RFC 4733 event blocks is taken
 //!    for telephone-event at 8000 Hz (what every SDP in the real captures says, even the
 //!    48 kHz Opus one).
+//!
+//! Flows are summed up datagram by datagram ([`Flows`]) and classified at the end, when every
+//! SDP of the capture is known; nothing per packet is kept. Memory is bounded: at most
+//! [`MAX_FLOWS`] flows and [`MAX_SSRCS`] SSRCs are followed (a busy trunk's capture has two
+//! flows per call); datagrams of further flows are counted, not analysed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::net::{Datagram, Transport};
+use crate::net::Datagram;
 use crate::payload::{Encoding, NARROWBAND_HZ, Origin, PayloadType, RtpHeader};
 use crate::sipscan::SipFacts;
 
@@ -35,6 +40,13 @@ const MIN_EVENT_SHAPE_SHARE: f64 = 0.9;
 const EVENT_BLOCK: usize = 4;
 /// Most event blocks we accept in one packet (RFC 4733 §2.5.1.5 allows several).
 const MAX_EVENT_BLOCKS: usize = 4;
+/// UDP flows followed at once.
+pub const MAX_FLOWS: usize = 4096;
+/// SSRCs followed, over all flows (each costs a few hundred bytes).
+pub const MAX_SSRCS: usize = 8192;
+/// Sequence numbers behind the highest remembered for duplicate detection (a packet older
+/// than this counts as reordered, not as a duplicate: 20 s of 20 ms packets).
+const DUPLICATE_WINDOW: i64 = 1024;
 
 /// How a stream was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,8 +110,8 @@ pub struct Stream {
     pub discovery: Discovery,
     /// What the payload types mean for the receive path (negotiated or assumed).
     pub payload_types: Vec<PayloadType>,
-    /// Indexes into [`crate::Capture::datagrams`] of its RTP datagrams, in capture order.
-    pub datagrams: Vec<usize>,
+    /// Its RTP datagrams (what the receive path is fed, besides SIP INFO).
+    pub packets: u64,
     /// Indexes into [`crate::sipscan::SipFacts::info_digits`] of the SIP INFO key presses
     /// fed into this stream's receive path (the INFOs of its sender in the same call).
     pub info: Vec<usize>,
@@ -129,91 +141,279 @@ impl Stream {
     pub fn has_g711(&self) -> bool {
         self.payload_types.iter().any(|p| p.encoding.is_g711())
     }
-}
 
-/// Finds the RTP streams of a capture and attaches the SIP INFO key presses.
-pub(crate) fn find(datagrams: &[Datagram], sip: &SipFacts) -> Vec<Stream> {
-    let mut is_sip = vec![false; datagrams.len()];
-    for &i in &sip.sip_datagrams {
-        if let Some(flag) = is_sip.get_mut(i) {
-            *flag = true;
-        }
-    }
-    // Flows in order of first datagram.
-    let mut order: Vec<(SocketAddr, SocketAddr)> = Vec::new();
-    let mut flows: HashMap<(SocketAddr, SocketAddr), Vec<usize>> = HashMap::new();
-    for (i, d) in datagrams.iter().enumerate() {
-        if d.transport != Transport::Udp || is_sip[i] {
-            continue;
-        }
-        let key = (d.src, d.dst);
-        flows
-            .entry(key)
-            .or_insert_with(|| {
-                order.push(key);
-                Vec::new()
+    /// The SSRC with the most packets of a G.711 payload type of the stream (the audio a plot
+    /// shows), if any.
+    pub fn audio_ssrc(&self) -> Option<u32> {
+        self.ssrcs
+            .iter()
+            .map(|s| {
+                let n: u64 = s
+                    .payload_types
+                    .iter()
+                    .filter(|(pt, _)| {
+                        self.payload_types
+                            .iter()
+                            .any(|p| p.pt == *pt && p.encoding.is_g711())
+                    })
+                    .map(|(_, n)| n)
+                    .sum();
+                (n, s.ssrc)
             })
-            .push(i);
+            .filter(|(n, _)| *n > 0)
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, ssrc)| ssrc)
     }
-    let mut streams = Vec::new();
-    for key in order {
-        let Some(indexes) = flows.remove(&key) else {
-            continue;
-        };
-        if let Some(stream) = classify(key, indexes, datagrams, sip) {
-            streams.push(stream);
-        }
-    }
-    attach_info(&mut streams, sip);
-    streams.sort_by_key(|s| s.first_ns);
-    streams
 }
 
-fn classify(
-    (src, dst): (SocketAddr, SocketAddr),
-    indexes: Vec<usize>,
-    datagrams: &[Datagram],
-    sip: &SipFacts,
-) -> Option<Stream> {
-    let headers: Vec<(usize, RtpHeader)> = indexes
-        .iter()
-        .filter_map(|&i| RtpHeader::parse(&datagrams[i].payload).map(|h| (i, h)))
-        .collect();
-    if headers.is_empty() {
+/// The flows of a capture, summed up datagram by datagram.
+#[derive(Debug, Default)]
+pub(crate) struct Flows {
+    index: HashMap<(SocketAddr, SocketAddr), usize>,
+    flows: Vec<Flow>,
+    ssrcs: usize,
+    /// Datagrams of flows beyond [`MAX_FLOWS`].
+    pub untracked: u64,
+}
+
+/// What is known of one flow.
+#[derive(Debug)]
+struct Flow {
+    src: SocketAddr,
+    dst: SocketAddr,
+    /// All its datagrams, those that are not STUN or RTCP, and those that parse as RTP.
+    datagrams: u64,
+    others: u64,
+    rtp: u64,
+    first_rtp_ns: u64,
+    ssrcs: Vec<SsrcAcc>,
+    /// RTP packets of SSRCs beyond [`MAX_SSRCS`] (never "recurring").
+    untracked_ssrc_packets: u64,
+    /// Consecutive same-SSRC packet pairs, and those with a small forward step.
+    pairs: u64,
+    continuous: u64,
+    /// Payload types in order of appearance: packets, and packets shaped like events.
+    pts: Vec<PtAcc>,
+}
+
+#[derive(Debug)]
+struct PtAcc {
+    pt: u8,
+    packets: u64,
+    event_shaped: u64,
+}
+
+/// Sequence accounting of one SSRC (RFC 3550 §A.3 style).
+#[derive(Debug)]
+struct SsrcAcc {
+    summary: SsrcSummary,
+    first_ext: i64,
+    highest_ext: i64,
+    last_seq: u16,
+    /// Which of the last [`DUPLICATE_WINDOW`] extended numbers were seen (bit `ext % 1024`).
+    seen: [u64; (DUPLICATE_WINDOW / 64) as usize],
+}
+
+impl SsrcAcc {
+    fn new(ssrc: u32, seq: u16, at_ns: u64) -> SsrcAcc {
+        SsrcAcc {
+            summary: SsrcSummary {
+                ssrc,
+                first_ns: at_ns,
+                ..SsrcSummary::default()
+            },
+            first_ext: i64::from(seq),
+            highest_ext: i64::from(seq),
+            last_seq: seq,
+            seen: [0; (DUPLICATE_WINDOW / 64) as usize],
+        }
+    }
+
+    /// Counts one packet; true when it had been seen before.
+    fn packet(&mut self, h: &RtpHeader, at_ns: u64) -> bool {
+        // Extend the 16-bit sequence number to the value closest to the highest so far.
+        let base = self.highest_ext;
+        let ext = base + i64::from(h.seq.wrapping_sub(base as u16) as i16);
+        let s = &mut self.summary;
+        s.packets += 1;
+        s.last_ns = at_ns;
+        match s.payload_types.binary_search_by_key(&h.pt, |(pt, _)| *pt) {
+            Ok(k) => s.payload_types[k].1 += 1,
+            Err(k) => s.payload_types.insert(k, (h.pt, 1)),
+        }
+        if ext > self.highest_ext {
+            // Forget the numbers that fall out of the window.
+            let step = ext - self.highest_ext;
+            if step >= DUPLICATE_WINDOW {
+                self.seen = [0; (DUPLICATE_WINDOW / 64) as usize];
+            } else {
+                for e in self.highest_ext + 1..=ext {
+                    self.clear(e);
+                }
+            }
+        }
+        let duplicate = ext > self.highest_ext - DUPLICATE_WINDOW && self.is_seen(ext);
+        if duplicate {
+            self.summary.duplicates += 1;
+        } else {
+            if ext < self.highest_ext {
+                self.summary.reordered += 1;
+            }
+            if ext > self.highest_ext - DUPLICATE_WINDOW {
+                self.mark(ext);
+            }
+        }
+        self.highest_ext = self.highest_ext.max(ext);
+        self.first_ext = self.first_ext.min(ext);
+        duplicate
+    }
+
+    fn bit(ext: i64) -> (usize, u64) {
+        let slot = ext.rem_euclid(DUPLICATE_WINDOW) as usize;
+        (slot / 64, 1 << (slot % 64))
+    }
+
+    fn is_seen(&self, ext: i64) -> bool {
+        let (word, mask) = SsrcAcc::bit(ext);
+        self.seen[word] & mask != 0
+    }
+
+    fn mark(&mut self, ext: i64) {
+        let (word, mask) = SsrcAcc::bit(ext);
+        self.seen[word] |= mask;
+    }
+
+    fn clear(&mut self, ext: i64) {
+        let (word, mask) = SsrcAcc::bit(ext);
+        self.seen[word] &= !mask;
+    }
+
+    fn finish(mut self) -> SsrcSummary {
+        let expected = (self.highest_ext - self.first_ext + 1).max(0) as u64;
+        self.summary.expected = expected;
+        self.summary.lost = expected.saturating_sub(self.summary.packets - self.summary.duplicates);
+        self.summary
+    }
+}
+
+impl Flows {
+    /// Takes one UDP datagram that is not SIP.
+    pub fn datagram(&mut self, d: &Datagram) {
+        let key = (d.src, d.dst);
+        let index = match self.index.get(&key) {
+            Some(&i) => i,
+            None if self.flows.len() >= MAX_FLOWS => {
+                self.untracked += 1;
+                return;
+            }
+            None => {
+                self.flows.push(Flow {
+                    src: d.src,
+                    dst: d.dst,
+                    datagrams: 0,
+                    others: 0,
+                    rtp: 0,
+                    first_rtp_ns: 0,
+                    ssrcs: Vec::new(),
+                    untracked_ssrc_packets: 0,
+                    pairs: 0,
+                    continuous: 0,
+                    pts: Vec::new(),
+                });
+                self.index.insert(key, self.flows.len() - 1);
+                self.flows.len() - 1
+            }
+        };
+        let flow = &mut self.flows[index];
+        flow.datagrams += 1;
+        // STUN keep-alives and RTCP share the port with RTP (ICE, RFC 5761): they neither
+        // make nor break a flow.
+        if !is_stun_or_rtcp(&d.payload) {
+            flow.others += 1;
+        }
+        let Some(h) = RtpHeader::parse(&d.payload) else {
+            return;
+        };
+        if flow.rtp == 0 {
+            flow.first_rtp_ns = d.at_ns;
+        }
+        flow.rtp += 1;
+        let payload = &d.payload[h.payload_offset..h.payload_offset + h.payload_len];
+        match flow.pts.iter_mut().find(|p| p.pt == h.pt) {
+            Some(p) => {
+                p.packets += 1;
+                p.event_shaped += u64::from(is_event_shaped(payload));
+            }
+            None => flow.pts.push(PtAcc {
+                pt: h.pt,
+                packets: 1,
+                event_shaped: u64::from(is_event_shaped(payload)),
+            }),
+        }
+        let acc = match flow.ssrcs.iter().position(|s| s.summary.ssrc == h.ssrc) {
+            Some(i) => {
+                let acc = &mut flow.ssrcs[i];
+                flow.pairs += 1;
+                // Step 0 is a repeated packet (sipp repeats its end packets with one seq).
+                if h.seq.wrapping_sub(acc.last_seq) <= MAX_SEQ_STEP {
+                    flow.continuous += 1;
+                }
+                acc.last_seq = h.seq;
+                acc
+            }
+            None if self.ssrcs >= MAX_SSRCS => {
+                flow.untracked_ssrc_packets += 1;
+                return;
+            }
+            None => {
+                self.ssrcs += 1;
+                flow.ssrcs.push(SsrcAcc::new(h.ssrc, h.seq, d.at_ns));
+                let Some(acc) = flow.ssrcs.last_mut() else {
+                    return;
+                };
+                acc
+            }
+        };
+        acc.packet(&h, d.at_ns);
+    }
+
+    /// The RTP streams, with the SIP INFO key presses attached, by first packet time.
+    pub fn finish(self, sip: &SipFacts) -> Vec<Stream> {
+        let mut streams: Vec<Stream> = self
+            .flows
+            .into_iter()
+            .filter_map(|flow| classify(flow, sip))
+            .collect();
+        attach_info(&mut streams, sip);
+        streams.sort_by_key(|s| s.first_ns);
+        streams
+    }
+}
+
+fn classify(flow: Flow, sip: &SipFacts) -> Option<Stream> {
+    if flow.rtp == 0 {
         return None;
     }
-    let non_rtp = (indexes.len() - headers.len()) as u64;
-    let sdp = sdp_for(dst, sip).or_else(|| sdp_for(src, sip));
+    let sdp = sdp_for(flow.dst, sip).or_else(|| sdp_for(flow.src, sip));
     let (discovery, payload_types) = match sdp {
         Some((call_id, pts)) => (Discovery::Sdp { call_id }, pts),
         None => {
-            // STUN keep-alives and RTCP share the port with RTP (ICE, RFC 5761): they neither
-            // make nor break a flow.
-            let others = indexes
-                .iter()
-                .filter(|&&i| !is_stun_or_rtcp(&datagrams[i].payload))
-                .count();
-            if !looks_like_rtp_flow(others, &headers) {
+            if !looks_like_rtp_flow(&flow) {
                 return None;
             }
-            (
-                Discovery::Heuristic,
-                guess_payload_types(&headers, datagrams),
-            )
+            (Discovery::Heuristic, guess_payload_types(&flow))
         }
     };
-    let ssrcs = summarise(&headers, datagrams);
-    let first_ns = datagrams[headers[0].0].at_ns;
     Some(Stream {
-        src,
-        dst,
+        src: flow.src,
+        dst: flow.dst,
         discovery,
         payload_types,
-        datagrams: headers.iter().map(|(i, _)| *i).collect(),
+        packets: flow.rtp,
         info: Vec::new(),
-        ssrcs,
-        non_rtp,
-        first_ns,
+        ssrcs: flow.ssrcs.into_iter().map(SsrcAcc::finish).collect(),
+        non_rtp: flow.datagrams - flow.rtp,
+        first_ns: flow.first_rtp_ns,
     })
 }
 
@@ -237,35 +437,21 @@ fn sdp_for(endpoint: SocketAddr, sip: &SipFacts) -> Option<(String, Vec<PayloadT
 /// all of them in SSRCs that recur (any number of SSRCs: senders change it on re-INVITE, hold,
 /// or a new call on the same ports), and each SSRC's sequence numbers mostly stepping forward
 /// by small amounts.
-fn looks_like_rtp_flow(datagrams: usize, headers: &[(usize, RtpHeader)]) -> bool {
-    if headers.len() < MIN_HEURISTIC_PACKETS
-        || (headers.len() as f64) < MIN_RTP_SHARE * datagrams as f64
-    {
+fn looks_like_rtp_flow(flow: &Flow) -> bool {
+    let rtp = flow.rtp as f64;
+    if flow.rtp < MIN_HEURISTIC_PACKETS as u64 || rtp < MIN_RTP_SHARE * flow.others as f64 {
         return false;
     }
-    let mut per_ssrc: HashMap<u32, usize> = HashMap::new();
-    for (_, h) in headers {
-        *per_ssrc.entry(h.ssrc).or_default() += 1;
-    }
-    let recurring: usize = per_ssrc
-        .values()
-        .filter(|n| **n >= MIN_HEURISTIC_PACKETS)
+    let recurring: u64 = flow
+        .ssrcs
+        .iter()
+        .map(|s| s.summary.packets)
+        .filter(|n| *n >= MIN_HEURISTIC_PACKETS as u64)
         .sum();
-    if (recurring as f64) < MIN_RTP_SHARE * headers.len() as f64 {
+    if (recurring as f64) < MIN_RTP_SHARE * rtp {
         return false;
     }
-    let mut last_seq: HashMap<u32, u16> = HashMap::new();
-    let (mut pairs, mut continuous) = (0usize, 0usize);
-    for (_, h) in headers {
-        if let Some(prev) = last_seq.insert(h.ssrc, h.seq) {
-            pairs += 1;
-            // Step 0 is a repeated packet (sipp repeats its end packets with one seq).
-            if h.seq.wrapping_sub(prev) <= MAX_SEQ_STEP {
-                continuous += 1;
-            }
-        }
-    }
-    continuous as f64 >= MIN_SEQ_CONTINUITY * pairs as f64
+    flow.continuous as f64 >= MIN_SEQ_CONTINUITY * flow.pairs as f64
 }
 
 /// STUN magic cookie (RFC 5389 §6), bytes 4..8 of every STUN message.
@@ -283,28 +469,16 @@ fn is_stun_or_rtcp(payload: &[u8]) -> bool {
 
 /// Payload types of a flow without SDP: the static table, and telephone-event for a dynamic
 /// PT whose payloads are RFC 4733 event blocks.
-fn guess_payload_types(headers: &[(usize, RtpHeader)], datagrams: &[Datagram]) -> Vec<PayloadType> {
-    let mut seen: Vec<u8> = Vec::new();
-    for (_, h) in headers {
-        if !seen.contains(&h.pt) {
-            seen.push(h.pt);
-        }
-    }
-    seen.into_iter()
-        .map(|pt| {
+fn guess_payload_types(flow: &Flow) -> Vec<PayloadType> {
+    flow.pts
+        .iter()
+        .map(|acc| {
+            let pt = acc.pt;
             let fixed = PayloadType::from_static(pt, Origin::Static);
             if !matches!(fixed.encoding, Encoding::Other(_)) {
                 return fixed;
             }
-            let packets: Vec<&[u8]> = headers
-                .iter()
-                .filter(|(_, h)| h.pt == pt)
-                .map(|(i, h)| {
-                    let p = &datagrams[*i].payload;
-                    &p[h.payload_offset..h.payload_offset + h.payload_len]
-                })
-                .collect();
-            if looks_like_events(&packets) {
+            if acc.event_shaped as f64 >= MIN_EVENT_SHAPE_SHARE * acc.packets as f64 {
                 PayloadType {
                     pt,
                     encoding: Encoding::TelephoneEvent,
@@ -323,82 +497,17 @@ fn guess_payload_types(headers: &[(usize, RtpHeader)], datagrams: &[Datagram]) -
         .collect()
 }
 
-/// Whether payloads look like RFC 4733 §2.3 event blocks: whole 4-byte blocks, reserved bit
+/// Whether a payload looks like RFC 4733 §2.3 event blocks: whole 4-byte blocks, reserved bit
 /// clear.
 ///
 /// ```text
 ///  |     event     |E|R| volume    |          duration             |
 /// ```
-fn looks_like_events(payloads: &[&[u8]]) -> bool {
-    if payloads.is_empty() {
-        return false;
-    }
-    let shaped = payloads
-        .iter()
-        .filter(|p| {
-            !p.is_empty()
-                && p.len() % EVENT_BLOCK == 0
-                && p.len() <= EVENT_BLOCK * MAX_EVENT_BLOCKS
-                && p.chunks(EVENT_BLOCK).all(|b| b[1] & 0x40 == 0)
-        })
-        .count();
-    shaped as f64 >= MIN_EVENT_SHAPE_SHARE * payloads.len() as f64
-}
-
-fn summarise(headers: &[(usize, RtpHeader)], datagrams: &[Datagram]) -> Vec<SsrcSummary> {
-    struct Acc {
-        summary: SsrcSummary,
-        first_ext: i64,
-        highest_ext: i64,
-        seen: std::collections::HashSet<i64>,
-    }
-    let mut order: Vec<u32> = Vec::new();
-    let mut accs: HashMap<u32, Acc> = HashMap::new();
-    for (i, h) in headers {
-        let at = datagrams[*i].at_ns;
-        let acc = accs.entry(h.ssrc).or_insert_with(|| {
-            order.push(h.ssrc);
-            Acc {
-                summary: SsrcSummary {
-                    ssrc: h.ssrc,
-                    first_ns: at,
-                    ..SsrcSummary::default()
-                },
-                first_ext: i64::from(h.seq),
-                highest_ext: i64::from(h.seq),
-                seen: std::collections::HashSet::new(),
-            }
-        });
-        // Extend the 16-bit sequence number to the value closest to the highest so far.
-        let base = acc.highest_ext;
-        let delta = i64::from(h.seq.wrapping_sub(base as u16) as i16);
-        let ext = base + delta;
-        let s = &mut acc.summary;
-        s.packets += 1;
-        s.last_ns = at;
-        match s.payload_types.binary_search_by_key(&h.pt, |(pt, _)| *pt) {
-            Ok(k) => s.payload_types[k].1 += 1,
-            Err(k) => s.payload_types.insert(k, (h.pt, 1)),
-        }
-        if !acc.seen.insert(ext) {
-            s.duplicates += 1;
-        } else if ext < acc.highest_ext {
-            s.reordered += 1;
-        }
-        acc.highest_ext = acc.highest_ext.max(ext);
-        acc.first_ext = acc.first_ext.min(ext);
-    }
-    order
-        .into_iter()
-        .filter_map(|ssrc| accs.remove(&ssrc))
-        .map(|mut acc| {
-            let expected = (acc.highest_ext - acc.first_ext + 1).max(0) as u64;
-            acc.summary.expected = expected;
-            acc.summary.lost =
-                expected.saturating_sub(acc.summary.packets - acc.summary.duplicates);
-            acc.summary
-        })
-        .collect()
+fn is_event_shaped(p: &[u8]) -> bool {
+    !p.is_empty()
+        && p.len().is_multiple_of(EVENT_BLOCK)
+        && p.len() <= EVENT_BLOCK * MAX_EVENT_BLOCKS
+        && p.chunks(EVENT_BLOCK).all(|b| b[1] & 0x40 == 0)
 }
 
 /// Feeds each SIP INFO key press into the receive path of the RTP stream its sender sends
@@ -440,7 +549,7 @@ fn attach_info(streams: &mut Vec<Stream>, sip: &SipFacts) {
                     call_id: info.call_id.clone(),
                 },
                 payload_types: Vec::new(),
-                datagrams: Vec::new(),
+                packets: 0,
                 info: vec![k],
                 ssrcs: Vec::new(),
                 non_rtp: 0,

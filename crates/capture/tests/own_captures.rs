@@ -33,7 +33,7 @@ fn own_captures_replay_to_their_ground_truth() {
         );
         let capture = capture::read(&bytes);
         assert!(capture.error.is_none(), "{name}: {:?}", capture.error);
-        let replays = capture::replay::replay(&capture, Instant::now());
+        let replays = capture::replay::replay(&capture, &bytes, Instant::now());
         let expected = truth["expected"].as_array().unwrap();
         let with_digits: Vec<_> = capture
             .streams

@@ -11,14 +11,40 @@ use serde_json::Value;
 /// `(src, dst)` → digits with their SSRC (hex, or `info` for SIP INFO) and method.
 type Got = BTreeMap<(String, String), Vec<(String, char, &'static str)>>;
 
+/// `$CALLVERIFY_SHARED/fixtures/real`, else `../shared/fixtures/real` beside the repository.
 fn shared_real() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/real")
+    std::env::var_os("CALLVERIFY_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+        .join("fixtures/real")
+}
+
+/// Scans and replays `bytes` fed in pieces of `piece` bytes, as the CLI reads a file.
+fn replay_in_pieces(bytes: &[u8], piece: usize) -> (capture::Capture, Vec<String>) {
+    let mut scanner = capture::Scanner::new();
+    bytes.chunks(piece).for_each(|p| scanner.push(p));
+    let capture = scanner.finish();
+    let mut replay = capture::replay::Replay::new(&capture, Instant::now());
+    bytes.chunks(piece).for_each(|p| replay.push(p));
+    let digits = replay
+        .finish()
+        .iter()
+        .map(|r| {
+            let d: Vec<String> = r
+                .digits
+                .iter()
+                .map(|d| format!("{}{}@{}", d.digit.as_char(), d.method.as_str(), d.at_ns))
+                .collect();
+            format!("{} {:?}", d.join(","), r.stats)
+        })
+        .collect();
+    (capture, digits)
 }
 
 fn replay(path: &Path) -> (capture::Capture, Got) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let capture = capture::read(&bytes);
-    let replays = capture::replay::replay(&capture, Instant::now());
+    let replays = capture::replay::replay(&capture, &bytes, Instant::now());
     let mut got = Got::new();
     for (stream, r) in capture.streams.iter().zip(&replays) {
         let entry = got
@@ -181,4 +207,26 @@ fn sip_tester_pcaps() {
     assert!(capture.error.is_none());
     assert_eq!(capture.streams.len(), 1);
     assert!(got.values().all(Vec::is_empty), "{got:?}");
+}
+
+#[test]
+fn pieces_of_any_size_read_like_the_whole_file() {
+    let dir = shared_real();
+    for name in [
+        "asterisk-ulaw-2013785496.pcap",
+        "wireshark-wiki-DTMFsipinfo.pcap",
+        "restcomm-inband-alaw-dtmf_4_digits_slow.pcap",
+        "wireshark-wiki-FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
+    ] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let (whole, want) = replay_in_pieces(&bytes, bytes.len());
+        assert!(!whole.streams.is_empty(), "{name}");
+        for piece in [1, 13, 4096] {
+            let (capture, got) = replay_in_pieces(&bytes, piece);
+            assert_eq!(capture.counts, whole.counts, "{name} in {piece}");
+            assert_eq!(capture.error, whole.error, "{name} in {piece}");
+            assert_eq!(capture.sip.media, whole.sip.media, "{name} in {piece}");
+            assert_eq!(got, want, "{name} in {piece}");
+        }
+    }
 }

@@ -154,8 +154,11 @@ pub struct Receiver {
     filled: usize,
     /// The last complete half block, if it is contiguous with `current`.
     previous: Option<Half>,
-    /// The last windows, oldest first; `run` of them are contiguous and valid.
+    /// The last windows, a ring: the newest at `newest`, the oldest just after it; `run` of
+    /// them are contiguous and valid. (A ring, not a shifted array: shifting four windows per
+    /// window was a tenth of the receiver's time.)
     history: [Screened; HISTORY],
+    newest: usize,
     run: usize,
     held: Option<Held>,
 }
@@ -175,6 +178,7 @@ impl Receiver {
             filled: 0,
             previous: None,
             history: [Screened::default(); HISTORY],
+            newest: HISTORY - 1,
             run: 0,
             held: None,
         }
@@ -213,21 +217,37 @@ impl Receiver {
         mut on_window: impl FnMut(&Window),
     ) {
         while !samples.is_empty() {
-            let take = (HALF - self.filled).min(samples.len());
-            let (now, rest) = samples.split_at(take);
-            self.block[self.filled..self.filled + take].copy_from_slice(now);
-            self.filled += take;
-            self.position += take as u64;
-            samples = rest;
-            if self.filled == HALF {
-                let done = Half::from_block(&self.block);
-                self.filled = 0;
-                if let Some(previous) = self.previous.replace(done) {
-                    let start = self.position - WINDOW_LEN as u64;
-                    let window = Window::combine(start, &previous, &done);
-                    on_window(&window);
-                    self.on_window(window, &mut on_event);
+            let done = match samples.split_first_chunk::<HALF>() {
+                // A whole half block in the input (the usual case for long inputs):
+                // transformed where it lies, without a copy.
+                Some((block, rest)) if self.filled == 0 => {
+                    samples = rest;
+                    self.position += HALF as u64;
+                    Half::from_block(block)
                 }
+                _ => {
+                    let take = (HALF - self.filled).min(samples.len());
+                    let (now, rest) = samples.split_at(take);
+                    self.block[self.filled..self.filled + take].copy_from_slice(now);
+                    self.filled += take;
+                    self.position += take as u64;
+                    samples = rest;
+                    if self.filled < HALF {
+                        continue;
+                    }
+                    self.filled = 0;
+                    Half::from_block(&self.block)
+                }
+            };
+            if let Some(previous) = self.previous.replace(done) {
+                let start = self.position - WINDOW_LEN as u64;
+                // Built in its place in the history: a window is copied nowhere.
+                self.newest = (self.newest + 1) % HISTORY;
+                let slot = &mut self.history[self.newest];
+                slot.window = Window::combine(start, &previous, &done);
+                slot.candidate = screen(&slot.window);
+                on_window(&slot.window);
+                self.on_window(&mut on_event);
             }
         }
     }
@@ -271,17 +291,14 @@ impl Receiver {
         self.run = 0;
     }
 
-    fn on_window(&mut self, window: Window, on_event: &mut impl FnMut(Event)) {
-        let screened = Screened {
-            window,
-            candidate: screen(&window),
-        };
-        self.history.rotate_left(1);
-        self.history[HISTORY - 1] = screened;
+    /// Decides on the newest window of the history (just screened).
+    fn on_window(&mut self, on_event: &mut impl FnMut(Event)) {
+        let screened = &self.history[self.newest];
+        let (window, candidate) = (&screened.window, screened.candidate);
         self.run = (self.run + 1).min(HISTORY);
 
         if let Some(held) = &mut self.held {
-            if screened.candidate == Some((held.row, held.col)) {
+            if candidate == Some((held.row, held.col)) {
                 held.misses = 0;
                 held.last_hit = window.start;
                 let e = window.energy[held.row] + window.energy[4 + held.col];
@@ -292,9 +309,7 @@ impl Receiver {
         }
 
         // While a key is held its own windows need no strict test; only another key does.
-        let holding_this = self
-            .held
-            .is_some_and(|h| screened.candidate == Some((h.row, h.col)));
+        let holding_this = self.held.is_some_and(|h| candidate == Some((h.row, h.col)));
         let confirmed = if holding_this { None } else { self.confirm() };
         let held_ended = self.held.is_some_and(|h| h.misses >= END_MISSES);
         let replaced = match (confirmed, &self.held) {
@@ -315,7 +330,7 @@ impl Receiver {
         }
         if let (Some((digit, row, col)), None) = (confirmed, &self.held) {
             let start = self.estimate_start(row, col);
-            let newest = &self.history[HISTORY - 1].window;
+            let newest = &self.window(HISTORY - 1).window;
             self.held = Some(Held {
                 digit,
                 row,
@@ -333,19 +348,24 @@ impl Receiver {
         }
     }
 
+    /// The `i`-th of the last windows, oldest (0) to newest (`HISTORY - 1`).
+    fn window(&self, i: usize) -> &Screened {
+        &self.history[(self.newest + 1 + i) % HISTORY]
+    }
+
     /// The strict three-window test (module docs). Returns the digit and its bands.
     fn confirm(&self) -> Option<(Digit, usize, usize)> {
         if self.run < 3 {
             return None;
         }
         let windows = [
-            &self.history[1].window,
-            &self.history[2].window,
-            &self.history[3].window,
+            &self.window(1).window,
+            &self.window(2).window,
+            &self.window(3).window,
         ];
-        let (row, col) = self.history[3].candidate?;
-        if self.history[1..3]
-            .iter()
+        let (row, col) = self.window(3).candidate?;
+        if (1..3)
+            .map(|age| self.window(age))
             .any(|s| s.candidate != Some((row, col)))
         {
             return None;
@@ -390,14 +410,14 @@ impl Receiver {
     /// Onset of the digit just confirmed on the last three windows: the window before them
     /// holds (m/102)² of the full energy when its last m samples are tone.
     fn estimate_start(&self, row: usize, col: usize) -> u64 {
-        let first = &self.history[1].window;
+        let first = &self.window(1).window;
         if self.run < 4 {
             return first.start;
         }
-        let before = &self.history[0].window;
-        let full = self.history[1..]
-            .iter()
-            .map(|s| s.window.energy[row] + s.window.energy[4 + col])
+        let before = &self.window(0).window;
+        let full = (1..HISTORY)
+            .map(|age| &self.window(age).window)
+            .map(|w| w.energy[row] + w.energy[4 + col])
             .fold(0f32, f32::max);
         let partial = before.energy[row] + before.energy[4 + col];
         let in_tone = tone_samples(partial, full);
@@ -408,10 +428,9 @@ impl Receiver {
     /// energy when its first m samples are tone.
     fn estimate_end(&self, held: &Held) -> u64 {
         let after_start = held.last_hit + HALF as u64;
-        let after = self
-            .history
-            .iter()
+        let after = (0..HISTORY)
             .rev()
+            .map(|age| self.window(age))
             .take(self.run)
             .find(|s| s.window.start == after_start);
         match after {

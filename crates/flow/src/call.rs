@@ -512,6 +512,25 @@ impl<M: Media> Stage<M> {
                 core.finish(now, result);
                 Stage::Finished
             }
+            E::Rerouted {
+                from, to, failure, ..
+            } => {
+                let reason = match failure {
+                    Failure::Timeout => "no response".to_string(),
+                    Failure::Transport => "transport error".to_string(),
+                    Failure::Rejected { status } => format!("status {status}"),
+                    Failure::Auth { status, .. } => format!("authentication ({status})"),
+                };
+                core.log(
+                    now,
+                    TimelineEvent::Rerouted {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                        reason,
+                    },
+                );
+                self
+            }
             E::Info { .. } | E::InfoResponse { .. } | E::Incoming { .. } | E::Confirmed { .. } => {
                 self
             }

@@ -84,6 +84,10 @@ pub struct CallSpec {
     /// Other addresses the call's in-dialog requests may come from: every address the
     /// trunk's host resolves to, at its port (`next_hop` always counts).
     pub peers: Vec<SocketAddr>,
+    /// Where the INVITE goes next, in order, when `next_hop` fails before the phone rings
+    /// (RFC 3263 §4.3: the trunk's other SRV targets and addresses). Responses count only
+    /// from the target tried at the time.
+    pub alternates: Vec<SocketAddr>,
     /// Transport to the next hop.
     pub transport: Transport,
     /// Our RTP address (advertised in the SDP offer).

@@ -123,6 +123,11 @@ impl<F: MediaFactory> Switchboard<F> {
         self.calls.len()
     }
 
+    /// Replaces the SIP addresses trusted outside any call (the trunk, resolved again).
+    pub fn set_trusted_peers(&mut self, peers: Vec<SocketAddr>) {
+        self.ua.set_trusted_peers(peers);
+    }
+
     /// The media factory (e.g. to reload prompts).
     pub fn factory_mut(&mut self) -> &mut F {
         &mut self.factory
@@ -147,6 +152,7 @@ impl<F: MediaFactory> Switchboard<F> {
                 display_name: spec.display_name,
                 next_hop: spec.next_hop,
                 peers: spec.peers,
+                alternates: spec.alternates,
                 transport: spec.transport,
                 media,
                 credentials: spec.credentials,

@@ -77,6 +77,16 @@ pub enum TimelineEvent {
         method: String,
         reason: String,
     },
+    /// The trunk target the INVITE went to failed before the phone rang (`reason`: no
+    /// answer, transport error or 503) and the INVITE went to the next one (RFC 3263 §4.3).
+    Rerouted {
+        from: String,
+        to: String,
+        reason: String,
+    },
     /// A call timer fired: `ring`, `response`, `inter_digit`, `challenge`.
     Timeout { timer: String },
+    /// The process running the call died (crash, kill, lost host) before the call ended; the
+    /// verification was completed as `failed` by a restart or a surviving instance.
+    InstanceLost,
 }

@@ -114,6 +114,7 @@ impl Live {
             display_name: None,
             next_hop: addr(PHONE),
             peers: Vec::new(),
+            alternates: Vec::new(),
             transport: self.transport,
             local_rtp: addr(OUR_RTP),
             credentials: None,

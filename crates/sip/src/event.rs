@@ -210,6 +210,18 @@ pub enum Event {
         /// The call.
         call: CallHandle,
     },
+    /// Caller side: the INVITE's target failed before the far end rang (RFC 3263 §4.3) and
+    /// the INVITE went to the next one as a new transaction; only `to` is heard from now on.
+    Rerouted {
+        /// The call.
+        call: CallHandle,
+        /// The target that failed.
+        from: std::net::SocketAddr,
+        /// The target tried now.
+        to: std::net::SocketAddr,
+        /// How `from` failed (timeout, transport, or `Rejected { status: 503 }`).
+        failure: Failure,
+    },
     /// Caller side: the call failed before answer. Followed by `Terminated`.
     Failed {
         /// The call.
@@ -241,6 +253,7 @@ impl Event {
             | Self::InfoResponse { call, .. }
             | Self::RemoteHangup { call }
             | Self::Failed { call, .. }
+            | Self::Rerouted { call, .. }
             | Self::Terminated { call, .. } => *call,
         }
     }

@@ -16,13 +16,15 @@
 //! }
 //! ```
 //! Modules: [`message`] (parse/print), [`framer`] (TCP/TLS framing), [`auth`] (digest),
-//! [`route`] (which shard owns a message), [`sdp`] (offer/answer), [`sdes`] (SRTP keys in SDP), [`info`] (DTMF in SIP INFO), [`timer`] (RFC 3261 timers),
+//! [`route`] (which shard owns a message), [`sdp`] (offer/answer), [`sdes`] (SRTP keys in SDP), [`info`] (DTMF in SIP INFO),
+//! [`locate`] (RFC 3263 server location), [`timer`] (RFC 3261 timers),
 //! [`UserAgent`] (transactions, dialogs, calls).
 
 pub mod auth;
 mod event;
 pub mod framer;
 pub mod info;
+pub mod locate;
 pub mod message;
 pub mod redact;
 mod rng;

@@ -6,7 +6,10 @@
 //!          ──call()/hangup()/answer()/send_info()──────▶  └───────────┘ ──poll_timeout()───▶ one timer
 //! ```
 //! Caller side (UAC): INVITE with an SDP offer, 1xx (early dialogs), digest retry, 2xx → ACK,
-//! CANCEL (only after a provisional; 200-after-CANCEL → ACK + BYE), forked 2xx → ACK + BYE.
+//! CANCEL (only after a provisional; 200-after-CANCEL → ACK + BYE), forked 2xx → ACK + BYE,
+//! failover (RFC 3263 §4.3): a target that stays silent, fails its transport or answers 503
+//! before anything rang is left for the next of [`OutgoingCall::alternates`], as a new
+//! client transaction whose responses count only from that next target.
 //! Callee side (UAS): 100, 180, 200 + answer retransmitted until ACK (§13.3.1.4), CANCEL → 487.
 //! Both: BYE either way, INFO (DTMF), OPTIONS, UPDATE and re-INVITE from the far end.
 //!
@@ -57,6 +60,12 @@ const MIN_T1: Duration = Duration::from_millis(1);
 const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf";
 /// RFC 3261 §8.1.1.7 magic cookie starting every branch.
 const BRANCH_COOKIE: &str = "z9hG4bK";
+/// RFC 3263 §4.3 failover: a hop that has sent nothing at all, not even the 100 Trying a
+/// stateful hop sends within 200 ms (RFC 3261 §16.2, §17.2.1), after this many T1 is taken as
+/// down and the next target is tried (8·T1 = 4 s at the default T1: four INVITE
+/// transmissions). Timer B (64·T1 = 32 s) would outlast the 30 s ring timeout, so no call
+/// would ever fail over to the next trunk. Only used while there is a next target.
+const FAILOVER_SILENCE_T1: u32 = 8;
 
 /// Configuration of a user agent.
 #[derive(Debug, Clone)]
@@ -112,6 +121,11 @@ pub struct OutgoingCall {
     /// Other addresses whose in-dialog requests count for this call (every address the
     /// trunk's host resolves to, at its port). `next_hop` always counts.
     pub peers: Vec<SocketAddr>,
+    /// Where the INVITE goes next, in order, when `next_hop` fails before the far end rings
+    /// (RFC 3263 §4.3: no answer at all, a transport error, or 503): each try is a new
+    /// client transaction (new branch) and only its own destination's responses count.
+    /// Add them to `peers` too if their in-dialog requests should count.
+    pub alternates: Vec<SocketAddr>,
     /// Transport to the next hop.
     pub transport: Transport,
     /// Our RTP address and payload types for the SDP offer.
@@ -292,6 +306,11 @@ struct Call {
     auth_rounds: u32,
     nonce_counts: HashMap<String, u32>,
     provisional: bool,
+    /// A provisional other than 100 arrived (the far end is reached): no more failover.
+    rang: bool,
+    /// Targets left to try (RFC 3263 §4.3), and when the current one counts as silent.
+    alternates: VecDeque<SocketAddr>,
+    failover_at: Option<Instant>,
     cancel_pending: bool,
     cancel_deadline: Option<Instant>,
     early: Vec<Dialog>,
@@ -561,6 +580,12 @@ impl UserAgent {
         self.ctx.is_known(addr)
     }
 
+    /// Replaces the addresses trusted outside any call ([`Config::trusted_peers`]): the trunk
+    /// was resolved again. Live calls keep their own peers.
+    pub fn set_trusted_peers(&mut self, peers: Vec<SocketAddr>) {
+        self.ctx.cfg.trusted_peers = peers;
+    }
+
     /// Server transactions kept (requests being answered, and their retransmission state).
     pub fn server_transactions(&self) -> usize {
         self.ctx.servers.len()
@@ -628,6 +653,7 @@ impl UserAgent {
             [
                 c.pending_2xx.as_ref().map(|p| p.next),
                 c.cancel_deadline,
+                c.failover_at,
                 c.linger_until,
             ]
             .into_iter()
@@ -688,6 +714,8 @@ impl UserAgent {
         for p in &peers {
             ctx.know(*p);
         }
+        let failover_at =
+            (!call.alternates.is_empty()).then(|| now + ctx.cfg.timers.t1 * FAILOVER_SILENCE_T1);
         self.insert_call(
             handle,
             Call {
@@ -709,6 +737,9 @@ impl UserAgent {
                 auth_rounds: 0,
                 nonce_counts: HashMap::new(),
                 provisional: false,
+                rang: false,
+                alternates: call.alternates.into_iter().collect(),
+                failover_at,
                 cancel_pending: false,
                 cancel_deadline: None,
                 early: Vec::new(),
@@ -916,6 +947,9 @@ impl UserAgent {
         if call.phase == Phase::Ended {
             return;
         }
+        if fail_over(&mut self.ctx, handle, call, now, Failure::Transport) {
+            return;
+        }
         if call.role == Role::Caller
             && matches!(
                 call.phase,
@@ -1012,6 +1046,10 @@ impl UserAgent {
                         .push(Some(handle), call.transport, call.peer, bytes);
                 }
             }
+            if call.failover_at.is_some_and(|d| d <= now) {
+                call.failover_at = None;
+                fail_over(&mut self.ctx, handle, call, now, Failure::Timeout);
+            }
             if call.cancel_deadline.is_some_and(|d| d <= now) {
                 // RFC 3261 §9.1: no final response 64·T1 after CANCEL; the INVITE is over.
                 call.cancel_deadline = None;
@@ -1040,6 +1078,7 @@ impl UserAgent {
                 }
                 if call.cancel_pending || call.phase == Phase::Cancelling {
                     end(&mut self.ctx, handle, call, now, EndReason::Cancelled);
+                } else if fail_over(&mut self.ctx, handle, call, now, Failure::Timeout) {
                 } else {
                     self.ctx.event(Event::Failed {
                         call: handle,
@@ -1508,6 +1547,9 @@ impl UserAgent {
                 auth_rounds: 0,
                 nonce_counts: HashMap::new(),
                 provisional: false,
+                rang: false,
+                alternates: VecDeque::new(),
+                failover_at: None,
                 cancel_pending: false,
                 cancel_deadline: None,
                 early: Vec::new(),
@@ -1576,6 +1618,7 @@ fn end(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, reason:
     }
     call.phase = Phase::Ended;
     call.cancel_deadline = None;
+    call.failover_at = None;
     call.pending_2xx = None;
     call.linger_until = Some(now + ctx.cfg.timers.timeout());
     ctx.event(Event::Terminated {
@@ -1669,6 +1712,75 @@ fn send_bye(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, re
     }
 }
 
+/// RFC 3263 §4.3: the INVITE to `call.peer` failed (`why`: no answer, transport error or
+/// 503) before the far end rang; sends the same request with a new branch (a new client
+/// transaction) to the next target. The old transaction is dropped unless it already ended
+/// (a 503 stays to absorb its retransmissions), so the old target's late answers match
+/// nothing. Digest answers are not carried over (the next server has its own nonces).
+/// False when there is nothing left to try or the call is past the point of failing over.
+fn fail_over(
+    ctx: &mut Ctx,
+    handle: CallHandle,
+    call: &mut Call,
+    now: Instant,
+    why: Failure,
+) -> bool {
+    if call.role != Role::Caller
+        || !matches!(call.phase, Phase::Calling | Phase::Early)
+        || call.rang
+        || call.cancel_pending
+        || call.dialog.is_some()
+    {
+        return false;
+    }
+    let Some(invite) = call.invite.clone() else {
+        return false;
+    };
+    let Some(next) = call.alternates.pop_front() else {
+        return false;
+    };
+    ctx.retain_clients(|e| {
+        !(e.call == handle
+            && e.purpose == Purpose::Invite
+            && matches!(
+                e.tx.state,
+                crate::transaction::ClientState::Calling
+                    | crate::transaction::ClientState::Proceeding
+            ))
+    });
+    let branch = ctx.branch();
+    let mut req = Request::new(Method::Invite, invite.uri.clone());
+    for h in invite.headers.iter() {
+        if h.is("Authorization") || h.is("Proxy-Authorization") || h.is("Content-Length") {
+            continue;
+        }
+        if h.is("Via") {
+            req.headers.push("Via", ctx.via(call.transport, &branch));
+        } else {
+            req.headers.push(h.name.clone(), h.value.clone());
+        }
+    }
+    req.body = invite.body.clone();
+    call.auth_headers.clear();
+    call.auth_rounds = 0;
+    call.early.clear();
+    call.provisional = false;
+    call.phase = Phase::Calling;
+    let from = call.peer;
+    call.peer = next;
+    call.invite = Some(req.clone());
+    call.failover_at =
+        (!call.alternates.is_empty()).then(|| now + ctx.cfg.timers.t1 * FAILOVER_SILENCE_T1);
+    ctx.event(Event::Rerouted {
+        call: handle,
+        from,
+        to: next,
+        failure: why,
+    });
+    ctx.send_request(now, handle, Purpose::Invite, req, next, call.transport);
+    true
+}
+
 fn send_cancel(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant) {
     let Some(invite) = &call.invite else { return };
     // §9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via as the INVITE.
@@ -1737,6 +1849,10 @@ fn invite_response(
                 return;
             }
             call.provisional = true;
+            // Heard from: the hop is alive. Ringing: the far end is reached, and a second
+            // trunk would ring the phone twice.
+            call.failover_at = None;
+            call.rang |= resp.status > 100;
             if let Some(d) = dialog_from_response(call, &resp) {
                 match call.early.iter_mut().find(|e| e.remote_tag == d.remote_tag) {
                     Some(e) => {
@@ -1794,6 +1910,9 @@ fn invite_response(
             }
             if call.phase == Phase::Cancelling || call.cancel_pending {
                 end(ctx, handle, call, now, EndReason::Cancelled);
+            } else if status == 503
+                && fail_over(ctx, handle, call, now, Failure::Rejected { status })
+            {
             } else {
                 let failure = Failure::Rejected { status };
                 ctx.event(Event::Failed {
@@ -1859,6 +1978,7 @@ fn invite_2xx(ctx: &mut Ctx, handle: CallHandle, call: &mut Call, now: Instant, 
     }
     call.early.clear();
     call.cancel_deadline = None;
+    call.failover_at = None;
     let media = match dialog.early_sdp.as_deref() {
         Some(body) => negotiate(body),
         None => Err(SdpError::NoAudio),

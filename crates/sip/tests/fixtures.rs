@@ -173,6 +173,7 @@ fn kamailio_200_with_record_route_sets_up_the_route_for_ack_and_bye() {
             display_name: Some("verifier".into()),
             next_hop: "127.0.0.1:25100".parse().unwrap(),
             peers: Vec::new(),
+            alternates: Vec::new(),
             transport: Transport::Udp,
             media: LocalMedia::new("127.0.0.1:27000".parse().unwrap(), 1),
             credentials: Some(Credentials {

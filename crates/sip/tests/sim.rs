@@ -105,6 +105,7 @@ impl Sim {
             display_name: Some("Verifier".into()),
             next_hop: addr(B),
             peers: Vec::new(),
+            alternates: Vec::new(),
             transport: self.transport,
             media: LocalMedia::new(addr("127.0.0.1:27000"), 7),
             credentials,
@@ -1216,4 +1217,293 @@ fn many_concurrent_calls_in_one_agent() {
             .count(),
         50
     );
+}
+
+/// A trunk target that is down (nothing comes back).
+const DOWN: &str = "127.0.0.1:5072";
+
+/// The INVITEs A sent, in order, with their destination.
+fn invites_sent(log: &[(SocketAddr, Vec<u8>)]) -> Vec<(SocketAddr, Request)> {
+    log.iter()
+        .filter(|(_, p)| p.starts_with(b"INVITE "))
+        .map(|(d, p)| {
+            let Message::Request(r) = Message::parse(p, &Limits::default()).unwrap() else {
+                panic!()
+            };
+            (*d, r)
+        })
+        .collect()
+}
+
+fn branch_of(r: &Request) -> String {
+    r.top_via().unwrap().branch().unwrap().to_string()
+}
+
+/// A response to `invite` with `status` (and a To-tag when given).
+fn reply(invite: &Request, status: u16, to_tag: Option<&str>) -> Vec<u8> {
+    let mut r = sip::message::Response::new(status);
+    r.headers.push("Via", invite.headers.get("Via").unwrap());
+    r.headers.push("From", invite.headers.get("From").unwrap());
+    let to = invite.headers.get("To").unwrap();
+    match to_tag {
+        Some(t) => r.headers.push("To", format!("{to};tag={t}")),
+        None => r.headers.push("To", to),
+    }
+    r.headers.push("Call-ID", invite.call_id().unwrap());
+    r.headers.push("CSeq", invite.headers.get("CSeq").unwrap());
+    r.to_bytes()
+}
+
+#[test]
+fn a_silent_target_is_left_for_the_next_one_with_a_new_transaction() {
+    let mut s = Sim::new(31, Impairment::default());
+    s.blackhole = Some(addr(DOWN));
+    let mut o = s.outgoing(None);
+    o.next_hop = addr(DOWN);
+    o.alternates = vec![addr(B)];
+    o.peers = vec![addr(DOWN), addr(B)];
+    let ca = s.a.call(s.now, o);
+    let cb = s.answer_when_incoming();
+    // RFC 3263 §4.3 with our silence limit: 8·T1 = 4 s of nothing, then B.
+    let at = s.now - s.t0;
+    assert!(
+        at >= Duration::from_secs(4) && at < Duration::from_secs(5),
+        "{at:?}"
+    );
+    assert!(s.run_until(Duration::from_secs(5), |s| answered(&s.ev_a).is_some()));
+    assert!(s.ev_a.iter().any(|e| matches!(
+        e,
+        Event::Rerouted { call, from, to, failure: Failure::Timeout }
+            if *call == ca && *from == addr(DOWN) && *to == addr(B)
+    )));
+    let invites: Vec<(SocketAddr, Request)> = s
+        .log
+        .iter()
+        .filter(|(_, f, p)| *f == addr(A) && p.starts_with(b"INVITE "))
+        .map(|(_, _, p)| {
+            let Message::Request(r) = Message::parse(p, &Limits::default()).unwrap() else {
+                panic!()
+            };
+            (addr(A), r)
+        })
+        .collect();
+    let first = &invites[0].1;
+    let last = &invites.last().unwrap().1;
+    assert_ne!(
+        branch_of(first),
+        branch_of(last),
+        "a new client transaction"
+    );
+    assert_eq!(first.call_id().unwrap(), last.call_id().unwrap());
+    // The silent target wakes up and answers the INVITE it was sent: nothing counts.
+    let now = s.now;
+    assert_eq!(
+        s.a.handle_input(now, Transport::Udp, addr(DOWN), &forged_200(first, None)),
+        Err(InputError::NoTransaction)
+    );
+    assert_eq!(
+        s.a.handle_input(
+            now,
+            Transport::Udp,
+            addr(DOWN),
+            &reply(first, 180, Some("x"))
+        ),
+        Err(InputError::NoTransaction)
+    );
+    s.run_for(Duration::from_millis(100));
+    assert!(s.sent(A, "ACK ").len() == 1, "only B's 200 is ACKed");
+    assert!(Sim::terminated(&s.ev_a, ca).is_none());
+    let _ = cb;
+}
+
+/// One UA driven by hand: INVITE out, responses in.
+fn caller(alternates: &[&str]) -> (UserAgent, CallHandle, Instant) {
+    let now = Instant::now();
+    let mut ua = UserAgent::new(Config::new(addr(A)), seed32(77));
+    let mut peers = vec![addr(DOWN)];
+    peers.extend(alternates.iter().map(|a| addr(a)));
+    let call = ua.call(
+        now,
+        OutgoingCall {
+            target: Uri::parse("sip:+14255550123@trunk.example.net").unwrap(),
+            from: Uri::parse("sip:+14255550100@trunk.example.net").unwrap(),
+            display_name: None,
+            next_hop: addr(DOWN),
+            peers,
+            alternates: alternates.iter().map(|a| addr(a)).collect(),
+            transport: Transport::Udp,
+            media: LocalMedia::new(addr("127.0.0.1:27000"), 7),
+            credentials: None,
+        },
+    );
+    (ua, call, now)
+}
+
+fn drain(ua: &mut UserAgent) -> (Vec<(SocketAddr, Vec<u8>)>, Vec<Event>) {
+    let mut tx = Vec::new();
+    while let Some(t) = ua.poll_transmit() {
+        tx.push((t.destination, t.payload));
+    }
+    let mut ev = Vec::new();
+    while let Some(e) = ua.poll_event() {
+        ev.push(e);
+    }
+    (tx, ev)
+}
+
+#[test]
+fn a_503_moves_the_invite_to_the_next_target_and_the_last_503_fails_the_call() {
+    let (mut ua, call, now) = caller(&[B, STRANGER]);
+    let (tx, _) = drain(&mut ua);
+    let first = invites_sent(&tx).remove(0);
+    assert_eq!(first.0, addr(DOWN));
+    // 100 Trying then 503 from the first target: hop-by-hop, nobody rang yet.
+    ua.handle_input(now, Transport::Udp, addr(DOWN), &reply(&first.1, 100, None))
+        .unwrap();
+    ua.handle_input(
+        now,
+        Transport::Udp,
+        addr(DOWN),
+        &reply(&first.1, 503, Some("t1")),
+    )
+    .unwrap();
+    let (tx, ev) = drain(&mut ua);
+    assert!(
+        tx.iter()
+            .any(|(d, p)| *d == addr(DOWN) && p.starts_with(b"ACK ")),
+        "the 503 is ACKed by its transaction"
+    );
+    let second = invites_sent(&tx).remove(0);
+    assert_eq!(second.0, addr(B));
+    assert_ne!(branch_of(&first.1), branch_of(&second.1));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Rerouted {
+            failure: Failure::Rejected { status: 503 },
+            ..
+        }
+    )));
+    assert!(!ev.iter().any(|e| matches!(e, Event::Failed { .. })));
+    // The second target answers 503 too (retransmission of the first's 503 changes nothing).
+    assert!(
+        ua.handle_input(
+            now,
+            Transport::Udp,
+            addr(DOWN),
+            &reply(&first.1, 503, Some("t1"))
+        )
+        .is_ok()
+    );
+    // A response to the second INVITE from the first target does not count.
+    assert_eq!(
+        ua.handle_input(
+            now,
+            Transport::Udp,
+            addr(DOWN),
+            &reply(&second.1, 180, Some("f"))
+        ),
+        Err(InputError::UntrustedSource)
+    );
+    ua.handle_input(
+        now,
+        Transport::Udp,
+        addr(B),
+        &reply(&second.1, 503, Some("t2")),
+    )
+    .unwrap();
+    let (tx, _) = drain(&mut ua);
+    let third = invites_sent(&tx).remove(0);
+    assert_eq!(third.0, addr(STRANGER));
+    ua.handle_input(
+        now,
+        Transport::Udp,
+        addr(STRANGER),
+        &reply(&third.1, 503, Some("t3")),
+    )
+    .unwrap();
+    let (tx, ev) = drain(&mut ua);
+    assert!(invites_sent(&tx).is_empty(), "nothing left to try");
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Failed { call: c, failure: Failure::Rejected { status: 503 } } if *c == call
+    )));
+}
+
+#[test]
+fn once_the_phone_rings_a_503_is_the_answer_and_other_statuses_never_fail_over() {
+    // 180 then 503: the far end was reached; a second trunk would ring the phone twice.
+    let (mut ua, call, now) = caller(&[B]);
+    let (tx, _) = drain(&mut ua);
+    let first = invites_sent(&tx).remove(0);
+    ua.handle_input(
+        now,
+        Transport::Udp,
+        addr(DOWN),
+        &reply(&first.1, 180, Some("r")),
+    )
+    .unwrap();
+    ua.handle_input(
+        now,
+        Transport::Udp,
+        addr(DOWN),
+        &reply(&first.1, 503, Some("r")),
+    )
+    .unwrap();
+    let (tx, ev) = drain(&mut ua);
+    assert!(invites_sent(&tx).is_empty());
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Failed { call: c, failure: Failure::Rejected { status: 503 } } if *c == call
+    )));
+    // 486 busy: a call outcome, not a failed server.
+    let (mut ua, _, now) = caller(&[B]);
+    let (tx, _) = drain(&mut ua);
+    let first = invites_sent(&tx).remove(0);
+    ua.handle_input(
+        now,
+        Transport::Udp,
+        addr(DOWN),
+        &reply(&first.1, 486, Some("b")),
+    )
+    .unwrap();
+    let (tx, ev) = drain(&mut ua);
+    assert!(invites_sent(&tx).is_empty());
+    assert!(!ev.iter().any(|e| matches!(e, Event::Rerouted { .. })));
+}
+
+#[test]
+fn a_transport_error_moves_on_at_once_and_timer_b_ends_the_last_target() {
+    let (mut ua, call, now) = caller(&[B]);
+    let _ = drain(&mut ua);
+    ua.handle_transport_error(now, call);
+    let (tx, ev) = drain(&mut ua);
+    assert_eq!(invites_sent(&tx)[0].0, addr(B));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Rerouted {
+            failure: Failure::Transport,
+            ..
+        }
+    )));
+    // The last target is silent: no silence limit any more, Timer B (64·T1) ends the call.
+    let mut t = now;
+    let mut failed_at = None;
+    while t < now + Duration::from_secs(40) && failed_at.is_none() {
+        t += Duration::from_millis(250);
+        ua.handle_timeout(t);
+        let (_, ev) = drain(&mut ua);
+        if ev.iter().any(|e| {
+            matches!(
+                e,
+                Event::Failed {
+                    failure: Failure::Timeout,
+                    ..
+                }
+            )
+        }) {
+            failed_at = Some(t - now);
+        }
+    }
+    let at = failed_at.expect("Timer B fired");
+    assert!(at >= Duration::from_secs(32), "{at:?}");
 }

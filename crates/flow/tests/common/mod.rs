@@ -251,6 +251,7 @@ pub fn spec(mode: Mode, digits: Option<&str>, rules: Rules) -> CallSpec {
         display_name: None,
         next_hop: addr(PHONE),
         peers: Vec::new(),
+        alternates: Vec::new(),
         transport: Transport::Udp,
         local_rtp: addr(OUR_RTP),
         credentials: None,
