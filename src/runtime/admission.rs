@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sip::Transport;
 use tokio::sync::mpsc;
 
-use super::driver::{Input, RtpIn};
+use super::driver::Input;
 use crate::metrics::{Dropped, SipCounters};
 
 /// Strangers' IP addresses with a bucket at once: bounds the table a flood of spoofed
@@ -25,10 +25,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const SIGNAL_QUEUE: usize = 1024;
 /// Strangers' messages that passed their bucket: the driver takes them last.
 pub(crate) const STRANGER_QUEUE: usize = 64;
-/// RTP datagrams of every call of one shard (50 per second per call at 20 ms packets; each
-/// slot holds a whole datagram, [`RTP_MAX_DATAGRAM`] bytes, so that the receive path does not
-/// allocate).
-pub(crate) const MEDIA_QUEUE: usize = 4096;
 /// Largest RTP datagram kept: an Ethernet MTU (1500 bytes) less the IPv4 and UDP headers. Our
 /// codecs' packets are ~200 bytes (12-byte header, 160 bytes of G.711, SRTP tag); anything
 /// larger is no audio of ours and is dropped.
@@ -280,7 +276,6 @@ impl Drop for Permit {
 pub(crate) struct ShardInlet {
     pub(crate) signal: mpsc::Sender<Input>,
     pub(crate) strangers: mpsc::Sender<Input>,
-    pub(crate) media: mpsc::Sender<RtpIn>,
 }
 
 /// Everything a socket task needs to hand input to the drivers (one per shard).
@@ -368,12 +363,6 @@ impl Inlets {
                 .is_ok();
         }
         if open { Ok(()) } else { Err(Closed) }
-    }
-
-    /// One RTP datagram for a call of shard `shard`.
-    pub(crate) fn rtp(&self, shard: usize, input: RtpIn) -> Result<(), Closed> {
-        let queue = &self.shards[shard.min(self.shards.len() - 1)].media;
-        self.offer(queue, input, |c| c.rtp_dropped(Dropped::ChannelFull))
     }
 
     fn offer<T>(

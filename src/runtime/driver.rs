@@ -1,10 +1,11 @@
-//! The driver tasks, one per shard: each holds a [`Switchboard`] for its calls, fed by the
-//! socket readers through its own bounded queues (trusted signalling, media, strangers: taken
-//! in that order), woken by one timer (the switchboard's earliest deadline), which goes
-//! before any input so that prompts keep their 20 ms grid under a flood. The shards share the
-//! SIP socket (the reader routes each message to its shard, [`sip::route`]) and the admission
-//! state (trusted peers, strangers' buckets, connection caps, counters); each owns its calls'
-//! RTP sockets and timers.
+//! The drivers, one per shard, each on its own thread: each holds a [`Switchboard`] for its
+//! calls, fed by the SIP socket readers through its own bounded queues (trusted signalling,
+//! then strangers), woken by one precise timer (the switchboard's earliest deadline, [`Tick`])
+//! which goes before any input so that prompts keep their 20 ms grid under a flood, and
+//! reading its calls' RTP sockets itself at every wake-up ([`RtpPoller`]). The shards share
+//! the SIP socket (the reader routes each message to its shard, [`sip::route`]) and the
+//! admission state (trusted peers, strangers' buckets, connection caps, counters); each owns
+//! its calls' RTP sockets and timers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -21,11 +22,12 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
 use super::admission::{
-    ConnectionGate, Inlets, MEDIA_QUEUE, RTP_MAX_DATAGRAM, RateLimiter, SIGNAL_QUEUE,
-    STRANGER_QUEUE, ShardInlet, Trusted,
+    ConnectionGate, Inlets, RateLimiter, SIGNAL_QUEUE, STRANGER_QUEUE, ShardInlet, Trusted,
 };
 use super::live::Prompts;
+use super::media_io::{Received, RtpPoller, RtpSocket};
 use super::net;
+use super::tick::Tick;
 use super::{RuntimeConfig, RuntimeError, advertised, not_placed, os_seed};
 use crate::call::{CallProgress, CallReport};
 use crate::metrics::{Dropped, SipCounters};
@@ -33,6 +35,10 @@ use crate::metrics::{Dropped, SipCounters};
 /// The driver never sleeps less than this after handling timers (a deadline stuck in the
 /// past would otherwise spin the task).
 const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
+/// When the next timer is nearer than this, readable RTP sockets wait for it instead of
+/// waking the driver (prompts tick every 20 ms per call, RFC 3551 §4.5's default G.711
+/// packetization, so under load a tick is never far; the jitter buffer absorbs the delay).
+const MEDIA_COALESCE: Duration = Duration::from_millis(5);
 /// Inputs taken from one queue before the timers are looked at again.
 const BATCH: usize = 32;
 
@@ -85,42 +91,12 @@ pub(crate) enum Input {
     },
 }
 
-/// One datagram on a call's RTP socket, copied into a fixed slot (the media queue's slots are
-/// reused: nothing is allocated per packet).
-pub(crate) struct RtpIn {
-    call: CallId,
-    source: SocketAddr,
-    len: u16,
-    bytes: [u8; RTP_MAX_DATAGRAM],
-}
-
-impl RtpIn {
-    /// `None` when `bytes` is larger than [`RTP_MAX_DATAGRAM`] (no audio of ours).
-    pub(crate) fn new(call: CallId, source: SocketAddr, bytes: &[u8]) -> Option<RtpIn> {
-        let len = u16::try_from(bytes.len())
-            .ok()
-            .filter(|n| usize::from(*n) <= RTP_MAX_DATAGRAM)?;
-        let mut slot = RtpIn {
-            call,
-            source,
-            len,
-            bytes: [0; RTP_MAX_DATAGRAM],
-        };
-        slot.bytes[..bytes.len()].copy_from_slice(bytes);
-        Some(slot)
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
 struct LiveCall {
+    id: CallId,
     ticket: Ticket,
     progress: mpsc::UnboundedSender<CallProgress>,
     done: Option<oneshot::Sender<CallReport>>,
-    rtp: net::Udp,
-    reader: JoinHandle<()>,
+    rtp: RtpSocket,
     /// The addresses this call made trusted (removed when it ends).
     peers: Vec<SocketAddr>,
 }
@@ -139,7 +115,13 @@ struct Driver {
     sip_udp: Option<net::Udp>,
     rtp_bind: IpAddr,
     rtp_advertised: IpAddr,
-    calls: HashMap<CallId, LiveCall>,
+    /// Keyed by the call's handle number, which is also its RTP socket's token in `rtp`.
+    calls: HashMap<u64, LiveCall>,
+    rtp: RtpPoller,
+    tick: Tick,
+    /// The last drain of `rtp` read something: drain again at the next millisecond rather
+    /// than wait for a new packet's wake-up (a socket may hold a second datagram).
+    rtp_busy: bool,
     tickets: HashMap<Ticket, CallId>,
     streams: HashMap<(Transport, SocketAddr), Stream>,
     inlets: Inlets,
@@ -150,7 +132,6 @@ struct Driver {
 /// The driver's ends of the input queues.
 struct Queues {
     signal: mpsc::Receiver<Input>,
-    media: mpsc::Receiver<RtpIn>,
     strangers: mpsc::Receiver<Input>,
 }
 
@@ -158,9 +139,6 @@ impl Drop for Driver {
     fn drop(&mut self) {
         for r in &self.readers {
             r.abort();
-        }
-        for c in self.calls.values() {
-            c.reader.abort();
         }
     }
 }
@@ -183,18 +161,12 @@ pub(crate) fn spawn(
     let mut queues = Vec::with_capacity(shards);
     for _ in 0..shards {
         let (signal_tx, signal) = mpsc::channel(SIGNAL_QUEUE);
-        let (media_tx, media) = mpsc::channel(MEDIA_QUEUE);
         let (strangers_tx, strangers) = mpsc::channel(STRANGER_QUEUE);
         inlets_of_shards.push(ShardInlet {
             signal: signal_tx,
             strangers: strangers_tx,
-            media: media_tx,
         });
-        queues.push(Queues {
-            signal,
-            media,
-            strangers,
-        });
+        queues.push(Queues { signal, strangers });
     }
     let inlets = Inlets {
         shards: inlets_of_shards.into(),
@@ -252,26 +224,68 @@ pub(crate) fn spawn(
             None => None,
         };
         let (tx, commands_rx) = mpsc::unbounded_channel();
-        let driver = Driver {
-            shard,
-            board,
-            config: Arc::clone(&config),
-            sip_udp,
-            rtp_bind: bound.ip(),
-            rtp_advertised,
-            calls: HashMap::new(),
-            tickets: HashMap::new(),
-            streams: HashMap::new(),
-            inlets: inlets.clone(),
-            tls: Arc::clone(&tls),
+        // Each shard runs on its own thread, in a runtime of its own: its calls' RTP sockets and
+        // its timer share no scheduler with the other shards or with HTTP and the store, so a
+        // busy neighbour never delays a prompt packet (a shared pool made the 20 ms grid
+        // drift by tens of milliseconds at 800 calls).
+        let shard_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RuntimeError::Thread)?;
+        let shard_readers = if shard == 0 {
             // The first shard stops the socket readers when it goes.
-            readers: if shard == 0 {
-                std::mem::take(&mut readers)
-            } else {
-                Vec::new()
-            },
+            std::mem::take(&mut readers)
+        } else {
+            Vec::new()
         };
-        tokio::spawn(driver.run(commands_rx, q));
+        let (config, inlets, tls, rtp_bind) = (
+            Arc::clone(&config),
+            inlets.clone(),
+            Arc::clone(&tls),
+            bound.ip(),
+        );
+        let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(format!("sip-shard-{shard}"))
+            .spawn(move || {
+                // The poll set registers with the shard's runtime and holds epoll's raw event
+                // records, so it is made on the shard's thread and stays there.
+                let polled = {
+                    let _entered = shard_runtime.enter();
+                    RtpPoller::new().and_then(|rtp| Ok((rtp, Tick::new()?)))
+                };
+                let (rtp, tick) = match polled {
+                    Ok(polled) => polled,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(()));
+                let driver = Driver {
+                    shard,
+                    board,
+                    config,
+                    sip_udp,
+                    rtp_bind,
+                    rtp_advertised,
+                    calls: HashMap::new(),
+                    rtp,
+                    tick,
+                    rtp_busy: false,
+                    tickets: HashMap::new(),
+                    streams: HashMap::new(),
+                    inlets,
+                    tls,
+                    readers: shard_readers,
+                };
+                shard_runtime.block_on(driver.run(commands_rx, q));
+            })
+            .map_err(RuntimeError::Thread)?;
+        started
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the shard's thread ended at start")))
+            .map_err(RuntimeError::Thread)?;
         commands.push(tx);
     }
     tracing::info!(sip = %local, tls_only, shards, "SIP runtime started");
@@ -287,16 +301,19 @@ impl Driver {
             if !commands_open && self.calls.is_empty() {
                 return;
             }
-            let deadline = self
+            let mut deadline = self
                 .board
                 .poll_timeout()
                 .map(|d| d.max(last_timeout + MIN_TIMER_STEP));
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let now = Instant::now();
+            if self.rtp_busy {
+                let again = now + MIN_TIMER_STEP;
+                deadline = Some(deadline.map_or(again, |d| d.min(again)));
+            }
+            // Media waits for the next tick when one is near: a wake-up per tick drains every
+            // socket that became readable meanwhile, instead of one wake-up per datagram.
+            let wake_on_media = deadline.is_none_or(|d| d > now + MEDIA_COALESCE);
+            let timer = self.tick.until_some(deadline);
             tokio::select! {
                 biased;
                 // Timers first: what arrives never delays a prompt packet's slot.
@@ -305,14 +322,15 @@ impl Driver {
                     last_timeout = now;
                     self.board.handle_timeout(now);
                 }
+                () = self.rtp.readable(), if wake_on_media => {}
                 command = commands.recv(), if commands_open => match command {
                     Some(c) => self.command(c),
                     None => commands_open = false,
                 },
                 Some(input) = q.signal.recv() => self.take(input, &mut q.signal, Self::input),
-                Some(rtp) = q.media.recv() => self.take(rtp, &mut q.media, Self::rtp),
                 Some(input) = q.strangers.recv() => self.take(input, &mut q.strangers, Self::input),
             }
+            self.receive_rtp();
         }
     }
 
@@ -332,9 +350,28 @@ impl Driver {
         }
     }
 
-    fn rtp(&mut self, rtp: RtpIn) {
-        self.board
-            .handle_rtp(Instant::now(), rtp.call, rtp.source, rtp.bytes());
+    /// Reads one datagram from every call socket that is readable now.
+    fn receive_rtp(&mut self) {
+        let ready = self.rtp.poll_ready();
+        self.rtp_busy = false;
+        if ready == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..ready {
+            let Some(call) = self.calls.get_mut(&self.rtp.token(i)) else {
+                continue;
+            };
+            match RtpPoller::receive(self.rtp.buffer(), &mut call.rtp, now) {
+                Received::Datagram { source, bytes } => {
+                    self.rtp_busy = true;
+                    self.board.handle_rtp(now, call.id, source, bytes);
+                }
+                Received::Oversized => self.inlets.counters.rtp_dropped(Dropped::Parse),
+                Received::RateLimited => self.inlets.counters.rtp_dropped(Dropped::RateLimited),
+                Received::Nothing => {}
+            }
+        }
     }
 
     fn command(&mut self, command: Command) {
@@ -347,7 +384,7 @@ impl Driver {
                 done,
             } => {
                 let (low, high) = self.config.rtp_ports;
-                let Some(rtp) = net::bind_rtp(self.rtp_bind, (low, high)) else {
+                let Some(rtp) = RtpPoller::bind(self.rtp_bind, (low, high), now) else {
                     let _ = done.send(not_placed(&RuntimeError::NoRtpPort { low, high }));
                     return;
                 };
@@ -364,19 +401,23 @@ impl Driver {
                     }
                 };
                 tracing::info!(call = %id, %target, rtp = port, "INVITE sent");
+                if let Err(e) = self.rtp.add(&rtp, id.sip().get()) {
+                    // Without its socket in the set the call would hear nothing.
+                    tracing::error!(call = %id, error = %e, "RTP socket not polled: call hung up");
+                    self.board.cancel(now, id);
+                }
                 for p in &peers {
                     self.inlets.trusted.add(*p);
                 }
-                let reader = net::spawn_rtp_reader(&rtp, self.shard, id, self.inlets.clone());
                 self.tickets.insert(ticket, id);
                 self.calls.insert(
-                    id,
+                    id.sip().get(),
                     LiveCall {
+                        id,
                         ticket,
                         progress,
                         done: Some(done),
                         rtp,
-                        reader,
                         peers,
                     },
                 );
@@ -440,7 +481,7 @@ impl Driver {
                         destination,
                         payload,
                     } => {
-                        if let Some(c) = self.calls.get(&call)
+                        if let Some(c) = self.calls.get(&call.sip().get())
                             && let Err(e) = c.rtp.send_to(&payload, destination)
                         {
                             tracing::debug!(%call, error = %e, "RTP packet not sent");
@@ -525,7 +566,7 @@ impl Driver {
     }
 
     fn event(&mut self, id: CallId, event: Event) {
-        let Some(call) = self.calls.get_mut(&id) else {
+        let Some(call) = self.calls.get_mut(&id.sip().get()) else {
             return;
         };
         let progress = match event {
@@ -550,12 +591,12 @@ impl Driver {
                         timeline: report.timeline,
                     });
                 }
-                call.reader.abort();
+                self.rtp.remove(&call.rtp);
                 for p in &call.peers {
                     self.inlets.trusted.remove(*p);
                 }
                 let ticket = call.ticket;
-                self.calls.remove(&id);
+                self.calls.remove(&id.sip().get());
                 self.tickets.remove(&ticket);
                 for stream in self.streams.values_mut() {
                     stream.calls.remove(&id.sip());

@@ -2,25 +2,32 @@
 //! ([`flow::Switchboard`]).
 //!
 //! ```text
-//!  CallPlacer::place ──Command::Place──▶ ┌─────── driver task (one per shard) ────────┐
-//!  (one future per call)  ◀──progress──  │ Switchboard (SIP user agent + its calls)   │
-//!                         ◀──report────  │ one timer: sleep_until(poll_timeout())     │
-//!                                        └──▲──────────────────────────────┬─────────┘
-//!        reader tasks: SIP UDP socket,      │ Input (datagrams, messages,   │ try_send_to /
-//!        one per TCP/TLS connection,        │ transport errors)             │ connection queues
-//!        one per call's RTP socket ─────────┘                               ▼
+//!  CallPlacer::place ──Command::Place──▶ ┌──── shard: a thread, its own event loop ────┐
+//!  (one future per call)  ◀──progress──  │ Switchboard (SIP user agent + its calls)     │
+//!                         ◀──report────  │ one timer: a timerfd at poll_timeout()       │
+//!                                        │ its calls' RTP sockets: one epoll set,       │
+//!                                        │   drained at every tick ([`media_io`])       │
+//!                                        └──▲─────────────────────────────┬─────────────┘
+//!        reader tasks (main runtime):       │ Input (datagrams, messages,  │ sendto /
+//!        SIP UDP socket, TCP listener,      │ transport errors)            │ connection queues
+//!        one per TCP/TLS connection ────────┘                              ▼
 //! ```
-//! `sip.shards` driver tasks (default: one per core) each hold their calls (no task per call
-//! or per transaction); a new call goes to the shard with the fewest. Socket readers only
-//! move bytes into the owning shard's bounded queues (SIP by the shard its Via branch or
-//! Call-ID names, [`sip::route`]), strangers through a per-IP token bucket ([`admission`]). RTP ports come from `media.rtp_ports`; prompts are loaded once. What is
-//! dropped on the way is counted in [`SipCounters`] (docs/SECURITY.md).
+//! `sip.shards` shards (default: one per core) each hold their calls on a thread of their own
+//! (no task per call or per transaction, no scheduler shared with HTTP or another shard); a
+//! new call goes to the shard with the fewest. Socket readers only move SIP into the owning
+//! shard's bounded queues (by the shard its Via branch or Call-ID names, [`sip::route`]),
+//! strangers' through a per-IP token bucket ([`admission`]). RTP is read by the shard itself
+//! at its ticks, one wake-up for every call's packets. RTP ports come from `media.rtp_ports`;
+//! prompts are loaded once. What is dropped on the way is counted in [`SipCounters`]
+//! (docs/SECURITY.md).
 
 mod admission;
 mod driver;
 mod live;
+mod media_io;
 mod net;
 mod resolve;
+mod tick;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -92,6 +99,10 @@ pub enum RuntimeError {
     /// `sip.tls_ca` cannot be used (our configuration).
     #[error(transparent)]
     TlsCa(#[from] net::TlsCaError),
+    /// A shard's thread or its event loop cannot be created (the host: threads or
+    /// descriptors exhausted).
+    #[error("cannot start a SIP shard: {0}")]
+    Thread(#[source] std::io::Error),
     /// The driver task is gone (shut down or panicked): internal.
     #[error("the SIP runtime has stopped")]
     Stopped,

@@ -4,13 +4,11 @@
 //! [`Inlets`](super::admission::Inlets), which orders and limits them); the driver does
 //! everything else.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flow::CallId;
-use rand::Rng as _;
 use sip::Transport;
 use sip::framer::StreamFramer;
 use sip::message::Limits;
@@ -23,12 +21,10 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 
-use super::admission::{Inlets, Permit, RTP_RATE_PER_SEC, STREAM_QUEUE, TokenBucket};
-use super::driver::{Input, RtpIn};
+use super::admission::{Inlets, Permit, STREAM_QUEUE};
+use super::driver::Input;
 use crate::metrics::Dropped;
 
-/// Most ports tried when looking for a free RTP port.
-const RTP_BIND_ATTEMPTS: usize = 64;
 /// Largest datagram read (SIP over UDP stays under 64 KiB; RTP far less).
 pub(crate) const MAX_DATAGRAM: usize = 65_535;
 /// Connecting to the trunk over TCP/TLS: beyond this the transport has failed.
@@ -103,23 +99,6 @@ impl Udp {
     }
 }
 
-/// Binds a UDP socket on a free even port of `low..=high` (RTP uses even ports, RFC 3550
-/// §11), starting at a random one so two processes sharing a range rarely collide.
-pub(crate) fn bind_rtp(ip: IpAddr, (low, high): (u16, u16)) -> Option<Udp> {
-    let evens = usize::from((high - low) / 2) + 1;
-    let start = rand::rng().random_range(0..evens);
-    for i in 0..evens.min(RTP_BIND_ATTEMPTS) {
-        let port = low + u16::try_from((start + i) % evens).ok()? * 2;
-        let Ok(socket) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else {
-            continue;
-        };
-        if let Ok(udp) = Udp::new(socket) {
-            return Some(udp);
-        }
-    }
-    None
-}
-
 /// Reads up to `N` datagrams (several per buffer when the kernel coalesced them, GRO) and
 /// hands each to `each` with its source; an error other than "nothing to read" is returned.
 async fn recv_batch<const N: usize>(
@@ -165,50 +144,6 @@ pub(crate) fn spawn_sip_reader(udp: &Udp, inlets: Inlets) -> JoinHandle<()> {
                 gone |= inlets
                     .sip(Transport::Udp, source, bytes.to_vec(), false)
                     .is_err();
-            })
-            .await;
-            if gone {
-                return;
-            }
-            if let Err(e) = r
-                && receive_error(&e, &inlets).await
-            {
-                return;
-            }
-        }
-    })
-}
-
-/// Reads one call's RTP datagrams into the driver, at most [`RTP_RATE_PER_SEC`] a second (a
-/// flood at the port a stranger saw in the SDP does not crowd out other calls).
-///
-/// The buffer is allocated once per call (its pages stay untouched but the first, so it
-/// costs little resident memory) and each datagram is copied into a queue slot: nothing is
-/// allocated per packet.
-pub(crate) fn spawn_rtp_reader(
-    udp: &Udp,
-    shard: usize,
-    call: CallId,
-    inlets: Inlets,
-) -> JoinHandle<()> {
-    let (socket, state) = (Arc::clone(&udp.tokio), Arc::clone(&udp.state));
-    tokio::spawn(async move {
-        // One buffer: a socket gets ~50 datagrams a second, so there is rarely a second one
-        // waiting; the kernel's GRO may still coalesce several into it.
-        let mut storage = vec![0u8; MAX_DATAGRAM];
-        let mut budget = TokenBucket::new(Instant::now(), RTP_RATE_PER_SEC, RTP_RATE_PER_SEC);
-        loop {
-            let mut gone = false;
-            let r = recv_batch::<1>(&socket, &state, &mut storage, |source, bytes| {
-                if !budget.take(Instant::now()) {
-                    inlets.counters.rtp_dropped(Dropped::RateLimited);
-                    return;
-                }
-                let Some(input) = RtpIn::new(call, source, bytes) else {
-                    inlets.counters.rtp_dropped(Dropped::Parse);
-                    return;
-                };
-                gone |= inlets.rtp(shard, input).is_err();
             })
             .await;
             if gone {
