@@ -20,6 +20,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Most runtime shards (`sip.shards`): threads beyond the machine's cores only add switching.
+const MAX_SHARDS: u32 = 64;
+
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "CALLVERIFY_";
 /// Separator between path segments in an environment override.
@@ -180,6 +183,9 @@ pub struct SipConfig {
     pub max_connections: u32,
     /// The same, from one IP address.
     pub max_connections_per_ip: u32,
+    /// Runtime shards, each a thread with its own calls, timers and RTP sockets; 0: one per
+    /// available core.
+    pub shards: u32,
     /// An accepted connection that completes no message for this long is closed (idle or
     /// slow peers hold descriptors).
     pub connection_idle_secs: u64,
@@ -234,6 +240,7 @@ impl Default for SipConfig {
             tls_ca: None,
             max_connections: 128,
             max_connections_per_ip: 8,
+            shards: 0,
             connection_idle_secs: 30,
             stranger_rate_per_sec: 20,
             stranger_burst: 40,
@@ -762,6 +769,12 @@ impl Config {
         }
         if self.sip.t1_ms == 0 {
             return Err(invalid("sip.t1_ms", "must be at least 1"));
+        }
+        if self.sip.shards > MAX_SHARDS {
+            return Err(invalid(
+                "sip.shards",
+                "must be at most 64 (0: one per core)",
+            ));
         }
         self.sip
             .external()

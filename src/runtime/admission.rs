@@ -25,8 +25,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const SIGNAL_QUEUE: usize = 1024;
 /// Strangers' messages that passed their bucket: the driver takes them last.
 pub(crate) const STRANGER_QUEUE: usize = 64;
-/// RTP datagrams of every call (50 per second per call at 20 ms packets).
-pub(crate) const MEDIA_QUEUE: usize = 4096;
+/// Largest RTP datagram kept: an Ethernet MTU (1500 bytes) less the IPv4 and UDP headers. Our
+/// codecs' packets are ~200 bytes (12-byte header, 160 bytes of G.711, SRTP tag); anything
+/// larger is no audio of ours and is dropped.
+pub(crate) const RTP_MAX_DATAGRAM: usize = 1472;
 /// Messages waiting to be written on one connection.
 pub(crate) const STREAM_QUEUE: usize = 64;
 /// RTP datagrams one call's port may bring per second (token bucket): audio and events at
@@ -269,12 +271,17 @@ impl Drop for Permit {
     }
 }
 
-/// Everything a socket task needs to hand input to the driver.
+/// The queues into one shard's driver.
 #[derive(Clone, Debug)]
-pub(crate) struct Inlets {
+pub(crate) struct ShardInlet {
     pub(crate) signal: mpsc::Sender<Input>,
     pub(crate) strangers: mpsc::Sender<Input>,
-    pub(crate) media: mpsc::Sender<Input>,
+}
+
+/// Everything a socket task needs to hand input to the drivers (one per shard).
+#[derive(Clone, Debug)]
+pub(crate) struct Inlets {
+    pub(crate) shards: Arc<[ShardInlet]>,
     pub(crate) trusted: Arc<Trusted>,
     pub(crate) limiter: Arc<RateLimiter<IpAddr>>,
     pub(crate) gate: Arc<ConnectionGate>,
@@ -288,6 +295,26 @@ pub(crate) struct Inlets {
 pub(crate) struct Closed;
 
 impl Inlets {
+    /// Whether every driver is gone (the socket tasks then stop).
+    pub(crate) fn closed(&self) -> bool {
+        self.shards.iter().all(|s| s.signal.is_closed())
+    }
+
+    /// The shard a SIP message belongs to: the one its identifiers name
+    /// ([`sip::route::shard_of`]); shard 0 for anything else, whose user agent answers the
+    /// trunk's OPTIONS and drops (and counts) the rest as the single driver did.
+    fn shard_for(&self, bytes: &[u8]) -> &ShardInlet {
+        let index = if self.shards.len() == 1 {
+            0
+        } else {
+            sip::route::shard_of(bytes)
+                .map(usize::from)
+                .filter(|i| *i < self.shards.len())
+                .unwrap_or(0)
+        };
+        &self.shards[index]
+    }
+
     /// One SIP message from `source`. `vouched`: it came over a connection we opened to that
     /// peer. Trusted peers' messages queue first; a stranger's only within its bucket.
     pub(crate) fn sip(
@@ -297,36 +324,51 @@ impl Inlets {
         bytes: Vec<u8>,
         vouched: bool,
     ) -> Result<(), Closed> {
+        let trusted = vouched || self.trusted.contains(source);
+        if !trusted && !self.limiter.allow(source.ip(), Instant::now()) {
+            self.counters.sip_dropped(Dropped::RateLimited);
+            return Ok(());
+        }
+        // Only what passed its bucket is looked at for its shard.
+        let shard = self.shard_for(&bytes);
+        let queue = if trusted {
+            &shard.signal
+        } else {
+            &shard.strangers
+        };
         let input = Input::Sip {
             transport,
             source,
             bytes,
         };
-        let queue = if vouched || self.trusted.contains(source) {
-            &self.signal
-        } else if self.limiter.allow(source.ip(), Instant::now()) {
-            &self.strangers
-        } else {
-            self.counters.sip_dropped(Dropped::RateLimited);
-            return Ok(());
-        };
         self.offer(queue, input, |c| c.sip_dropped(Dropped::ChannelFull))
     }
 
-    /// A connection event (opened, closed): these are bounded by the connection caps.
-    pub(crate) fn control(&self, input: Input) -> Result<(), Closed> {
-        self.offer(&self.signal, input, |c| c.sip_dropped(Dropped::ChannelFull))
+    /// A connection event (opened, closed) for shard `shard`: these are bounded by the
+    /// connection caps.
+    pub(crate) fn control(&self, shard: usize, input: Input) -> Result<(), Closed> {
+        let queue = &self.shards[shard.min(self.shards.len() - 1)].signal;
+        self.offer(queue, input, |c| c.sip_dropped(Dropped::ChannelFull))
     }
 
-    /// One RTP datagram for a call.
-    pub(crate) fn rtp(&self, input: Input) -> Result<(), Closed> {
-        self.offer(&self.media, input, |c| c.rtp_dropped(Dropped::ChannelFull))
+    /// A connection event for every shard (a connection the far end opened to us may carry
+    /// any shard's requests).
+    pub(crate) fn control_all(&self, input: impl Fn() -> Input) -> Result<(), Closed> {
+        let mut open = false;
+        for shard in self.shards.iter() {
+            open |= self
+                .offer(&shard.signal, input(), |c| {
+                    c.sip_dropped(Dropped::ChannelFull)
+                })
+                .is_ok();
+        }
+        if open { Ok(()) } else { Err(Closed) }
     }
 
-    fn offer(
+    fn offer<T>(
         &self,
-        queue: &mpsc::Sender<Input>,
-        input: Input,
+        queue: &mpsc::Sender<T>,
+        input: T,
         full: impl FnOnce(&SipCounters),
     ) -> Result<(), Closed> {
         match queue.try_send(input) {

@@ -1,7 +1,11 @@
-//! The driver task: one [`Switchboard`] for every call, fed by the socket readers through
-//! bounded queues (trusted signalling, media, strangers: taken in that order), woken by one
-//! timer (the switchboard's earliest deadline), which goes before any input so that prompts
-//! keep their 20 ms grid under a flood.
+//! The drivers, one per shard, each on its own thread: each holds a [`Switchboard`] for its
+//! calls, fed by the SIP socket readers through its own bounded queues (trusted signalling,
+//! then strangers), woken by one precise timer (the switchboard's earliest deadline, [`Tick`])
+//! which goes before any input so that prompts keep their 20 ms grid under a flood, and
+//! reading its calls' RTP sockets itself at every wake-up ([`RtpPoller`]). The shards share
+//! the SIP socket (the reader routes each message to its shard, [`sip::route`]) and the
+//! admission state (trusted peers, strangers' buckets, connection caps, counters); each owns
+//! its calls' RTP sockets and timers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -18,10 +22,12 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
 use super::admission::{
-    ConnectionGate, Inlets, MEDIA_QUEUE, RateLimiter, SIGNAL_QUEUE, STRANGER_QUEUE, Trusted,
+    ConnectionGate, Inlets, RateLimiter, SIGNAL_QUEUE, STRANGER_QUEUE, ShardInlet, Trusted,
 };
 use super::live::Prompts;
+use super::media_io::{Received, RtpPoller, RtpSocket};
 use super::net;
+use super::tick::Tick;
 use super::{RuntimeConfig, RuntimeError, advertised, not_placed, os_seed};
 use crate::call::{CallProgress, CallReport};
 use crate::metrics::{Dropped, SipCounters};
@@ -29,6 +35,10 @@ use crate::metrics::{Dropped, SipCounters};
 /// The driver never sleeps less than this after handling timers (a deadline stuck in the
 /// past would otherwise spin the task).
 const MIN_TIMER_STEP: Duration = Duration::from_millis(1);
+/// When the next timer is nearer than this, readable RTP sockets wait for it instead of
+/// waking the driver (prompts tick every 20 ms per call, RFC 3551 §4.5's default G.711
+/// packetization, so under load a tick is never far; the jitter buffer absorbs the delay).
+const MEDIA_COALESCE: Duration = Duration::from_millis(5);
 /// Inputs taken from one queue before the timers are looked at again.
 const BATCH: usize = 32;
 
@@ -68,12 +78,6 @@ pub(crate) enum Input {
         source: SocketAddr,
         bytes: Vec<u8>,
     },
-    /// One datagram on a call's RTP socket.
-    Rtp {
-        call: CallId,
-        source: SocketAddr,
-        bytes: Vec<u8>,
-    },
     /// The far end opened a connection to us.
     StreamOpened {
         transport: Transport,
@@ -88,11 +92,11 @@ pub(crate) enum Input {
 }
 
 struct LiveCall {
+    id: CallId,
     ticket: Ticket,
     progress: mpsc::UnboundedSender<CallProgress>,
     done: Option<oneshot::Sender<CallReport>>,
-    rtp: net::Udp,
-    reader: JoinHandle<()>,
+    rtp: RtpSocket,
     /// The addresses this call made trusted (removed when it ends).
     peers: Vec<SocketAddr>,
 }
@@ -103,13 +107,21 @@ struct Stream {
 }
 
 struct Driver {
+    /// This driver's index among the shards (its identifiers carry it).
+    shard: usize,
     board: Switchboard<LiveFactory>,
     config: Arc<RuntimeConfig>,
     /// None with a TLS-only trunk: nothing listens.
     sip_udp: Option<net::Udp>,
     rtp_bind: IpAddr,
     rtp_advertised: IpAddr,
-    calls: HashMap<CallId, LiveCall>,
+    /// Keyed by the call's handle number, which is also its RTP socket's token in `rtp`.
+    calls: HashMap<u64, LiveCall>,
+    rtp: RtpPoller,
+    tick: Tick,
+    /// The last drain of `rtp` read something: drain again at the next millisecond rather
+    /// than wait for a new packet's wake-up (a socket may hold a second datagram).
+    rtp_busy: bool,
     tickets: HashMap<Ticket, CallId>,
     streams: HashMap<(Transport, SocketAddr), Stream>,
     inlets: Inlets,
@@ -120,7 +132,6 @@ struct Driver {
 /// The driver's ends of the input queues.
 struct Queues {
     signal: mpsc::Receiver<Input>,
-    media: mpsc::Receiver<Input>,
     strangers: mpsc::Receiver<Input>,
 }
 
@@ -129,31 +140,36 @@ impl Drop for Driver {
         for r in &self.readers {
             r.abort();
         }
-        for c in self.calls.values() {
-            c.reader.abort();
-        }
     }
 }
 
-/// Binds the SIP sockets and starts the driver (inside a tokio runtime); returns its command
-/// channel and the advertised SIP address. With a TLS-only trunk nothing listens: the trunk
-/// talks to us over the connection we open.
+/// Binds the SIP sockets and starts one driver per shard (inside a tokio runtime); returns
+/// their command channels and the advertised SIP address. With a TLS-only trunk nothing
+/// listens: the trunk talks to us over the connections we open.
 pub(crate) fn spawn(
     config: RuntimeConfig,
     prompts: Prompts,
     counters: Arc<SipCounters>,
-) -> Result<(mpsc::UnboundedSender<Command>, SocketAddr), RuntimeError> {
-    let bind_err = |source| RuntimeError::Bind {
-        addr: config.listen,
+) -> Result<(Vec<mpsc::UnboundedSender<Command>>, SocketAddr), RuntimeError> {
+    let listen = config.listen;
+    let bind_err = move |source| RuntimeError::Bind {
+        addr: listen,
         source,
     };
-    let (signal_tx, signal) = mpsc::channel(SIGNAL_QUEUE);
-    let (media_tx, media) = mpsc::channel(MEDIA_QUEUE);
-    let (strangers_tx, strangers) = mpsc::channel(STRANGER_QUEUE);
+    let shards = config.shards.max(1);
+    let mut inlets_of_shards = Vec::with_capacity(shards);
+    let mut queues = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (signal_tx, signal) = mpsc::channel(SIGNAL_QUEUE);
+        let (strangers_tx, strangers) = mpsc::channel(STRANGER_QUEUE);
+        inlets_of_shards.push(ShardInlet {
+            signal: signal_tx,
+            strangers: strangers_tx,
+        });
+        queues.push(Queues { signal, strangers });
+    }
     let inlets = Inlets {
-        signal: signal_tx,
-        strangers: strangers_tx,
-        media: media_tx,
+        shards: inlets_of_shards.into(),
         trusted: Arc::new(Trusted::new(config.trunk_peers.clone())),
         limiter: Arc::new(RateLimiter::new(
             config.stranger_rate_per_sec,
@@ -178,10 +194,7 @@ pub(crate) fn spawn(
         let std_socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
         let udp = net::Udp::new(std_socket).map_err(bind_err)?;
         let bound = udp.local_addr().map_err(bind_err)?;
-        readers.push(net::spawn_sip_reader(
-            Arc::clone(&udp.tokio),
-            inlets.clone(),
-        ));
+        readers.push(net::spawn_sip_reader(&udp, inlets.clone()));
         // TCP on the same port, for far ends that open a connection to our Contact.
         let tcp = std::net::TcpListener::bind(bound)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -192,37 +205,90 @@ pub(crate) fn spawn(
         }
         (Some(udp), bound)
     };
-    // Behind 1:1 NAT the external addresses are what Via, Contact and SDP show; the
-    // sockets stay bound to the local ones.
+    // Behind 1:1 NAT the external addresses are what Via, Contact and SDP show (on every
+    // shard); the sockets stay bound to the local ones.
     let local = config.public_sip(advertised(bound, config.route_probe));
     let rtp_advertised = config.public_rtp(local.ip());
-    let mut sip_config = sip::Config::new(local);
-    sip_config.timers.t1 = config.t1;
-    sip_config.timers.t2 = sip_config.timers.t2.max(config.t1);
-    sip_config.trusted_peers = config.trunk_peers.clone();
-    let board = Switchboard::new(sip_config, os_seed()?, LiveFactory::new(prompts.book()));
     let tls = net::tls_config(config.tls_ca.as_deref())?;
-    let (commands, commands_rx) = mpsc::unbounded_channel();
-    let driver = Driver {
-        board,
-        config: Arc::new(config),
-        sip_udp,
-        rtp_bind: bound.ip(),
-        rtp_advertised,
-        calls: HashMap::new(),
-        tickets: HashMap::new(),
-        streams: HashMap::new(),
-        inlets,
-        tls,
-        readers,
-    };
-    tracing::info!(sip = %local, tls_only, "SIP runtime started");
-    let queues = Queues {
-        signal,
-        media,
-        strangers,
-    };
-    tokio::spawn(driver.run(commands_rx, queues));
+    let config = Arc::new(config);
+    let mut commands = Vec::with_capacity(shards);
+    for (shard, q) in queues.into_iter().enumerate() {
+        let mut sip_config = sip::Config::new(local);
+        sip_config.timers.t1 = config.t1;
+        sip_config.timers.t2 = sip_config.timers.t2.max(config.t1);
+        sip_config.trusted_peers = config.trunk_peers.clone();
+        sip_config.id_prefix = sip::route::prefix(u16::try_from(shard).unwrap_or(u16::MAX));
+        let board = Switchboard::new(sip_config, os_seed()?, LiveFactory::new(prompts.book()));
+        let sip_udp = match &sip_udp {
+            Some(udp) => Some(udp.try_clone().map_err(bind_err)?),
+            None => None,
+        };
+        let (tx, commands_rx) = mpsc::unbounded_channel();
+        // Each shard runs on its own thread, in a runtime of its own: its calls' RTP sockets and
+        // its timer share no scheduler with the other shards or with HTTP and the store, so a
+        // busy neighbour never delays a prompt packet (a shared pool made the 20 ms grid
+        // drift by tens of milliseconds at 800 calls).
+        let shard_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RuntimeError::Thread)?;
+        let shard_readers = if shard == 0 {
+            // The first shard stops the socket readers when it goes.
+            std::mem::take(&mut readers)
+        } else {
+            Vec::new()
+        };
+        let (config, inlets, tls, rtp_bind) = (
+            Arc::clone(&config),
+            inlets.clone(),
+            Arc::clone(&tls),
+            bound.ip(),
+        );
+        let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(format!("sip-shard-{shard}"))
+            .spawn(move || {
+                // The poll set registers with the shard's runtime and holds epoll's raw event
+                // records, so it is made on the shard's thread and stays there.
+                let polled = {
+                    let _entered = shard_runtime.enter();
+                    RtpPoller::new().and_then(|rtp| Ok((rtp, Tick::new()?)))
+                };
+                let (rtp, tick) = match polled {
+                    Ok(polled) => polled,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(()));
+                let driver = Driver {
+                    shard,
+                    board,
+                    config,
+                    sip_udp,
+                    rtp_bind,
+                    rtp_advertised,
+                    calls: HashMap::new(),
+                    rtp,
+                    tick,
+                    rtp_busy: false,
+                    tickets: HashMap::new(),
+                    streams: HashMap::new(),
+                    inlets,
+                    tls,
+                    readers: shard_readers,
+                };
+                shard_runtime.block_on(driver.run(commands_rx, q));
+            })
+            .map_err(RuntimeError::Thread)?;
+        started
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the shard's thread ended at start")))
+            .map_err(RuntimeError::Thread)?;
+        commands.push(tx);
+    }
+    tracing::info!(sip = %local, tls_only, shards, "SIP runtime started");
     Ok((commands, local))
 }
 
@@ -235,16 +301,19 @@ impl Driver {
             if !commands_open && self.calls.is_empty() {
                 return;
             }
-            let deadline = self
+            let mut deadline = self
                 .board
                 .poll_timeout()
                 .map(|d| d.max(last_timeout + MIN_TIMER_STEP));
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let now = Instant::now();
+            if self.rtp_busy {
+                let again = now + MIN_TIMER_STEP;
+                deadline = Some(deadline.map_or(again, |d| d.min(again)));
+            }
+            // Media waits for the next tick when one is near: a wake-up per tick drains every
+            // socket that became readable meanwhile, instead of one wake-up per datagram.
+            let wake_on_media = deadline.is_none_or(|d| d > now + MEDIA_COALESCE);
+            let timer = self.tick.until_some(deadline);
             tokio::select! {
                 biased;
                 // Timers first: what arrives never delays a prompt packet's slot.
@@ -253,24 +322,54 @@ impl Driver {
                     last_timeout = now;
                     self.board.handle_timeout(now);
                 }
+                () = self.rtp.readable(), if wake_on_media => {}
                 command = commands.recv(), if commands_open => match command {
                     Some(c) => self.command(c),
                     None => commands_open = false,
                 },
-                Some(input) = q.signal.recv() => self.take(input, &mut q.signal),
-                Some(input) = q.media.recv() => self.take(input, &mut q.media),
-                Some(input) = q.strangers.recv() => self.take(input, &mut q.strangers),
+                Some(input) = q.signal.recv() => self.take(input, &mut q.signal, Self::input),
+                Some(input) = q.strangers.recv() => self.take(input, &mut q.strangers, Self::input),
             }
+            self.receive_rtp();
         }
     }
 
     /// Handles `first` and up to [`BATCH`] more already waiting in `queue`.
-    fn take(&mut self, first: Input, queue: &mut mpsc::Receiver<Input>) {
-        self.input(first);
+    fn take<T>(
+        &mut self,
+        first: T,
+        queue: &mut mpsc::Receiver<T>,
+        mut handle: impl FnMut(&mut Self, T),
+    ) {
+        handle(self, first);
         for _ in 1..BATCH {
             match queue.try_recv() {
-                Ok(input) => self.input(input),
+                Ok(input) => handle(self, input),
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads one datagram from every call socket that is readable now.
+    fn receive_rtp(&mut self) {
+        let ready = self.rtp.poll_ready();
+        self.rtp_busy = false;
+        if ready == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..ready {
+            let Some(call) = self.calls.get_mut(&self.rtp.token(i)) else {
+                continue;
+            };
+            match RtpPoller::receive(self.rtp.buffer(), &mut call.rtp, now) {
+                Received::Datagram { source, bytes } => {
+                    self.rtp_busy = true;
+                    self.board.handle_rtp(now, call.id, source, bytes);
+                }
+                Received::Oversized => self.inlets.counters.rtp_dropped(Dropped::Parse),
+                Received::RateLimited => self.inlets.counters.rtp_dropped(Dropped::RateLimited),
+                Received::Nothing => {}
             }
         }
     }
@@ -285,7 +384,7 @@ impl Driver {
                 done,
             } => {
                 let (low, high) = self.config.rtp_ports;
-                let Some(rtp) = net::bind_rtp(self.rtp_bind, (low, high)) else {
+                let Some(rtp) = RtpPoller::bind(self.rtp_bind, (low, high), now) else {
                     let _ = done.send(not_placed(&RuntimeError::NoRtpPort { low, high }));
                     return;
                 };
@@ -302,19 +401,23 @@ impl Driver {
                     }
                 };
                 tracing::info!(call = %id, %target, rtp = port, "INVITE sent");
+                if let Err(e) = self.rtp.add(&rtp, id.sip().get()) {
+                    // Without its socket in the set the call would hear nothing.
+                    tracing::error!(call = %id, error = %e, "RTP socket not polled: call hung up");
+                    self.board.cancel(now, id);
+                }
                 for p in &peers {
                     self.inlets.trusted.add(*p);
                 }
-                let reader = net::spawn_rtp_reader(Arc::clone(&rtp.tokio), id, self.inlets.clone());
                 self.tickets.insert(ticket, id);
                 self.calls.insert(
-                    id,
+                    id.sip().get(),
                     LiveCall {
+                        id,
                         ticket,
                         progress,
                         done: Some(done),
                         rtp,
-                        reader,
                         peers,
                     },
                 );
@@ -344,11 +447,6 @@ impl Driver {
                     tracing::debug!(%source, error = %e, "SIP message dropped");
                 }
             }
-            Input::Rtp {
-                call,
-                source,
-                bytes,
-            } => self.board.handle_rtp(now, call, source, &bytes),
             Input::StreamOpened {
                 transport,
                 peer,
@@ -383,7 +481,7 @@ impl Driver {
                         destination,
                         payload,
                     } => {
-                        if let Some(c) = self.calls.get(&call)
+                        if let Some(c) = self.calls.get(&call.sip().get())
                             && let Err(e) = c.rtp.send_to(&payload, destination)
                         {
                             tracing::debug!(%call, error = %e, "RTP packet not sent");
@@ -429,6 +527,7 @@ impl Driver {
                         .map(|trunk| trunk.host.clone())
                         .unwrap_or_else(|| t.destination.ip().to_string());
                     let writer = net::spawn_stream(
+                        self.shard,
                         t.transport,
                         t.destination,
                         server_name,
@@ -467,7 +566,7 @@ impl Driver {
     }
 
     fn event(&mut self, id: CallId, event: Event) {
-        let Some(call) = self.calls.get_mut(&id) else {
+        let Some(call) = self.calls.get_mut(&id.sip().get()) else {
             return;
         };
         let progress = match event {
@@ -492,12 +591,12 @@ impl Driver {
                         timeline: report.timeline,
                     });
                 }
-                call.reader.abort();
+                self.rtp.remove(&call.rtp);
                 for p in &call.peers {
                     self.inlets.trusted.remove(*p);
                 }
                 let ticket = call.ticket;
-                self.calls.remove(&id);
+                self.calls.remove(&id.sip().get());
                 self.tickets.remove(&ticket);
                 for stream in self.streams.values_mut() {
                     stream.calls.remove(&id.sip());

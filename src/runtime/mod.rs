@@ -2,24 +2,32 @@
 //! ([`flow::Switchboard`]).
 //!
 //! ```text
-//!  CallPlacer::place ──Command::Place──▶ ┌──────────────── driver task ───────────────┐
-//!  (one future per call)  ◀──progress──  │ Switchboard (SIP user agent + every call)  │
-//!                         ◀──report────  │ one timer: sleep_until(poll_timeout())     │
-//!                                        └──▲──────────────────────────────┬─────────┘
-//!        reader tasks: SIP UDP socket,      │ Input (datagrams, messages,   │ try_send_to /
-//!        one per TCP/TLS connection,        │ transport errors)             │ connection queues
-//!        one per call's RTP socket ─────────┘                               ▼
+//!  CallPlacer::place ──Command::Place──▶ ┌──── shard: a thread, its own event loop ────┐
+//!  (one future per call)  ◀──progress──  │ Switchboard (SIP user agent + its calls)     │
+//!                         ◀──report────  │ one timer: a timerfd at poll_timeout()       │
+//!                                        │ its calls' RTP sockets: one epoll set,       │
+//!                                        │   drained at every tick ([`media_io`])       │
+//!                                        └──▲─────────────────────────────┬─────────────┘
+//!        reader tasks (main runtime):       │ Input (datagrams, messages,  │ sendto /
+//!        SIP UDP socket, TCP listener,      │ transport errors)            │ connection queues
+//!        one per TCP/TLS connection ────────┘                              ▼
 //! ```
-//! One driver task holds every call (no task per call or per transaction); socket readers only
-//! move bytes into its bounded queues, strangers through a per-IP token bucket
-//! ([`admission`]). RTP ports come from `media.rtp_ports`; prompts are loaded once. What is
-//! dropped on the way is counted in [`SipCounters`] (docs/SECURITY.md).
+//! `sip.shards` shards (default: one per core) each hold their calls on a thread of their own
+//! (no task per call or per transaction, no scheduler shared with HTTP or another shard); a
+//! new call goes to the shard with the fewest. Socket readers only move SIP into the owning
+//! shard's bounded queues (by the shard its Via branch or Call-ID names, [`sip::route`]),
+//! strangers' through a per-IP token bucket ([`admission`]). RTP is read by the shard itself
+//! at its ticks, one wake-up for every call's packets. RTP ports come from `media.rtp_ports`;
+//! prompts are loaded once. What is dropped on the way is counted in [`SipCounters`]
+//! (docs/SECURITY.md).
 
 mod admission;
 mod driver;
 mod live;
+mod media_io;
 mod net;
 mod resolve;
+mod tick;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -91,6 +99,10 @@ pub enum RuntimeError {
     /// `sip.tls_ca` cannot be used (our configuration).
     #[error(transparent)]
     TlsCa(#[from] net::TlsCaError),
+    /// A shard's thread or its event loop cannot be created (the host: threads or
+    /// descriptors exhausted).
+    #[error("cannot start a SIP shard: {0}")]
+    Thread(#[source] std::io::Error),
     /// The driver task is gone (shut down or panicked): internal.
     #[error("the SIP runtime has stopped")]
     Stopped,
@@ -211,6 +223,8 @@ pub struct RuntimeConfig {
     pub stranger_burst: u32,
     /// `media.srtp`.
     pub srtp: SrtpMode,
+    /// `sip.shards` (0 there: one per available core), at least 1.
+    pub shards: usize,
     /// `sip.dns_servers` (empty: the system's).
     pub dns_servers: Vec<SocketAddr>,
     /// The trunk resolved at start (RFC 3263), if it resolved.
@@ -321,6 +335,10 @@ impl RuntimeConfig {
             stranger_rate_per_sec: config.sip.stranger_rate_per_sec,
             stranger_burst: config.sip.stranger_burst,
             srtp,
+            shards: match config.sip.shards {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n as usize,
+            },
             dns_servers: config.sip.dns_servers.clone(),
             trunk_located,
             external_sip,
@@ -344,7 +362,7 @@ pub struct CallOrder {
 /// A running SIP runtime; cheap to clone. The driver stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Runtime {
-    commands: mpsc::UnboundedSender<driver::Command>,
+    shards: Arc<[Shard]>,
     config: Arc<RuntimeConfig>,
     local_sip: SocketAddr,
     counters: Arc<SipCounters>,
@@ -361,8 +379,26 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// One shard as the call futures see it: its driver's command channel and how many calls it
+/// holds.
+struct Shard {
+    commands: mpsc::UnboundedSender<driver::Command>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+/// A call counted on its shard until the call's future ends.
+struct Seat<'a>(&'a Shard);
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.0
+            .calls
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Runtime {
-    /// Binds the SIP socket, loads the prompts and starts the driver task. Must be called
+    /// Binds the SIP socket, loads the prompts and starts the driver tasks. Must be called
     /// inside a tokio runtime.
     pub fn start(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let prompts = Prompts::load(&config.prompts, &config.languages)?;
@@ -379,8 +415,15 @@ impl Runtime {
             _ => None,
         };
         let (commands, local_sip) = driver::spawn(config.clone(), prompts, Arc::clone(&counters))?;
+        let shards = commands
+            .into_iter()
+            .map(|commands| Shard {
+                commands,
+                calls: std::sync::atomic::AtomicUsize::new(0),
+            })
+            .collect();
         Ok(Runtime {
-            commands,
+            shards,
             config: Arc::new(config),
             local_sip,
             counters,
@@ -427,7 +470,9 @@ impl Runtime {
         }
         let (done, report) = oneshot::channel();
         let ticket = driver::Ticket::next();
-        if self
+        let seat = self.seat();
+        let shard = seat.0;
+        if shard
             .commands
             .send(driver::Command::Place {
                 ticket,
@@ -444,10 +489,22 @@ impl Runtime {
             r = &mut report => return r.unwrap_or_else(|_| not_placed(&RuntimeError::Stopped)),
             _ = cancel.cancelled() => {}
         }
-        let _ = self.commands.send(driver::Command::Cancel { ticket });
+        let _ = shard.commands.send(driver::Command::Cancel { ticket });
         report
             .await
             .unwrap_or_else(|_| not_placed(&RuntimeError::Stopped))
+    }
+
+    /// A seat on the shard holding the fewest calls (a scan of the shards, not of calls).
+    fn seat(&self) -> Seat<'_> {
+        use std::sync::atomic::Ordering;
+        let shard = self
+            .shards
+            .iter()
+            .min_by_key(|s| s.calls.load(Ordering::Relaxed))
+            .unwrap_or_else(|| unreachable!("a runtime has at least one shard"));
+        shard.calls.fetch_add(1, Ordering::Relaxed);
+        Seat(shard)
     }
 
     /// What the flow needs to place `order`.
@@ -471,9 +528,12 @@ impl Runtime {
                 let t = targets.current().await?;
                 if t.changed {
                     // Re-resolved to other addresses: those are the trunk's trusted peers now.
-                    let _ = self.commands.send(driver::Command::TrunkPeers {
-                        peers: t.peers.clone(),
-                    });
+                    // Every shard's agent answers the trunk's OPTIONS and strays.
+                    for shard in self.shards.iter() {
+                        let _ = shard.commands.send(driver::Command::TrunkPeers {
+                            peers: t.peers.clone(),
+                        });
+                    }
                 }
                 (t.hops, t.peers, trunk.transport)
             }

@@ -4,13 +4,11 @@
 //! [`Inlets`](super::admission::Inlets), which orders and limits them); the driver does
 //! everything else.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flow::CallId;
-use rand::Rng as _;
 use sip::Transport;
 use sip::framer::StreamFramer;
 use sip::message::Limits;
@@ -23,12 +21,10 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 
-use super::admission::{Inlets, Permit, RTP_RATE_PER_SEC, STREAM_QUEUE, TokenBucket};
+use super::admission::{Inlets, Permit, STREAM_QUEUE};
 use super::driver::Input;
 use crate::metrics::Dropped;
 
-/// Most ports tried when looking for a free RTP port.
-const RTP_BIND_ATTEMPTS: usize = 64;
 /// Largest datagram read (SIP over UDP stays under 64 KiB; RTP far less).
 pub(crate) const MAX_DATAGRAM: usize = 65_535;
 /// Connecting to the trunk over TCP/TLS: beyond this the transport has failed.
@@ -36,12 +32,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed accept (out of descriptors), the listener waits this long before the next.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// A UDP socket read by a tokio task and written directly by the driver.
+/// SIP datagrams taken from the socket in one `recvmmsg` call.
+const SIP_RECV_BATCH: usize = 8;
+
+/// A UDP socket read by a tokio task and written directly by the driver, both through
+/// quinn-udp (`recvmmsg` and GRO in, `sendmsg` out; GSO where the kernel has it).
 ///
 /// Sending goes through the std socket (non-blocking): the driver sends from synchronous
 /// code, and tokio's `try_send_to` refuses until the socket was polled writable once.
 pub(crate) struct Udp {
     pub(crate) tokio: Arc<UdpSocket>,
+    pub(crate) state: Arc<quinn_udp::UdpSocketState>,
     send: std::net::UdpSocket,
 }
 
@@ -49,17 +50,48 @@ impl Udp {
     /// Wraps a bound std socket (must run inside a tokio runtime).
     pub(crate) fn new(socket: std::net::UdpSocket) -> std::io::Result<Udp> {
         socket.set_nonblocking(true)?;
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        // quinn-udp forbids fragmentation (QUIC sizes its own packets); a SIP message over
+        // UDP larger than the path MTU must still go out, fragmented, as it did before.
+        let _ = if socket.local_addr()?.is_ipv4() {
+            rustix::net::sockopt::set_ip_mtu_discover(
+                &socket,
+                rustix::net::sockopt::Ipv4PathMtuDiscovery::DONT,
+            )
+        } else {
+            rustix::net::sockopt::set_ipv6_mtu_discover(
+                &socket,
+                rustix::net::sockopt::Ipv6PathMtuDiscovery::DONT,
+            )
+        };
         let send = socket.try_clone()?;
         Ok(Udp {
             tokio: Arc::new(UdpSocket::from_std(socket)?),
+            state: Arc::new(state),
             send,
+        })
+    }
+
+    /// Another sender on the same socket (each shard sends SIP from its own thread).
+    pub(crate) fn try_clone(&self) -> std::io::Result<Udp> {
+        Ok(Udp {
+            tokio: Arc::clone(&self.tokio),
+            state: Arc::clone(&self.state),
+            send: self.send.try_clone()?,
         })
     }
 
     /// Sends a datagram now, or fails (a full send buffer drops it: UDP, the protocols
     /// above retransmit or tolerate loss).
     pub(crate) fn send_to(&self, payload: &[u8], to: SocketAddr) -> std::io::Result<()> {
-        self.send.send_to(payload, to).map(|_| ())
+        let transmit = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents: payload,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.state.try_send((&self.send).into(), &transmit)
     }
 
     pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -67,78 +99,60 @@ impl Udp {
     }
 }
 
-/// Binds a UDP socket on a free even port of `low..=high` (RTP uses even ports, RFC 3550
-/// §11), starting at a random one so two processes sharing a range rarely collide.
-pub(crate) fn bind_rtp(ip: IpAddr, (low, high): (u16, u16)) -> Option<Udp> {
-    let evens = usize::from((high - low) / 2) + 1;
-    let start = rand::rng().random_range(0..evens);
-    for i in 0..evens.min(RTP_BIND_ATTEMPTS) {
-        let port = low + u16::try_from((start + i) % evens).ok()? * 2;
-        let Ok(socket) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else {
-            continue;
-        };
-        if let Ok(udp) = Udp::new(socket) {
-            return Some(udp);
+/// Reads up to `N` datagrams (several per buffer when the kernel coalesced them, GRO) and
+/// hands each to `each` with its source; an error other than "nothing to read" is returned.
+async fn recv_batch<const N: usize>(
+    socket: &UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+    storage: &mut [u8],
+    mut each: impl FnMut(SocketAddr, &[u8]),
+) -> std::io::Result<()> {
+    let size = storage.len() / N;
+    let mut meta = [quinn_udp::RecvMeta::default(); N];
+    let n = loop {
+        socket.readable().await?;
+        let mut chunks = storage.chunks_mut(size);
+        let mut bufs: [std::io::IoSliceMut<'_>; N] =
+            std::array::from_fn(|_| std::io::IoSliceMut::new(chunks.next().unwrap_or_default()));
+        match socket.try_io(tokio::io::Interest::READABLE, || {
+            state.recv(socket.into(), &mut bufs, &mut meta)
+        }) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    for (i, m) in meta.iter().enumerate().take(n) {
+        let buf = &storage[i * size..i * size + m.len.min(size)];
+        let stride = m.stride.max(1);
+        for segment in buf.chunks(stride) {
+            each(m.addr, segment);
         }
     }
-    None
+    Ok(())
 }
 
-/// Reads SIP datagrams into the driver (through [`Inlets::sip`]) until the driver is gone.
-pub(crate) fn spawn_sip_reader(socket: Arc<UdpSocket>, inlets: Inlets) -> JoinHandle<()> {
+/// Reads SIP datagrams into the drivers (through [`Inlets::sip`], which picks the shard)
+/// until every driver is gone.
+pub(crate) fn spawn_sip_reader(udp: &Udp, inlets: Inlets) -> JoinHandle<()> {
+    let (socket, state) = (Arc::clone(&udp.tokio), Arc::clone(&udp.state));
     tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut storage = vec![0u8; SIP_RECV_BATCH * MAX_DATAGRAM];
         loop {
-            match socket.recv_from(&mut buf).await {
-                Ok((n, source)) => {
-                    if inlets
-                        .sip(Transport::Udp, source, buf[..n].to_vec(), false)
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if receive_error(&e, &inlets).await {
-                        return;
-                    }
-                }
+            let mut gone = false;
+            let r = recv_batch::<SIP_RECV_BATCH>(&socket, &state, &mut storage, |source, bytes| {
+                gone |= inlets
+                    .sip(Transport::Udp, source, bytes.to_vec(), false)
+                    .is_err();
+            })
+            .await;
+            if gone {
+                return;
             }
-        }
-    })
-}
-
-/// Reads one call's RTP datagrams into the driver, at most [`RTP_RATE_PER_SEC`] a second (a
-/// flood at the port a stranger saw in the SDP does not crowd out other calls).
-pub(crate) fn spawn_rtp_reader(
-    socket: Arc<UdpSocket>,
-    call: CallId,
-    inlets: Inlets,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut budget = TokenBucket::new(Instant::now(), RTP_RATE_PER_SEC, RTP_RATE_PER_SEC);
-        loop {
-            match socket.recv_from(&mut buf).await {
-                Ok((n, source)) => {
-                    if !budget.take(Instant::now()) {
-                        inlets.counters.rtp_dropped(Dropped::RateLimited);
-                        continue;
-                    }
-                    let input = Input::Rtp {
-                        call,
-                        source,
-                        bytes: buf[..n].to_vec(),
-                    };
-                    if inlets.rtp(input).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if receive_error(&e, &inlets).await {
-                        return;
-                    }
-                }
+            if let Err(e) = r
+                && receive_error(&e, &inlets).await
+            {
+                return;
             }
         }
     })
@@ -148,7 +162,7 @@ pub(crate) fn spawn_rtp_reader(
 /// True when the driver is gone.
 async fn receive_error(e: &std::io::Error, inlets: &Inlets) -> bool {
     tracing::debug!(error = %e, "UDP receive error");
-    if inlets.signal.is_closed() {
+    if inlets.closed() {
         return true;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -210,6 +224,7 @@ pub(crate) fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>,
 /// [`STREAM_QUEUE`] messages wait). Reports [`Input::StreamClosed`] when it fails or ends.
 /// What arrives over it comes from `peer`: we opened it.
 pub(crate) fn spawn_stream(
+    shard: usize,
     transport: Transport,
     peer: SocketAddr,
     server_name: String,
@@ -242,7 +257,7 @@ pub(crate) fn spawn_stream(
         if let Err(e) = &result {
             tracing::warn!(%peer, ?transport, error = %e, "SIP connection failed");
         }
-        let _ = inlets.control(Input::StreamClosed { transport, peer });
+        let _ = inlets.control(shard, Input::StreamClosed { transport, peer });
     });
     tx
 }
@@ -256,7 +271,7 @@ pub(crate) fn spawn_listener(listener: TcpListener, inlets: Inlets) -> JoinHandl
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
-                    if inlets.signal.is_closed() {
+                    if inlets.closed() {
                         return;
                     }
                     if !inlets.trusted.has_ip(peer.ip()) {
@@ -281,14 +296,15 @@ pub(crate) fn spawn_listener(listener: TcpListener, inlets: Inlets) -> JoinHandl
 /// closes, breaks framing or stays idle for `inlets.idle`.
 fn spawn_accepted(tcp: TcpStream, peer: SocketAddr, permit: Permit, inlets: Inlets) {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    let opened = Input::StreamOpened {
+    let opened = || Input::StreamOpened {
         transport: Transport::Tcp,
         peer,
-        writer: tx,
+        writer: tx.clone(),
     };
-    if inlets.control(opened).is_err() {
+    if inlets.control_all(opened).is_err() {
         return;
     }
+    drop(tx);
     tokio::spawn(async move {
         let link = Link {
             transport: Transport::Tcp,
@@ -298,7 +314,7 @@ fn spawn_accepted(tcp: TcpStream, peer: SocketAddr, permit: Permit, inlets: Inle
         };
         let _ = pump_stream(tcp, link, rx, &inlets).await;
         drop(permit);
-        let _ = inlets.control(Input::StreamClosed {
+        let _ = inlets.control_all(|| Input::StreamClosed {
             transport: Transport::Tcp,
             peer,
         });

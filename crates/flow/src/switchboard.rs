@@ -63,6 +63,8 @@ pub enum Transmit {
 struct Entry<M> {
     core: Core,
     stage: Option<Stage<M>>,
+    /// The call's deadline as filed in [`Switchboard::deadlines`].
+    deadline: Option<Instant>,
 }
 
 /// 32 bytes of `rng` as a seed for another generator (never sent anywhere).
@@ -77,8 +79,12 @@ pub struct Switchboard<F: MediaFactory> {
     ua: UserAgent,
     factory: F,
     calls: BTreeMap<CallHandle, Entry<F::Media>>,
-    /// Calls fed since the last pump: only they can have packets or events waiting.
-    touched: BTreeSet<CallHandle>,
+    /// Calls fed since the last pump: only they can have packets or events waiting, and only
+    /// their deadlines can have moved.
+    touched: Vec<CallHandle>,
+    /// Every call's next deadline, earliest first: the timer costs O(log calls) per change
+    /// and nothing per wake-up, however many calls there are.
+    deadlines: BTreeSet<(Instant, CallHandle)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<(CallId, Event)>,
     /// Keys each call's media and SDP session id (ChaCha20, keyed by the seed given).
@@ -104,7 +110,8 @@ impl<F: MediaFactory> Switchboard<F> {
             ua: UserAgent::new(config, ua_seed),
             factory,
             calls: BTreeMap::new(),
-            touched: BTreeSet::new(),
+            touched: Vec::new(),
+            deadlines: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             rng,
@@ -163,12 +170,13 @@ impl<F: MediaFactory> Switchboard<F> {
             srtp,
         });
         let stage = Stage::dialing(&core);
-        self.touched.insert(handle);
+        self.touched.push(handle);
         self.calls.insert(
             handle,
             Entry {
                 core,
                 stage: Some(stage),
+                deadline: None,
             },
         );
         self.pump(now);
@@ -208,19 +216,17 @@ impl<F: MediaFactory> Switchboard<F> {
 
     /// Advances every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.ua.handle_timeout(now);
-        let due: Vec<CallHandle> = self
-            .calls
-            .iter()
-            .filter(|(_, e)| {
-                e.stage
-                    .as_ref()
-                    .and_then(|s| s.poll_timeout(&e.core))
-                    .is_some_and(|t| t <= now)
-            })
-            .map(|(h, _)| *h)
-            .collect();
-        for h in due {
+        if self.ua.poll_timeout().is_some_and(|t| t <= now) {
+            self.ua.handle_timeout(now);
+        }
+        while let Some(&(t, h)) = self.deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(entry) = self.calls.get_mut(&h) {
+                entry.deadline = None;
+            }
             self.feed(now, h, Input::Timeout);
         }
         self.pump(now);
@@ -228,11 +234,11 @@ impl<F: MediaFactory> Switchboard<F> {
 
     /// When `handle_timeout` must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let calls = self
-            .calls
-            .values()
-            .filter_map(|e| e.stage.as_ref().and_then(|s| s.poll_timeout(&e.core)));
-        calls.chain(self.ua.poll_timeout()).min()
+        let calls = self.deadlines.first().map(|(t, _)| *t);
+        match (calls, self.ua.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next packet to send.
@@ -249,7 +255,7 @@ impl<F: MediaFactory> Switchboard<F> {
         let Some(entry) = self.calls.get_mut(&handle) else {
             return;
         };
-        self.touched.insert(handle);
+        self.touched.push(handle);
         let Some(stage) = entry.stage.take() else {
             return;
         };
@@ -277,7 +283,12 @@ impl<F: MediaFactory> Switchboard<F> {
                 moved = true;
             }
             let mut finished = Vec::new();
-            for h in std::mem::take(&mut self.touched) {
+            // A Vec kept between pumps, not a set: no allocation per packet. Nothing below
+            // feeds a call, so `self.touched` stays empty until it is put back.
+            let mut touched = std::mem::take(&mut self.touched);
+            touched.sort_unstable();
+            touched.dedup();
+            for &h in &touched {
                 let Some(entry) = self.calls.get_mut(&h) else {
                     continue;
                 };
@@ -293,10 +304,30 @@ impl<F: MediaFactory> Switchboard<F> {
                 while let Some(e) = entry.core.events.pop_front() {
                     self.events.push_back((CallId(h), e));
                 }
-                if entry.stage.as_ref().is_none_or(|s| s.is_finished()) {
+                let finished_now = entry.stage.as_ref().is_none_or(|s| s.is_finished());
+                let due = if finished_now {
+                    None
+                } else {
+                    entry
+                        .stage
+                        .as_ref()
+                        .and_then(|s| s.poll_timeout(&entry.core))
+                };
+                if due != entry.deadline {
+                    if let Some(old) = entry.deadline {
+                        self.deadlines.remove(&(old, h));
+                    }
+                    if let Some(new) = due {
+                        self.deadlines.insert((new, h));
+                    }
+                    entry.deadline = due;
+                }
+                if finished_now {
                     finished.push(h);
                 }
             }
+            touched.clear();
+            self.touched = touched;
             for h in finished {
                 self.calls.remove(&h);
             }

@@ -585,10 +585,20 @@ impl Session {
     }
 }
 
-/// A silent frame in `codec` (None for codecs not encoded here).
+/// A silent frame in `codec` (None for codecs not encoded here): the code of a zero sample,
+/// repeated (G.711 Tables 2a/2b: 0xFF in µ-law, 0xD5 in A-law), not encoded per packet.
 fn silence(codec: Codec) -> Option<[u8; FRAME_SAMPLES]> {
-    encode(codec, &[0; FRAME_SAMPLES])
+    match codec {
+        Codec::Pcmu => Some([SILENCE_ULAW; FRAME_SAMPLES]),
+        Codec::Pcma => Some([SILENCE_ALAW; FRAME_SAMPLES]),
+        Codec::G729 | Codec::Opus | Codec::Other { .. } => None,
+    }
 }
+
+/// µ-law code of a zero sample (G.711 Table 2a).
+const SILENCE_ULAW: u8 = 0xFF;
+/// A-law code of a zero sample (G.711 Table 2b: 0x55 with even bits inverted).
+const SILENCE_ALAW: u8 = 0xD5;
 
 fn encode(codec: Codec, pcm: &[i16; FRAME_SAMPLES]) -> Option<[u8; FRAME_SAMPLES]> {
     let f: fn(i16) -> u8 = match codec {
@@ -597,4 +607,21 @@ fn encode(codec: Codec, pcm: &[i16; FRAME_SAMPLES]) -> Option<[u8; FRAME_SAMPLES
         Codec::G729 | Codec::Opus | Codec::Other { .. } => return None,
     };
     Some(pcm.map(f))
+}
+
+#[cfg(test)]
+mod silence_tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_the_encoded_zero_sample() {
+        for codec in [Codec::Pcmu, Codec::Pcma] {
+            assert_eq!(
+                silence(codec),
+                encode(codec, &[0; FRAME_SAMPLES]),
+                "{codec:?}"
+            );
+        }
+        assert_eq!(silence(Codec::G729), None);
+    }
 }

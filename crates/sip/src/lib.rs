@@ -16,7 +16,8 @@
 //! }
 //! ```
 //! Modules: [`message`] (parse/print), [`framer`] (TCP/TLS framing), [`auth`] (digest),
-//! [`sdp`] (offer/answer), [`sdes`] (SRTP keys in SDP), [`info`] (DTMF in SIP INFO), [`locate`] (RFC 3263 server location), [`timer`] (RFC 3261 timers),
+//! [`route`] (which shard owns a message), [`sdp`] (offer/answer), [`sdes`] (SRTP keys in SDP), [`info`] (DTMF in SIP INFO),
+//! [`locate`] (RFC 3263 server location), [`timer`] (RFC 3261 timers),
 //! [`UserAgent`] (transactions, dialogs, calls).
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod locate;
 pub mod message;
 pub mod redact;
 mod rng;
+pub mod route;
 pub mod sdes;
 pub mod sdp;
 pub mod timer;

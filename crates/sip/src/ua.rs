@@ -85,6 +85,10 @@ pub struct Config {
     /// Addresses (address and port) trusted outside any call: the trunk's, so its OPTIONS
     /// and stray requests get one stateless answer. Everything else unknown is dropped.
     pub trusted_peers: Vec<SocketAddr>,
+    /// Starts every tag, branch (after the magic cookie) and Call-ID this agent makes up: a
+    /// runtime with several agents (shards) names the owner there, so that it can route a
+    /// message to its agent without parsing it ([`crate::route`]). Empty: none.
+    pub id_prefix: String,
 }
 
 impl Config {
@@ -97,6 +101,7 @@ impl Config {
             user_agent: "callverify".into(),
             accept_incoming: false,
             trusted_peers: Vec::new(),
+            id_prefix: String::new(),
         }
     }
 }
@@ -341,6 +346,12 @@ struct Ctx {
 pub struct UserAgent {
     ctx: Ctx,
     calls: BTreeMap<CallHandle, Call>,
+    /// The calls of each Call-ID (one, but for forked or colliding incoming calls): requests
+    /// and stray responses find their call without a scan.
+    by_call_id: HashMap<String, Vec<CallHandle>>,
+    /// [`UserAgent::poll_timeout`] as last computed; cleared by every method that can move a
+    /// timer, so the scan runs once per change, not once per wake-up of the runtime.
+    next_timeout: std::cell::Cell<Option<Option<Instant>>>,
     next_handle: u64,
 }
 
@@ -356,7 +367,12 @@ impl std::fmt::Debug for UserAgent {
 
 impl Ctx {
     fn branch(&mut self) -> String {
-        format!("{BRANCH_COOKIE}{}", self.rng.token())
+        format!("{BRANCH_COOKIE}{}{}", self.cfg.id_prefix, self.rng.token())
+    }
+
+    /// A new tag or Call-ID local part: [`Config::id_prefix`] and 128 random bits.
+    fn id(&mut self) -> String {
+        format!("{}{}", self.cfg.id_prefix, self.rng.token())
     }
 
     fn know(&mut self, addr: SocketAddr) {
@@ -541,6 +557,8 @@ impl UserAgent {
                 events: VecDeque::new(),
             },
             calls: BTreeMap::new(),
+            by_call_id: HashMap::new(),
+            next_timeout: std::cell::Cell::new(None),
             next_handle: 1,
         }
     }
@@ -585,6 +603,42 @@ impl UserAgent {
 
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(cached) = self.next_timeout.get() {
+            return cached;
+        }
+        let next = self.scan_timeouts();
+        self.next_timeout.set(Some(next));
+        next
+    }
+
+    /// Forgets the cached [`UserAgent::poll_timeout`]: a timer may have moved.
+    fn touch(&mut self) {
+        self.next_timeout.set(None);
+    }
+
+    fn insert_call(&mut self, handle: CallHandle, call: Call) {
+        self.by_call_id
+            .entry(call.call_id.clone())
+            .or_default()
+            .push(handle);
+        self.calls.insert(handle, call);
+    }
+
+    fn remove_call(&mut self, handle: CallHandle) -> Option<Call> {
+        let call = self.calls.remove(&handle)?;
+        if let std::collections::hash_map::Entry::Occupied(mut e) =
+            self.by_call_id.entry(call.call_id.clone())
+        {
+            e.get_mut().retain(|h| *h != handle);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        Some(call)
+    }
+
+    /// The earliest deadline of every transaction and call.
+    fn scan_timeouts(&self) -> Option<Instant> {
         let tx = self
             .ctx
             .clients
@@ -616,10 +670,11 @@ impl UserAgent {
 
     /// Places a call: sends the INVITE with our SDP offer.
     pub fn call(&mut self, now: Instant, call: OutgoingCall) -> CallHandle {
+        self.touch();
         let handle = self.new_handle();
         let ctx = &mut self.ctx;
-        let local_tag = ctx.rng.token();
-        let call_id = format!("{}@{}", ctx.rng.token(), ctx.cfg.local_addr.ip());
+        let local_tag = ctx.id();
+        let call_id = format!("{}@{}", ctx.id(), ctx.cfg.local_addr.ip());
         let local_hdr = match &call.display_name {
             Some(name) => format!(
                 "\"{}\" <{}>;tag={local_tag}",
@@ -661,7 +716,7 @@ impl UserAgent {
         }
         let failover_at =
             (!call.alternates.is_empty()).then(|| now + ctx.cfg.timers.t1 * FAILOVER_SILENCE_T1);
-        self.calls.insert(
+        self.insert_call(
             handle,
             Call {
                 role: Role::Caller,
@@ -705,6 +760,7 @@ impl UserAgent {
     /// Hangs up: CANCEL before answer (deferred until a provisional arrives, RFC 3261 §9.1),
     /// BYE after; as callee before answering, rejects with 480. Idempotent once ending.
     pub fn hangup(&mut self, now: Instant, handle: CallHandle) -> Result<(), UsageError> {
+        self.touch();
         let call = self
             .calls
             .get_mut(&handle)
@@ -733,6 +789,7 @@ impl UserAgent {
 
     /// Callee: sends 180 Ringing.
     pub fn ringing(&mut self, now: Instant, handle: CallHandle) -> Result<(), UsageError> {
+        self.touch();
         self.provisional(now, handle, 180)
     }
 
@@ -743,6 +800,7 @@ impl UserAgent {
         handle: CallHandle,
         status: u16,
     ) -> Result<(), UsageError> {
+        self.touch();
         if !(101..=199).contains(&status) {
             return Err(UsageError::InvalidStatus(status));
         }
@@ -761,6 +819,7 @@ impl UserAgent {
         handle: CallHandle,
         media: LocalMedia,
     ) -> Result<Option<Negotiated>, UsageError> {
+        self.touch();
         self.set_local_media(handle, media)?;
         self.answer(now, handle)
     }
@@ -773,6 +832,7 @@ impl UserAgent {
         now: Instant,
         handle: CallHandle,
     ) -> Result<Option<Negotiated>, UsageError> {
+        self.touch();
         let (call, key, req) = callee_invite(&mut self.calls, &self.ctx, handle, "answer")?;
         call.sdp_version += 1;
         let (body, negotiated) = match &call.remote_offer {
@@ -814,6 +874,7 @@ impl UserAgent {
         handle: CallHandle,
         status: u16,
     ) -> Result<(), UsageError> {
+        self.touch();
         if !(300..=699).contains(&status) {
             return Err(UsageError::InvalidStatus(status));
         }
@@ -838,6 +899,7 @@ impl UserAgent {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<(), UsageError> {
+        self.touch();
         let call = self
             .calls
             .get_mut(&handle)
@@ -870,12 +932,14 @@ impl UserAgent {
         key: char,
         duration: Duration,
     ) -> Result<(), UsageError> {
+        self.touch();
         let body = info::dtmf_relay_body(key, duration).into_bytes();
         self.send_info(now, handle, "application/dtmf-relay", body)
     }
 
     /// The runtime could not deliver to this call's peer (ICMP, TCP reset, TLS failure).
     pub fn handle_transport_error(&mut self, now: Instant, handle: CallHandle) {
+        self.touch();
         let Some(call) = self.calls.get_mut(&handle) else {
             return;
         };
@@ -908,6 +972,7 @@ impl UserAgent {
 
     /// Advances every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.touch();
         let due: Vec<ClientKey> = self
             .ctx
             .clients
@@ -993,7 +1058,7 @@ impl UserAgent {
                 end(&mut self.ctx, handle, call, now, EndReason::Cancelled);
             }
             if call.linger_until.is_some_and(|d| d <= now)
-                && let Some(call) = self.calls.remove(&handle)
+                && let Some(call) = self.remove_call(handle)
             {
                 for p in call.peers {
                     self.ctx.forget(p);
@@ -1051,6 +1116,7 @@ impl UserAgent {
         source: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), InputError> {
+        self.touch();
         // Strangers cost nothing: unless this agent takes calls from anyone (a phone), a
         // source that is no trusted peer of it or of any live call is not even parsed.
         if !self.ctx.cfg.accept_incoming && !self.ctx.is_known(source) {
@@ -1121,9 +1187,8 @@ impl UserAgent {
         let (Some(local_tag), Some(remote_tag)) = (from.tag(), to.tag()) else {
             return Err(InputError::NoTransaction);
         };
-        let Some((&h, call)) = self.calls.iter_mut().find(|(_, c)| {
+        let Some((h, call)) = find_call(&self.by_call_id, &mut self.calls, call_id, |c| {
             c.role == Role::Caller
-                && c.call_id == call_id
                 && c.local_tag == local_tag
                 && c.acks.iter().any(|(tag, _, _)| tag == remote_tag)
         }) else {
@@ -1217,11 +1282,9 @@ impl UserAgent {
             let Some(to_tag) = to.tag() else {
                 return Err(InputError::NoTransaction);
             };
-            let Some((&h, call)) = self
-                .calls
-                .iter_mut()
-                .find(|(_, c)| c.call_id == call_id && c.local_tag == to_tag)
-            else {
+            let Some((h, call)) = find_call(&self.by_call_id, &mut self.calls, &call_id, |c| {
+                c.local_tag == to_tag
+            }) else {
                 return Err(InputError::NoTransaction);
             };
             if !call.admits(transport, source) {
@@ -1251,11 +1314,11 @@ impl UserAgent {
         let Some(to_tag) = to.tag() else {
             return self.out_of_dialog_request(now, transport, source, &key, req, from);
         };
-        let found = self.calls.iter_mut().find(|(_, c)| {
-            c.call_id == call_id && c.local_tag == to_tag && c.phase != Phase::Ended
+        let found = find_call(&self.by_call_id, &mut self.calls, &call_id, |c| {
+            c.local_tag == to_tag && c.phase != Phase::Ended
         });
         match found {
-            Some((&h, call)) => {
+            Some((h, call)) => {
                 // Only the dialog's peer may hang up, move the media or send keys; a stranger
                 // who saw the Call-ID and tags gets nothing, not even a transaction.
                 if !call.admits(transport, source) {
@@ -1370,7 +1433,7 @@ impl UserAgent {
             Method::Invite => {
                 // §8.2.6.2: a final response to an INVITE carries a To-tag (128 random bits
                 // of ChaCha20: nothing about the generator's state).
-                let tag = ctx.rng.token();
+                let tag = ctx.id();
                 let resp = ctx.response_to(&req, 480, Some(&tag));
                 ctx.answer_statelessly(transport, source, &resp);
                 Ok(())
@@ -1429,7 +1492,7 @@ impl UserAgent {
                 transport,
             },
         );
-        let local_tag = ctx.rng.token();
+        let local_tag = ctx.id();
         let to_value = req.headers.get("To").unwrap_or_default().to_string();
         let offer = (!req.body.is_empty())
             .then(|| SessionDescription::parse(&req.body).ok())
@@ -1463,7 +1526,7 @@ impl UserAgent {
                 .unwrap_or_else(|_| req.uri.clone()),
             offer: offer.clone(),
         });
-        self.calls.insert(
+        self.insert_call(
             handle,
             Call {
                 role: Role::Callee,
@@ -1511,6 +1574,7 @@ impl UserAgent {
         handle: CallHandle,
         media: LocalMedia,
     ) -> Result<(), UsageError> {
+        self.touch();
         let call = self
             .calls
             .get_mut(&handle)
@@ -2232,4 +2296,18 @@ fn session_modification(
             media,
         });
     }
+}
+
+/// The call of `call_id` (looked up in `index`) that `pred` accepts.
+fn find_call<'a>(
+    index: &HashMap<String, Vec<CallHandle>>,
+    calls: &'a mut BTreeMap<CallHandle, Call>,
+    call_id: &str,
+    pred: impl Fn(&Call) -> bool,
+) -> Option<(CallHandle, &'a mut Call)> {
+    let h = *index
+        .get(call_id)?
+        .iter()
+        .find(|h| calls.get(h).is_some_and(&pred))?;
+    calls.get_mut(&h).map(|c| (h, c))
 }
