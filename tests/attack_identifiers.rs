@@ -24,7 +24,9 @@ const CALLS: usize = 30;
 /// The random part of one of our identifiers: what follows the shard's routing prefix
 /// (`s<n>-`, `sip::route`: public by design, it only names which thread holds the call).
 fn random_part(id: &str) -> &str {
-    let (prefix, rest) = id.split_once('-').unwrap_or_else(|| panic!("{id}: no shard prefix"));
+    let (prefix, rest) = id
+        .split_once('-')
+        .unwrap_or_else(|| panic!("{id}: no shard prefix"));
     assert!(
         prefix.starts_with('s') && prefix[1..].bytes().all(|b| b.is_ascii_digit()),
         "{id}: the prefix names a shard and nothing else"
