@@ -18,7 +18,7 @@ use flow::{CallId, Event, Switchboard, Transmit};
 use sip::{CallHandle, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_rustls::rustls;
 
 use super::admission::{
@@ -126,7 +126,8 @@ struct Driver {
     streams: HashMap<(Transport, SocketAddr), Stream>,
     inlets: Inlets,
     tls: Arc<rustls::ClientConfig>,
-    readers: Vec<JoinHandle<()>>,
+    /// The SIP socket readers on the ingress thread (shard 0 stops them when it goes).
+    readers: Vec<AbortHandle>,
 }
 
 /// The driver's ends of the input queues.
@@ -183,6 +184,12 @@ pub(crate) fn spawn(
         .trunk
         .as_ref()
         .is_some_and(|t| t.transport == Transport::Tls);
+    // SIP comes in on a thread of its own: the readers only route bytes to the shards, and no
+    // burst of HTTP requests or store work on the main runtime delays a 200 OK past T1.
+    let ingress = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RuntimeError::Thread)?;
     let mut readers = Vec::new();
     let (sip_udp, bound) = if tls_only {
         let port = match config.listen.port() {
@@ -191,6 +198,7 @@ pub(crate) fn spawn(
         };
         (None, SocketAddr::new(config.listen.ip(), port))
     } else {
+        let _entered = ingress.enter();
         let std_socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
         let udp = net::Udp::new(std_socket).map_err(bind_err)?;
         let bound = udp.local_addr().map_err(bind_err)?;
@@ -205,6 +213,19 @@ pub(crate) fn spawn(
         }
         (Some(udp), bound)
     };
+    let stop_readers: Vec<AbortHandle> = readers.iter().map(JoinHandle::abort_handle).collect();
+    if !readers.is_empty() {
+        std::thread::Builder::new()
+            .name("sip-ingress".into())
+            .spawn(move || {
+                ingress.block_on(async move {
+                    for reader in readers {
+                        let _ = reader.await;
+                    }
+                });
+            })
+            .map_err(RuntimeError::Thread)?;
+    }
     // Behind 1:1 NAT the external addresses are what Via, Contact and SDP show (on every
     // shard); the sockets stay bound to the local ones.
     let local = config.public_sip(advertised(bound, config.route_probe));
@@ -234,7 +255,7 @@ pub(crate) fn spawn(
             .map_err(RuntimeError::Thread)?;
         let shard_readers = if shard == 0 {
             // The first shard stops the socket readers when it goes.
-            std::mem::take(&mut readers)
+            stop_readers.clone()
         } else {
             Vec::new()
         };

@@ -8,18 +8,18 @@
 //!                                        │ its calls' RTP sockets: one epoll set,       │
 //!                                        │   drained at every tick ([`media_io`])       │
 //!                                        └──▲─────────────────────────────┬─────────────┘
-//!        reader tasks (main runtime):       │ Input (datagrams, messages,  │ sendto /
+//!        reader tasks (SIP ingress thread): │ Input (datagrams, messages,  │ sendto /
 //!        SIP UDP socket, TCP listener,      │ transport errors)            │ connection queues
 //!        one per TCP/TLS connection ────────┘                              ▼
 //! ```
 //! `sip.shards` shards (default: one per core) each hold their calls on a thread of their own
 //! (no task per call or per transaction, no scheduler shared with HTTP or another shard); a
-//! new call goes to the shard with the fewest. Socket readers only move SIP into the owning
-//! shard's bounded queues (by the shard its Via branch or Call-ID names, [`sip::route`]),
-//! strangers' through a per-IP token bucket ([`admission`]). RTP is read by the shard itself
-//! at its ticks, one wake-up for every call's packets. RTP ports come from `media.rtp_ports`;
-//! prompts are loaded once. What is dropped on the way is counted in [`SipCounters`]
-//! (docs/SECURITY.md).
+//! new call goes to the shard with the fewest. The SIP socket readers, on an ingress thread
+//! of their own, only move messages into the owning shard's bounded queues (by the shard its
+//! Via branch or Call-ID names, [`sip::route`]), strangers' through a per-IP token bucket
+//! ([`admission`]). RTP is read by each shard itself at its ticks, one wake-up for every
+//! call's packets. RTP ports come from `media.rtp_ports`; prompts are loaded once. What is
+//! dropped on the way is counted in [`SipCounters`] (docs/SECURITY.md).
 
 mod admission;
 mod driver;
