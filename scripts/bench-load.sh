@@ -55,6 +55,7 @@ SETTLE_SECS = 4.0  # then every call is answered and streaming
 WINDOW_SECS = 15.0 # CPU window
 CAPTURE_SECS = 2   # send-timing capture
 PTIME = 0.020
+POLLERS = 32       # long-polling threads reading the results
 
 def config(tmp, n):
     prompts = os.path.join(tmp, "prompts"); os.makedirs(prompts, exist_ok=True)
@@ -158,13 +159,16 @@ def post_all(n, over_secs):
     return ids, time.monotonic() - start
 
 def results(ids, limit_secs):
-    """The result of every verification (long-polled until completed or the limit)."""
+    """The result of every verification (long-polled until completed or the limit).
+
+    POLLERS threads each long-poll their share in turn: with fewer, a slow answer under load
+    delayed the later ids past the limit and counted completed calls as not completed."""
     out = {}
     deadline = time.monotonic() + limit_secs
     lock = threading.Lock()
     def worker(k):
         conn = http.client.HTTPConnection(*API, timeout=60)
-        for i in range(k, len(ids), 8):
+        for i in range(k, len(ids), POLLERS):
             vid = ids[i]
             if vid is None:
                 continue
@@ -177,7 +181,7 @@ def results(ids, limit_secs):
                     break
             with lock:
                 out[vid] = result
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(POLLERS)]
     for t in threads: t.start()
     for t in threads: t.join()
     return out
@@ -265,7 +269,7 @@ def load(n):
                         "-f", f"udp src portrange {RTP_LOW}-{RTP_HIGH} and udp dst portrange {UAS_RTP_LOW}-{UAS_RTP_HIGH}",
                         "-w", cap], check=True, stderr=subprocess.DEVNULL)
         mean, p99, gap, per2s, streams = timing(read_pcap(cap))
-        done = results(ids, KEY_AT + 90)
+        done = results(ids, KEY_AT + 240)
     finally:
         stop(serve, sipp)
     secs = t1 - t0
@@ -286,7 +290,7 @@ def setup(n):
     serve, sipp = start(tmp, n, setup_scenario())
     try:
         ids, posted_in = post_all(n, n / RATE)
-        done = results(ids, 120)
+        done = results(ids, 300)
     finally:
         stop(serve, sipp)
     confirmed = sum(1 for r in done.values() if r == "confirmed")
@@ -296,15 +300,18 @@ def setup(n):
             failed[r] = failed.get(r, 0) + 1
     missing = sum(1 for i in ids if i is None)
     return (f"| {n:,} | {n / posted_in:.0f}/s | {confirmed} | {n - confirmed} | {failed or 'none'} "
-            f"| {missing} POSTs refused |", tmp)
+            f"| {missing} POSTs refused |", tmp, confirmed == n)
 
 if MODE == "setup":
     print("| calls | rate reached | confirmed | failed | results | API |")
     print("|---|---|---|---|---|---|")
     for n in map(int, sys.argv[1:]):
-        row, tmp = setup(n)
+        row, tmp, clean = setup(n)
         print(row, flush=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if clean:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs: {tmp}")
 else:
     print(f"sip.shards: {SHARDS or 'default'} on {os.cpu_count()} cores; '#' after {KEY_AT} s")
     print("| concurrent calls | callverify, % of a core per call | sipp callee, same run | mean jitter | p99 jitter "

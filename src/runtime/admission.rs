@@ -31,9 +31,6 @@ pub(crate) const STRANGER_QUEUE: usize = 64;
 pub(crate) const RTP_MAX_DATAGRAM: usize = 1472;
 /// Messages waiting to be written on one connection.
 pub(crate) const STREAM_QUEUE: usize = 64;
-/// RTP datagrams one call's port may bring per second (token bucket): audio and events at
-/// 20 ms are 100; more is a flood.
-pub(crate) const RTP_RATE_PER_SEC: u32 = 400;
 
 /// The addresses (address and port) whose SIP skips the stranger bucket: the trunk's, and
 /// every live call's peers. The user agent decides trust on its own; this only orders the
@@ -120,33 +117,6 @@ impl Bucket {
         } else {
             false
         }
-    }
-}
-
-/// One token bucket, for one task (a call's RTP reader): no lock.
-#[derive(Debug)]
-pub(crate) struct TokenBucket {
-    bucket: Bucket,
-    per_sec: f64,
-    burst: f64,
-}
-
-impl TokenBucket {
-    /// Full at `now`: `per_sec` tokens a second, up to `burst`.
-    pub(crate) fn new(now: Instant, per_sec: u32, burst: u32) -> TokenBucket {
-        let burst = f64::from(burst.max(1));
-        TokenBucket {
-            bucket: Bucket {
-                tokens: burst,
-                at: now,
-            },
-            per_sec: f64::from(per_sec),
-            burst,
-        }
-    }
-
-    pub(crate) fn take(&mut self, now: Instant) -> bool {
-        self.bucket.take(now, self.per_sec, self.burst)
     }
 }
 

@@ -25,7 +25,7 @@ use super::admission::{
     ConnectionGate, Inlets, RateLimiter, SIGNAL_QUEUE, STRANGER_QUEUE, ShardInlet, Trusted,
 };
 use super::live::Prompts;
-use super::media_io::{Received, RtpPoller, RtpSocket};
+use super::media_io::{RtpPoller, RtpSocket};
 use super::net;
 use super::tick::Tick;
 use super::{RuntimeConfig, RuntimeError, advertised, not_placed, os_seed};
@@ -371,7 +371,7 @@ impl Driver {
         }
     }
 
-    /// Reads one datagram from every call socket that is readable now.
+    /// Reads what every call socket that is readable now holds (up to the per-tick cap).
     fn receive_rtp(&mut self) {
         let ready = self.rtp.poll_ready();
         self.rtp_busy = false;
@@ -380,18 +380,19 @@ impl Driver {
         }
         let now = Instant::now();
         for i in 0..ready {
-            let Some(call) = self.calls.get_mut(&self.rtp.token(i)) else {
+            let Some(call) = self.calls.get(&self.rtp.token(i)) else {
                 continue;
             };
-            match RtpPoller::receive(self.rtp.buffer(), &mut call.rtp, now) {
-                Received::Datagram { source, bytes } => {
-                    self.rtp_busy = true;
-                    self.board.handle_rtp(now, call.id, source, bytes);
-                }
-                Received::Oversized => self.inlets.counters.rtp_dropped(Dropped::Parse),
-                Received::RateLimited => self.inlets.counters.rtp_dropped(Dropped::RateLimited),
-                Received::Nothing => {}
-            }
+            let (board, counters, busy) =
+                (&mut self.board, &self.inlets.counters, &mut self.rtp_busy);
+            self.rtp
+                .receive(&call.rtp, |source, datagram| match datagram {
+                    Some(bytes) => {
+                        *busy = true;
+                        board.handle_rtp(now, call.id, source, bytes);
+                    }
+                    None => counters.rtp_dropped(Dropped::Parse),
+                });
         }
     }
 
@@ -405,7 +406,7 @@ impl Driver {
                 done,
             } => {
                 let (low, high) = self.config.rtp_ports;
-                let Some(rtp) = RtpPoller::bind(self.rtp_bind, (low, high), now) else {
+                let Some(rtp) = RtpPoller::bind(self.rtp_bind, (low, high)) else {
                     let _ = done.send(not_placed(&RuntimeError::NoRtpPort { low, high }));
                     return;
                 };
