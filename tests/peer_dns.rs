@@ -7,7 +7,6 @@
 
 mod common_peers;
 
-use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -66,7 +65,7 @@ fn sipp_at(
         .arg("-pause_msg_ign");
     let peer = Peer::spawn(name, work.path(), &mut cmd);
     let start = Instant::now();
-    while UdpSocket::bind((ip, port)).is_ok() {
+    while !udp_bound(port) {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "{name} did not bind {ip}:{port}: {}",

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::Read as _;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -219,7 +218,7 @@ impl Peer {
     /// Waits until something holds UDP `port` on 127.0.0.1 (the peer is listening).
     pub fn wait_udp(&mut self, port: u16) {
         let start = Instant::now();
-        while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        while !udp_bound(port) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{} exited early ({status}): {}", self.name, self.log_text());
             }
@@ -257,6 +256,21 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether some socket is bound to UDP `port`, read from the kernel's tables. Probing by
+/// binding the port ourselves raced the peer: a peer binding it during our probe's moment
+/// failed with EADDRINUSE and exited.
+pub fn udp_bound(port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .any(|local| local.ends_with(&suffix))
+    })
 }
 
 /// sipp as callee on `sip_port` (RTP on `media_port`), one call, in `work`'s directory.
