@@ -186,10 +186,7 @@ pub(crate) fn spawn(
         .is_some_and(|t| t.transport == Transport::Tls);
     // SIP comes in on a thread of its own: the readers only route bytes to the shards, and no
     // burst of HTTP requests or store work on the main runtime delays a 200 OK past T1.
-    let ingress = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(RuntimeError::Thread)?;
+    let ingress = ThreadRuntime::new()?;
     let mut readers = Vec::new();
     let (sip_udp, bound) = if tls_only {
         let port = match config.listen.port() {
@@ -198,7 +195,7 @@ pub(crate) fn spawn(
         };
         (None, SocketAddr::new(config.listen.ip(), port))
     } else {
-        let _entered = ingress.enter();
+        let _entered = ingress.get().enter();
         let std_socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
         let udp = net::Udp::new(std_socket).map_err(bind_err)?;
         let bound = udp.local_addr().map_err(bind_err)?;
@@ -218,7 +215,7 @@ pub(crate) fn spawn(
         std::thread::Builder::new()
             .name("sip-ingress".into())
             .spawn(move || {
-                ingress.block_on(async move {
+                ingress.get().block_on(async move {
                     for reader in readers {
                         let _ = reader.await;
                     }
@@ -249,10 +246,7 @@ pub(crate) fn spawn(
         // its timer share no scheduler with the other shards or with HTTP and the store, so a
         // busy neighbour never delays a prompt packet (a shared pool made the 20 ms grid
         // drift by tens of milliseconds at 800 calls).
-        let shard_runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(RuntimeError::Thread)?;
+        let shard_runtime = ThreadRuntime::new()?;
         let shard_readers = if shard == 0 {
             // The first shard stops the socket readers when it goes.
             stop_readers.clone()
@@ -272,7 +266,7 @@ pub(crate) fn spawn(
                 // The poll set registers with the shard's runtime and holds epoll's raw event
                 // records, so it is made on the shard's thread and stays there.
                 let polled = {
-                    let _entered = shard_runtime.enter();
+                    let _entered = shard_runtime.get().enter();
                     RtpPoller::new().and_then(|rtp| Ok((rtp, Tick::new()?)))
                 };
                 let (rtp, tick) = match polled {
@@ -300,7 +294,7 @@ pub(crate) fn spawn(
                     tls,
                     readers: shard_readers,
                 };
-                shard_runtime.block_on(driver.run(commands_rx, q));
+                shard_runtime.get().block_on(driver.run(commands_rx, q));
             })
             .map_err(RuntimeError::Thread)?;
         started
@@ -311,6 +305,36 @@ pub(crate) fn spawn(
     }
     tracing::info!(sip = %local, tls_only, shards, "SIP runtime started");
     Ok((commands, local))
+}
+
+/// The event loop of one thread (a shard, the SIP ingress). Dropped anywhere, on an async
+/// caller's error path too, it shuts down without blocking: tokio refuses to block in a
+/// runtime's drop inside another runtime (a TLS-only trunk, whose ingress has nothing to run,
+/// dropped it so).
+struct ThreadRuntime(Option<tokio::runtime::Runtime>);
+
+impl ThreadRuntime {
+    fn new() -> Result<ThreadRuntime, RuntimeError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| ThreadRuntime(Some(rt)))
+            .map_err(RuntimeError::Thread)
+    }
+
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl Drop for ThreadRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Driver {
