@@ -14,13 +14,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::{API_KEY, DemoError, DemoOutcome, WEBHOOK_SECRET, demo_config, json_body};
+use super::{
+    API_KEY, DemoError, DemoOutcome, WEBHOOK_SECRET, demo_config, json_body, report_webhook,
+};
 use crate::config::{ConfigError, Secret, WebhookKey};
 use crate::methods::totp::{STEP_SECS, Totp, step_at};
 use crate::service::{Service, ServiceError};
-
-/// How long the demo waits for the webhook.
-const WEBHOOK_WAIT: Duration = Duration::from_secs(20);
 
 /// An authenticator app: the secret read from an `otpauth://totp/…` URI.
 struct Authenticator {
@@ -219,38 +218,13 @@ pub async fn run(prompts: &Path, out: &mut (dyn Write + Send)) -> Result<DemoOut
         "Outcome: {result} (approved: {}), by {}",
         verification["approved"], verification["method"]["type"]
     )?;
-    let webhook = tokio::time::timeout(WEBHOOK_WAIT, hook_rx.recv())
-        .await
-        .ok()
-        .flatten();
-    let webhook_verified = match webhook {
-        Some(Ok(payload)) => {
-            let same = payload["data"]["result"] == verification["result"]
-                && payload["data"]["method"] == verification["method"];
-            writeln!(
-                out,
-                "Webhook: {} for {} with result {} by {}: signature verified{}",
-                payload["type"].as_str().unwrap_or("?"),
-                payload["data"]["id"].as_str().unwrap_or("?"),
-                payload["data"]["result"],
-                payload["data"]["method"]["type"],
-                if same {
-                    ""
-                } else {
-                    ", BUT IT DIFFERS FROM THE API"
-                }
-            )?;
-            same
-        }
-        Some(Err(why)) => {
-            writeln!(out, "Webhook: REJECTED: {why}")?;
-            false
-        }
-        None => {
-            writeln!(out, "Webhook: none arrived within {WEBHOOK_WAIT:?}")?;
-            false
-        }
-    };
+    let webhook_verified = report_webhook(
+        &mut hook_rx,
+        |data| data["result"] == verification["result"] && data["method"] == verification["method"],
+        true,
+        out,
+    )
+    .await?;
     service.shutdown().await?;
     hook_server.abort();
     Ok(DemoOutcome {

@@ -226,37 +226,13 @@ pub async fn run(
         writeln!(out, "  {at:>6} ms  {event}{details}")?;
     }
 
-    let webhook = tokio::time::timeout(WEBHOOK_WAIT, hook_rx.recv())
-        .await
-        .ok()
-        .flatten();
-    let webhook_verified = match webhook {
-        Some(Ok(payload)) => {
-            let same = payload["data"]["result"] == verification["result"]
-                && payload["data"]["id"] == verification["id"];
-            writeln!(
-                out,
-                "Webhook: {} for {} with result {}: signature verified{}",
-                payload["type"].as_str().unwrap_or("?"),
-                payload["data"]["id"].as_str().unwrap_or("?"),
-                payload["data"]["result"],
-                if same {
-                    ""
-                } else {
-                    ", BUT IT DIFFERS FROM THE API"
-                }
-            )?;
-            same
-        }
-        Some(Err(why)) => {
-            writeln!(out, "Webhook: REJECTED: {why}")?;
-            false
-        }
-        None => {
-            writeln!(out, "Webhook: none arrived within {WEBHOOK_WAIT:?}")?;
-            false
-        }
-    };
+    let webhook_verified = report_webhook(
+        &mut hook_rx,
+        |data| data["result"] == verification["result"] && data["id"] == verification["id"],
+        false,
+        out,
+    )
+    .await?;
 
     let as_expected = result == expected_result(mode);
     service.shutdown().await?;
@@ -378,4 +354,50 @@ initial_backoff_secs = 1
         prompts = prompts.display()
     );
     Config::from_toml(&text, &PathBuf::from("<demo>"), std::iter::empty())
+}
+
+/// Waits up to [`WEBHOOK_WAIT`] for the demo's one webhook and says what came: true when it
+/// arrived with a valid signature and `agrees` with what the API answered. `by_method` adds
+/// the method the webhook names to the line.
+async fn report_webhook(
+    hooks: &mut mpsc::UnboundedReceiver<Result<Value, String>>,
+    agrees: impl Fn(&Value) -> bool,
+    by_method: bool,
+    out: &mut (dyn Write + Send),
+) -> std::io::Result<bool> {
+    let webhook = tokio::time::timeout(WEBHOOK_WAIT, hooks.recv())
+        .await
+        .ok()
+        .flatten();
+    match webhook {
+        Some(Ok(payload)) => {
+            let same = agrees(&payload["data"]);
+            let method = if by_method {
+                format!(" by {}", payload["data"]["method"]["type"])
+            } else {
+                String::new()
+            };
+            writeln!(
+                out,
+                "Webhook: {} for {} with result {}{method}: signature verified{}",
+                payload["type"].as_str().unwrap_or("?"),
+                payload["data"]["id"].as_str().unwrap_or("?"),
+                payload["data"]["result"],
+                if same {
+                    ""
+                } else {
+                    ", BUT IT DIFFERS FROM THE API"
+                }
+            )?;
+            Ok(same)
+        }
+        Some(Err(why)) => {
+            writeln!(out, "Webhook: REJECTED: {why}")?;
+            Ok(false)
+        }
+        None => {
+            writeln!(out, "Webhook: none arrived within {WEBHOOK_WAIT:?}")?;
+            Ok(false)
+        }
+    }
 }

@@ -20,7 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::code::api;
-use super::{API_KEY, DemoError, DemoOutcome, WEBHOOK_SECRET, demo_config, json_body};
+use super::{
+    API_KEY, DemoError, DemoOutcome, WEBHOOK_SECRET, demo_config, json_body, report_webhook,
+};
 use crate::config::{ConfigError, Secret, WebhookKey};
 use crate::methods::push::{Choice, answer_message, enrol_message};
 use crate::service::{Service, ServiceError};
@@ -269,36 +271,13 @@ pub async fn run(prompts: &Path, out: &mut (dyn Write + Send)) -> Result<DemoOut
         "Outcome: {result} (approved: {}), by {}",
         verification["approved"], verification["method"]["type"]
     )?;
-    let webhook_verified = match tokio::time::timeout(WAIT, hook_rx.recv())
-        .await
-        .ok()
-        .flatten()
-    {
-        Some(Ok(payload)) => {
-            let same = payload["data"]["result"] == verification["result"];
-            writeln!(
-                out,
-                "Webhook: {} for {} with result {}: signature verified{}",
-                payload["type"].as_str().unwrap_or("?"),
-                payload["data"]["id"].as_str().unwrap_or("?"),
-                payload["data"]["result"],
-                if same {
-                    ""
-                } else {
-                    ", BUT IT DIFFERS FROM THE API"
-                }
-            )?;
-            same
-        }
-        Some(Err(why)) => {
-            writeln!(out, "Webhook: REJECTED: {why}")?;
-            false
-        }
-        None => {
-            writeln!(out, "Webhook: none arrived within {WAIT:?}")?;
-            false
-        }
-    };
+    let webhook_verified = report_webhook(
+        &mut hook_rx,
+        |data| data["result"] == verification["result"],
+        false,
+        out,
+    )
+    .await?;
     service.shutdown().await?;
     hook_server.abort();
     push_server.abort();
