@@ -23,7 +23,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::SignIn;
 use super::push::DeviceRefused;
@@ -238,14 +237,7 @@ async fn events(State(signin): State<SignIn>, RawQuery(query): RawQuery) -> Resp
                 let event = Event::default().event("requests").data(data);
                 return Some((Ok::<Event, Infallible>(event), w));
             }
-            tokio::select! {
-                _ = tokio::time::sleep(EVENT_POLL) => {}
-                r = w.completions.recv() => {
-                    if matches!(r, Err(RecvError::Closed)) {
-                        tokio::time::sleep(EVENT_POLL).await;
-                    }
-                }
-            }
+            super::completion_or(&mut w.completions, EVENT_POLL).await;
         }
     });
     secured(

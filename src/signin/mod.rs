@@ -607,3 +607,19 @@ fn csrf_of(session: &BrowserToken) -> String {
     let digest = sha2::Sha256::digest(format!("callverify csrf:{}", session.expose()).as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
 }
+
+/// Until some verification completes or `poll` passes, whichever is first (a closed channel
+/// waits the whole `poll`): the sign-in event streams then look at their state again.
+async fn completion_or(
+    completions: &mut tokio::sync::broadcast::Receiver<crate::store::VerificationId>,
+    poll: Duration,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(poll) => {}
+        r = completions.recv() => {
+            if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}

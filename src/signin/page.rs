@@ -29,7 +29,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::input::{self, SESSION_COOKIE};
 use super::text::{Text, text, with_number, with_phone};
@@ -460,14 +459,7 @@ async fn events(
                 let event = Event::default().event("status").data(data.to_string());
                 return Some((Ok::<Event, Infallible>(event), w));
             }
-            tokio::select! {
-                _ = tokio::time::sleep(EVENT_POLL) => {}
-                r = w.completions.recv() => {
-                    if matches!(r, Err(RecvError::Closed)) {
-                        tokio::time::sleep(EVENT_POLL).await;
-                    }
-                }
-            }
+            super::completion_or(&mut w.completions, EVENT_POLL).await;
         }
     });
     secured(
