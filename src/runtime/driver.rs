@@ -527,11 +527,12 @@ impl Driver {
                         destination,
                         payload,
                     } => {
-                        if let Some(c) = self.calls.get(&call.sip().get())
-                            && let Err(e) = c.rtp.send_to(&payload, destination)
+                        if let Some(c) = self.calls.get_mut(&call.sip().get())
+                            && let Err(e) = c.rtp.send(&payload, destination)
                         {
                             tracing::debug!(%call, error = %e, "RTP packet not sent");
                         }
+                        self.board.recycle(payload);
                     }
                 }
             }

@@ -40,12 +40,24 @@ const READY_PER_DRAIN: usize = 1024;
 pub(crate) struct RtpSocket {
     socket: UdpSocket,
     state: quinn_udp::UdpSocketState,
+    /// The address the socket is connected to: where the call's RTP goes.
+    peer: Option<SocketAddr>,
 }
 
 impl RtpSocket {
     /// Sends a datagram now, or fails (a full send buffer drops it: RTP tolerates loss).
-    pub(crate) fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<()> {
-        self.socket.send_to(payload, to).map(|_| ())
+    ///
+    /// The socket is connected to `to` first (again when the far end moves its media): the
+    /// kernel then keeps its route instead of looking one up per packet, and drops datagrams
+    /// from any other address before they cost us a read. That is the receive path's own rule
+    /// (only the address of the SDP answer is heard, see `media::receive`), applied earlier;
+    /// until the first packet goes out, at the answer, every source is read and filtered there.
+    pub(crate) fn send(&mut self, payload: &[u8], to: SocketAddr) -> io::Result<()> {
+        if self.peer != Some(to) {
+            self.socket.connect(to)?;
+            self.peer = Some(to);
+        }
+        self.socket.send(payload).map(|_| ())
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -92,7 +104,11 @@ impl RtpPoller {
                 continue;
             }
             if let Ok(state) = quinn_udp::UdpSocketState::new((&socket).into()) {
-                return Some(RtpSocket { socket, state });
+                return Some(RtpSocket {
+                    socket,
+                    state,
+                    peer: None,
+                });
             }
         }
         None

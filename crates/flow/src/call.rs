@@ -236,7 +236,9 @@ pub(crate) struct Ringing {
 
 /// The media of an answered call and when keys start to count.
 pub(crate) struct Live<M> {
-    media: M,
+    /// Boxed: a stage moves by value at every input, and the media (a session with its
+    /// receiver's windows and jitter buffer) is kilobytes; a pointer moves in its place.
+    media: Box<M>,
     answered_at: Instant,
     /// Set when the first prompt starts: keys pressed earlier do not count.
     listen_from: Option<Instant>,
@@ -913,7 +915,7 @@ fn answered<M: Media, F: MediaFactory<Media = M>>(
     };
     let mut media = cx.factory.create(now, &setup);
     let live = |media| Live {
-        media,
+        media: Box::new(media),
         answered_at: now,
         listen_from: None,
     };

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use dtmf::Digit;
 use media::{Prompt, Session, SessionConfig};
 
-use crate::media::{
-    DialMethod, KeyPress, Media, MediaEvent, MediaFactory, MediaSetup, PromptKind, RtpTransmit,
-};
+use crate::media::{DialMethod, KeyPress, Media, MediaEvent, MediaFactory, MediaSetup, PromptKind};
 
 /// The prompt recordings, per language; a language without some prompt falls back to the
 /// default language's.
@@ -130,11 +128,8 @@ impl Media for LiveMedia {
         self.session.poll_timeout()
     }
 
-    fn poll_transmit(&mut self) -> Option<RtpTransmit> {
-        self.session.poll_transmit().map(|t| RtpTransmit {
-            destination: t.destination,
-            payload: t.payload,
-        })
+    fn poll_transmit(&mut self, packet: &mut Vec<u8>) -> Option<SocketAddr> {
+        self.session.poll_transmit_into(packet)
     }
 
     fn poll_event(&mut self) -> Option<MediaEvent> {

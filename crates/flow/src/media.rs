@@ -100,15 +100,6 @@ pub enum MediaEvent {
     DialFinished,
 }
 
-/// An RTP datagram to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RtpTransmit {
-    /// The far end's RTP address.
-    pub destination: SocketAddr,
-    /// The packet.
-    pub payload: Vec<u8>,
-}
-
 /// The media of one answered call.
 pub trait Media {
     /// An RTP (or stray) datagram arrived on the call's RTP socket.
@@ -119,8 +110,9 @@ pub trait Media {
     fn handle_timeout(&mut self, now: Instant);
     /// When `handle_timeout` must run next.
     fn poll_timeout(&self) -> Option<Instant>;
-    /// The next datagram to send.
-    fn poll_transmit(&mut self) -> Option<RtpTransmit>;
+    /// The next datagram to send, swapped into `packet` (the media may keep the buffer
+    /// `packet` held for a later packet); returns the far end's RTP address it goes to.
+    fn poll_transmit(&mut self, packet: &mut Vec<u8>) -> Option<SocketAddr>;
     /// The next event.
     fn poll_event(&mut self) -> Option<MediaEvent>;
     /// Plays these prompts one after the other, replacing whatever plays. Each reports

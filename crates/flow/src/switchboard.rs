@@ -21,6 +21,12 @@ use crate::keys::Expect;
 use crate::media::{Media, MediaFactory};
 use crate::spec::{CallSpec, SpecError};
 
+/// Sent RTP buffers kept for reuse: more than one drain of the queue holds (a tick sends one
+/// packet for each call whose 20 ms slot fell in it), so the pool is not emptied in a burst.
+const SPARE_PACKETS: usize = 4096;
+/// Largest buffer kept, in bytes (an RTP packet of ours is about 200).
+const SPARE_CAPACITY: usize = 2048;
+
 /// Identifies a call of a [`Switchboard`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(CallHandle);
@@ -67,6 +73,13 @@ struct Entry<M> {
     deadline: Option<Instant>,
 }
 
+/// Keeps a sent packet's buffer for a later packet, within the pool's bounds.
+fn keep_spare(spare: &mut Vec<Vec<u8>>, payload: Vec<u8>) {
+    if (1..=SPARE_CAPACITY).contains(&payload.capacity()) && spare.len() < SPARE_PACKETS {
+        spare.push(payload);
+    }
+}
+
 /// 32 bytes of `rng` as a seed for another generator (never sent anywhere).
 fn next_seed(rng: &mut ChaCha20Rng) -> [u8; 32] {
     let mut seed = [0u8; 32];
@@ -86,6 +99,9 @@ pub struct Switchboard<F: MediaFactory> {
     /// and nothing per wake-up, however many calls there are.
     deadlines: BTreeSet<(Instant, CallHandle)>,
     transmits: VecDeque<Transmit>,
+    /// RTP packet buffers the runtime handed back after sending ([`Switchboard::recycle`]):
+    /// the next packets are swapped into them, so sending allocates nothing per packet.
+    spare: Vec<Vec<u8>>,
     events: VecDeque<(CallId, Event)>,
     /// Keys each call's media and SDP session id (ChaCha20, keyed by the seed given).
     rng: ChaCha20Rng,
@@ -113,6 +129,7 @@ impl<F: MediaFactory> Switchboard<F> {
             touched: Vec::new(),
             deadlines: BTreeSet::new(),
             transmits: VecDeque::new(),
+            spare: Vec::new(),
             events: VecDeque::new(),
             rng,
         }
@@ -246,6 +263,12 @@ impl<F: MediaFactory> Switchboard<F> {
         self.transmits.pop_front()
     }
 
+    /// Hands back the payload of a [`Transmit::Rtp`] once it is sent, for a later packet
+    /// (kept up to [`SPARE_PACKETS`] buffers of at most [`SPARE_CAPACITY`] bytes).
+    pub fn recycle(&mut self, payload: Vec<u8>) {
+        keep_spare(&mut self.spare, payload);
+    }
+
     /// The next event of some call.
     pub fn poll_event(&mut self) -> Option<(CallId, Event)> {
         self.events.pop_front()
@@ -293,13 +316,16 @@ impl<F: MediaFactory> Switchboard<F> {
                     continue;
                 };
                 if let Some(media) = entry.stage.as_mut().and_then(|s| s.media_mut()) {
-                    while let Some(t) = media.poll_transmit() {
+                    let mut packet = self.spare.pop().unwrap_or_default();
+                    while let Some(destination) = media.poll_transmit(&mut packet) {
                         self.transmits.push_back(Transmit::Rtp {
                             call: CallId(h),
-                            destination: t.destination,
-                            payload: t.payload,
+                            destination,
+                            payload: packet,
                         });
+                        packet = self.spare.pop().unwrap_or_default();
                     }
+                    keep_spare(&mut self.spare, packet);
                 }
                 while let Some(e) = entry.core.events.pop_front() {
                     self.events.push_back((CallId(h), e));

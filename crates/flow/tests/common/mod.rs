@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use dtmf::Digit;
 use flow::media::{
     DialMethod, DtmfMethod, KeyPress, Media, MediaEvent, MediaFactory, MediaSetup, PromptKind,
-    RtpTransmit,
 };
 use flow::spec::Rules;
 use flow::{
@@ -62,7 +61,7 @@ pub struct ScriptMedia {
     queue: VecDeque<PromptKind>,
     dialling: Option<Instant>,
     events: VecDeque<MediaEvent>,
-    transmits: VecDeque<RtpTransmit>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     remote: SocketAddr,
 }
 
@@ -78,10 +77,7 @@ impl ScriptMedia {
             .push((now - self.t0, prompt));
         self.playing = Some((prompt, now + len));
         self.events.push_back(MediaEvent::PromptStarted(prompt));
-        self.transmits.push_back(RtpTransmit {
-            destination: self.remote,
-            payload: vec![0x80, 0, 0, 1],
-        });
+        self.transmits.push_back((self.remote, vec![0x80, 0, 0, 1]));
     }
 }
 
@@ -137,8 +133,10 @@ impl Media for ScriptMedia {
             .flatten()
             .min()
     }
-    fn poll_transmit(&mut self) -> Option<RtpTransmit> {
-        self.transmits.pop_front()
+    fn poll_transmit(&mut self, packet: &mut Vec<u8>) -> Option<SocketAddr> {
+        let (destination, payload) = self.transmits.pop_front()?;
+        *packet = payload;
+        Some(destination)
     }
     fn poll_event(&mut self) -> Option<MediaEvent> {
         self.events.pop_front()
