@@ -366,6 +366,9 @@ impl Driver {
                     let now = Instant::now();
                     last_timeout = now;
                     self.board.handle_timeout(now);
+                    // The packets of this tick leave now, before the received ones are read
+                    // and run through the detectors: that work never delays a send.
+                    self.flush();
                 }
                 () = self.rtp.readable(), if wake_on_media => {}
                 command = commands.recv(), if commands_open => match command {
