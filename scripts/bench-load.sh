@@ -9,13 +9,14 @@
 # sipp as the callee (a UAS that answers and streams PCMU until BYE: SECS_BEFORE_KEY seconds
 # of silence, then an in-band '#'). N verifications are posted over 10 s; once all calls are
 # up, CPU (utime+stime from /proc/PID/stat) of both processes is read over a 15 s window,
-# then a 2 s capture (dumpcap on lo) of what callverify sends gives the send timing per RTP
-# stream; RSS per call is serve's VmRSS growth divided by N. Finally every verification must
+# then a 2 s capture (dumpcap on lo) of both RTP directions gives the send timing per stream,
+# callverify's and, beside it, sipp's (the anchor's own sender in the same run); RSS per call is serve's VmRSS growth divided by N. Finally every verification must
 # end `confirmed` (the callee's '#' detected).
 #
 # Setup rate (MODE=setup): N verifications posted at RATE per second (default 300); sipp
 # challenges each INVITE (401, digest), answers the retried one and sends an RFC 4733 '#';
-# reports the rate reached and every call that did not end `confirmed`.
+# reports the rate reached, every call that did not end `confirmed`, and how many SIP
+# datagrams each side's kernel dropped at a full socket (whose side a failure was on).
 #
 # Environment: CALLVERIFY_BIN (skip the build and use this binary), SHARDS (sip.shards; unset:
 # the default, one per core), RATE, SECS_BEFORE_KEY (default 36). Needs sipp, sox, dumpcap (tshark),
@@ -116,6 +117,14 @@ def make_audio(tmp):
     run("sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "tone.wav", "synth", "0.4", "sine", "941", "sine", "1477", "gain", "-n", "-6")
     run("sox", "-n", "-r", "8000", "-c", "1", "-b", "16", "tail.wav", "trim", "0", "1")
     run("sox", "sil.wav", "tone.wav", "tail.wav", "-e", "u-law", "-t", "raw", "bench.ulaw")
+
+def udp_drops(port):
+    """Datagrams the kernel dropped at the UDP socket bound to 127.0.0.1:port (its buffer full)."""
+    for line in open("/proc/net/udp").readlines()[1:]:
+        f = line.split()
+        if f[1] == f"0100007F:{port:04X}":
+            return int(f[-1])
+    return 0
 
 def cpu_ticks(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -232,6 +241,10 @@ def start(tmp, n, scenario):
                              stdout=open(os.path.join(tmp, "serve.log"), "w"), stderr=subprocess.STDOUT, env=env)
     sipp = subprocess.Popen(["sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(UAS_PORT),
                              "-mp", str(UAS_RTP_LOW),
+                             # 4 MB socket buffers (net.core.rmem_max here): with the default
+                             # 208 KB, a 300/s burst overflowed sipp's own SIP socket and it
+                             # aborted the calls whose ACK to its 401 the kernel had dropped.
+                             "-buff_size", "4194304",
                              "-max_socket", "15000", "-nostdin", "-trace_err", "-trace_stat", "-fd", "1",
                              "-timeout_error", "-aa"],
                             cwd=tmp, stdout=open(os.path.join(tmp, "sipp.log"), "w"), stderr=subprocess.STDOUT)
@@ -266,9 +279,13 @@ def load(n):
         rss1 = rss_kb(serve.pid)
         cap = os.path.join(tmp, "send.pcap")
         subprocess.run(["dumpcap", "-q", "-i", "lo", "-P", "-s", "64", "-B", "256", "-a", f"duration:{CAPTURE_SECS}",
-                        "-f", f"udp src portrange {RTP_LOW}-{RTP_HIGH} and udp dst portrange {UAS_RTP_LOW}-{UAS_RTP_HIGH}",
+                        "-f", f"udp and portrange {RTP_LOW}-{RTP_HIGH} and portrange {UAS_RTP_LOW}-{UAS_RTP_HIGH}",
                         "-w", cap], check=True, stderr=subprocess.DEVNULL)
-        mean, p99, gap, per2s, streams = timing(read_pcap(cap))
+        packets = read_pcap(cap)
+        ours = [p for p in packets if RTP_LOW <= p[1] <= RTP_HIGH]
+        theirs = [p for p in packets if RTP_LOW <= p[2] <= RTP_HIGH]
+        mean, p99, gap, per2s, streams = timing(ours)
+        sipp_mean, sipp_p99, sipp_gap, _, _ = timing(theirs)
         done = results(ids, KEY_AT + 240)
     finally:
         stop(serve, sipp)
@@ -280,7 +297,8 @@ def load(n):
     for r in done.values():
         if r != "confirmed":
             others[r] = others.get(r, 0) + 1
-    row = (f"| {n:,} | {cv:.4f} | {sp:.4f} | {mean:.2f} ms | {p99:.2f} ms | {gap:.0f} ms | {per2s:.1f} "
+    row = (f"| {n:,} | {cv:.4f} | {sp:.4f} | {mean:.2f} ms | {p99:.2f} ms | {gap:.0f} ms "
+           f"| {sipp_mean:.2f} / {sipp_p99:.2f} / {sipp_gap:.0f} ms | {per2s:.1f} "
            f"| {(rss1 - rss0) / n:.1f} KB | {confirmed}/{n} |")
     note = f"posted in {posted_in:.1f} s; {streams} streams captured; not confirmed: {others or 'none'}; logs: {tmp}"
     return row, note, tmp
@@ -291,6 +309,8 @@ def setup(n):
     try:
         ids, posted_in = post_all(n, n / RATE)
         done = results(ids, 300)
+        # Read before the sockets close: whose buffer overflowed, if a call failed.
+        drops = (udp_drops(SIP_PORT), udp_drops(UAS_PORT))
     finally:
         stop(serve, sipp)
     confirmed = sum(1 for r in done.values() if r == "confirmed")
@@ -300,11 +320,12 @@ def setup(n):
             failed[r] = failed.get(r, 0) + 1
     missing = sum(1 for i in ids if i is None)
     return (f"| {n:,} | {n / posted_in:.0f}/s | {confirmed} | {n - confirmed} | {failed or 'none'} "
-            f"| {missing} POSTs refused |", tmp, confirmed == n)
+            f"| {missing} POSTs refused | {drops[0]} / {drops[1]} |", tmp, confirmed == n)
 
 if MODE == "setup":
-    print("| calls | rate reached | confirmed | failed | results | API |")
-    print("|---|---|---|---|---|---|")
+    print("| calls | rate reached | confirmed | failed | results | API "
+          "| SIP datagrams dropped by a full socket: callverify / sipp |")
+    print("|---|---|---|---|---|---|---|")
     for n in map(int, sys.argv[1:]):
         row, tmp, clean = setup(n)
         print(row, flush=True)
@@ -315,8 +336,9 @@ if MODE == "setup":
 else:
     print(f"sip.shards: {SHARDS or 'default'} on {os.cpu_count()} cores; '#' after {KEY_AT} s")
     print("| concurrent calls | callverify, % of a core per call | sipp callee, same run | mean jitter | p99 jitter "
-          "| largest gap | packets per stream per 2 s | RSS per call | '#' detected |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| largest gap | sipp's sending, same run: mean / p99 jitter, largest gap "
+          "| packets per stream per 2 s | RSS per call | '#' detected |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for n in map(int, sys.argv[1:]):
         row, note, tmp = load(n)
