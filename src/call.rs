@@ -80,4 +80,11 @@ pub trait CallPlacer: Send + Sync + 'static {
         progress: mpsc::UnboundedSender<CallProgress>,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, CallReport>;
+
+    /// Whether a new call can be placed now without hurting the calls in flight. While it is
+    /// false the dialer claims no verification: they wait in the queue (where another
+    /// instance of a cluster may take them) until `limits.queue_ttl_secs`.
+    fn has_capacity(&self) -> bool {
+        true
+    }
 }

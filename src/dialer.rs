@@ -43,6 +43,9 @@ const QUEUE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const HANGUP_SETTLE: Duration = Duration::from_secs(5);
 /// Pause after a store error before claiming again.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the dialer asks again whether the runtime has capacity while it has none
+/// (`CallPlacer::has_capacity`; a shard's lateness is averaged over about 1/8 s).
+const OVERLOAD_RECHECK: Duration = Duration::from_millis(100);
 /// How often queued verifications past `limits.queue_ttl_secs` are expired.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Retries of an outcome the store could not take (database unreachable): first pause,
@@ -204,6 +207,17 @@ impl Dialer {
                     Err(_) => break, // closed: never, the dialer owns the semaphore
                 },
             };
+            if !this.placer.has_capacity() {
+                // The calls in flight come first: nothing is claimed (another instance may
+                // take the queue) until the runtime's timers are on time again.
+                drop(permit);
+                this.metrics.dialer_deferred();
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(OVERLOAD_RECHECK) => {}
+                }
+                continue;
+            }
             match this.store.claim_next(now_ms()).await {
                 Ok(Some(v)) => {
                     let this = Arc::clone(&this);

@@ -32,6 +32,7 @@ pub struct Metrics {
     http_shed: AtomicU64,
     http_refused: AtomicU64,
     http_accept_errors: AtomicU64,
+    dialer_deferred: AtomicU64,
 }
 
 /// Why input from the network did not reach a call (the `reason` label of
@@ -253,6 +254,11 @@ impl Metrics {
         self.http_accept_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The dialer claimed nothing this round: the SIP runtime was overloaded.
+    pub fn dialer_deferred(&self) {
+        self.dialer_deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Completed verifications with this result so far.
     pub fn calls(&self, result: CallResult) -> u64 {
         let i = CallResult::ALL
@@ -401,6 +407,17 @@ impl Metrics {
                     load(n)
                 )?;
             }
+            writeln!(
+                out,
+                "# HELP callverify_dialer_overload_waits_total Times the dialer claimed no \
+                 verification because every SIP shard's timers fired late (100 ms each)."
+            )?;
+            writeln!(out, "# TYPE callverify_dialer_overload_waits_total counter")?;
+            writeln!(
+                out,
+                "callverify_dialer_overload_waits_total {}",
+                load(&self.dialer_deferred)
+            )?;
             Ok(())
         })();
         out

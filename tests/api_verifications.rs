@@ -2,6 +2,7 @@
 
 mod api_support;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use api_support::*;
@@ -657,6 +658,38 @@ async fn cancel_live_call_hangs_up() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let r = get(&router, &format!("{id}?wait=5")).await;
     assert_eq!(r.json["result"], "cancelled", "{}", r.text);
+    stop.cancel();
+    dialer.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_overloaded_runtime_gets_no_new_call_until_its_timers_are_on_time() {
+    let (state, router) = api(config()).await;
+    let placer = ScriptedPlacer::new(Script::Immediate(CallResult::Confirmed));
+    placer.capacity.store(false, Ordering::SeqCst);
+    let (stop, dialer) = spawn_dialer(&state, placer.clone());
+    let id = post(&router, &body(US_NUMBER)).await.json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Overloaded: the verification stays queued and nothing is dialled.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(placer.placed(), 0);
+    let r = get(&router, &id).await;
+    assert_eq!(r.json["status"], "queued", "{}", r.text);
+    let m = send(&router, Method::GET, "/metrics", None, &[], None).await;
+    let waits = m
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("callverify_dialer_overload_waits_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("the overload waits are counted");
+    assert!(waits >= 2, "{waits} waits in 600 ms of overload");
+    // On time again: the queued verification is claimed and called.
+    placer.capacity.store(true, Ordering::SeqCst);
+    let r = get(&router, &format!("{id}?wait=10")).await;
+    assert_eq!(r.json["result"], "confirmed", "{}", r.text);
+    assert_eq!(placer.placed(), 1);
     stop.cancel();
     dialer.await.unwrap();
 }

@@ -72,6 +72,11 @@ async fn calls_on_several_shards_all_complete() {
         })
     });
     let calls: Vec<_> = calls.collect();
+    // Six calls on three shards: every shard's timers on time, so calls keep being placed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lateness = runtime.timer_lateness();
+    assert_eq!(lateness.len(), SHARDS as usize);
+    assert!(runtime.has_capacity(), "timers late: {lateness:?}");
     for (i, call) in calls.into_iter().enumerate() {
         let report = tokio::time::timeout(Duration::from_secs(60), call)
             .await

@@ -25,6 +25,7 @@ use super::admission::{
     ConnectionGate, Inlets, RateLimiter, SIGNAL_QUEUE, STRANGER_QUEUE, ShardInlet, Trusted,
 };
 use super::live::Prompts;
+use super::load::{Change, Lag, ShardLoad};
 use super::media_io::{RtpPoller, RtpSocket};
 use super::net;
 use super::tick::Tick;
@@ -128,6 +129,9 @@ struct Driver {
     tls: Arc<rustls::ClientConfig>,
     /// The SIP socket readers on the ingress thread (shard 0 stops them when it goes).
     readers: Vec<AbortHandle>,
+    /// How late this shard's timers fire, and where the runtime reads it.
+    lag: Lag,
+    load: Arc<ShardLoad>,
 }
 
 /// The driver's ends of the input queues.
@@ -147,11 +151,17 @@ impl Drop for Driver {
 /// Binds the SIP sockets and starts one driver per shard (inside a tokio runtime); returns
 /// their command channels and the advertised SIP address. With a TLS-only trunk nothing
 /// listens: the trunk talks to us over the connections we open.
+/// What the runtime holds of a running shard: its command channel and its published load.
+pub(crate) struct ShardEnds {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) load: Arc<ShardLoad>,
+}
+
 pub(crate) fn spawn(
     config: RuntimeConfig,
     prompts: Prompts,
     counters: Arc<SipCounters>,
-) -> Result<(Vec<mpsc::UnboundedSender<Command>>, SocketAddr), RuntimeError> {
+) -> Result<(Vec<ShardEnds>, SocketAddr), RuntimeError> {
     let listen = config.listen;
     let bind_err = move |source| RuntimeError::Bind {
         addr: listen,
@@ -242,6 +252,8 @@ pub(crate) fn spawn(
             None => None,
         };
         let (tx, commands_rx) = mpsc::unbounded_channel();
+        let load = Arc::new(ShardLoad::default());
+        let shard_load = Arc::clone(&load);
         // Each shard runs on its own thread, in a runtime of its own: its calls' RTP sockets and
         // its timer share no scheduler with the other shards or with HTTP and the store, so a
         // busy neighbour never delays a prompt packet (a shared pool made the 20 ms grid
@@ -293,6 +305,8 @@ pub(crate) fn spawn(
                     inlets,
                     tls,
                     readers: shard_readers,
+                    lag: Lag::default(),
+                    load: shard_load,
                 };
                 shard_runtime.get().block_on(driver.run(commands_rx, q));
             })
@@ -301,7 +315,7 @@ pub(crate) fn spawn(
             .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("the shard's thread ended at start")))
             .map_err(RuntimeError::Thread)?;
-        commands.push(tx);
+        commands.push(ShardEnds { commands: tx, load });
     }
     tracing::info!(sip = %local, tls_only, shards, "SIP runtime started");
     Ok((commands, local))
@@ -364,6 +378,9 @@ impl Driver {
                 // Timers first: what arrives never delays a prompt packet's slot.
                 () = timer => {
                     let now = Instant::now();
+                    if let Some(d) = deadline {
+                        self.record_lateness(now.saturating_duration_since(d));
+                    }
                     last_timeout = now;
                     self.board.handle_timeout(now);
                     // The packets of this tick leave now, before the received ones are read
@@ -379,6 +396,30 @@ impl Driver {
                 Some(input) = q.strangers.recv() => self.take(input, &mut q.strangers, Self::input),
             }
             self.receive_rtp();
+        }
+    }
+
+    /// A timer fired `late`: the shard's overload state, published for the call placers.
+    fn record_lateness(&mut self, late: Duration) {
+        let change = if self.calls.is_empty() {
+            self.lag.idle()
+        } else {
+            self.lag.record(late)
+        };
+        self.load.publish(&self.lag);
+        match change {
+            Some(Change::Overloaded) => tracing::warn!(
+                shard = self.shard,
+                calls = self.calls.len(),
+                mean_lateness_ms = self.lag.mean().as_secs_f64() * 1e3,
+                "shard overloaded: its timers fire late; no new call is placed until they are on time"
+            ),
+            Some(Change::Recovered) => tracing::info!(
+                shard = self.shard,
+                calls = self.calls.len(),
+                "shard's timers on time again: new calls are placed"
+            ),
+            None => {}
         }
     }
 

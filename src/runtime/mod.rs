@@ -24,6 +24,7 @@
 mod admission;
 mod driver;
 mod live;
+mod load;
 mod media_io;
 mod net;
 mod resolve;
@@ -384,6 +385,8 @@ impl std::fmt::Debug for Runtime {
 struct Shard {
     commands: mpsc::UnboundedSender<driver::Command>,
     calls: std::sync::atomic::AtomicUsize,
+    /// Whether its timers fire late (`load`): new calls go elsewhere or wait.
+    load: Arc<load::ShardLoad>,
 }
 
 /// A call counted on its shard until the call's future ends.
@@ -417,9 +420,10 @@ impl Runtime {
         let (commands, local_sip) = driver::spawn(config.clone(), prompts, Arc::clone(&counters))?;
         let shards = commands
             .into_iter()
-            .map(|commands| Shard {
-                commands,
+            .map(|ends| Shard {
+                commands: ends.commands,
                 calls: std::sync::atomic::AtomicUsize::new(0),
+                load: ends.load,
             })
             .collect();
         Ok(Runtime {
@@ -495,13 +499,25 @@ impl Runtime {
             .unwrap_or_else(|_| not_placed(&RuntimeError::Stopped))
     }
 
-    /// A seat on the shard holding the fewest calls (a scan of the shards, not of calls).
+    /// Whether a new call can be placed without hurting the calls in flight: some shard's
+    /// timers fire on time (`load`). The dialer claims no verification while this is false.
+    pub fn has_capacity(&self) -> bool {
+        self.shards.iter().any(|s| !s.load.overloaded())
+    }
+
+    /// The shards' mean timer lateness, as last published (for logs and tests).
+    pub fn timer_lateness(&self) -> Vec<Duration> {
+        self.shards.iter().map(|s| s.load.mean()).collect()
+    }
+
+    /// A seat on the shard holding the fewest calls among those not overloaded (among all
+    /// when every one is: the call was claimed already). A scan of the shards, not of calls.
     fn seat(&self) -> Seat<'_> {
         use std::sync::atomic::Ordering;
         let shard = self
             .shards
             .iter()
-            .min_by_key(|s| s.calls.load(Ordering::Relaxed))
+            .min_by_key(|s| (s.load.overloaded(), s.calls.load(Ordering::Relaxed)))
             .unwrap_or_else(|| unreachable!("a runtime has at least one shard"));
         shard.calls.fetch_add(1, Ordering::Relaxed);
         Seat(shard)
@@ -782,6 +798,10 @@ impl CallPlacer for RuntimePlacer {
             call: call.call,
         };
         Box::pin(async move { runtime.call(order, progress, cancel).await })
+    }
+
+    fn has_capacity(&self) -> bool {
+        self.runtime.has_capacity()
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -221,6 +221,8 @@ pub struct ScriptedPlacer {
     active: Arc<Mutex<Vec<String>>>,
     pub max_active: AtomicUsize,
     pub same_number_overlaps: AtomicUsize,
+    /// What `has_capacity` answers (false: an overloaded runtime).
+    pub capacity: AtomicBool,
 }
 
 impl ScriptedPlacer {
@@ -232,6 +234,7 @@ impl ScriptedPlacer {
             active: Arc::default(),
             max_active: AtomicUsize::new(0),
             same_number_overlaps: AtomicUsize::new(0),
+            capacity: AtomicBool::new(true),
         })
     }
 
@@ -332,6 +335,10 @@ impl CallPlacer for ScriptedPlacer {
                 timeline,
             }
         })
+    }
+
+    fn has_capacity(&self) -> bool {
+        self.capacity.load(Ordering::SeqCst)
     }
 }
 
