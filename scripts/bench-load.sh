@@ -8,7 +8,9 @@
 # temporary directory, caps lifted, limits.sip_uri_hosts = ["127.0.0.1"], a metrics key) and
 # sipp as the callee (a UAS that answers and streams PCMU until BYE: SECS_BEFORE_KEY seconds
 # of silence, then an in-band '#'). N verifications are posted over 10 s; once all calls are
-# up, CPU (utime+stime from /proc/PID/stat) of both processes is read over a 15 s window,
+# up (or as many as serve took: an overloaded serve holds the rest in its queue, and the
+# per-call figures divide by the calls up, callverify_calls_in_flight), CPU (utime+stime from
+# /proc/PID/stat) of both processes is read over a 15 s window,
 # then a 2 s capture (dumpcap on lo) of both RTP directions gives the send timing per stream,
 # callverify's and, beside it, sipp's (the anchor's own sender in the same run); RSS per call is serve's VmRSS growth divided by N. Finally every verification must
 # end `confirmed` (the callee's '#' detected).
@@ -125,6 +127,14 @@ def udp_drops(port):
         if f[1] == f"0100007F:{port:04X}":
             return int(f[-1])
     return 0
+
+def metric(name):
+    """A counter or gauge of serve's /metrics (0 when absent)."""
+    status, data = api("GET", "/metrics")
+    for line in data.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 def cpu_ticks(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -273,9 +283,13 @@ def load(n):
         rss0 = rss_kb(serve.pid)
         ids, posted_in = post_all(n, POST_SECS)
         time.sleep(SETTLE_SECS)
+        up0 = metric("callverify_calls_in_flight")
         c0, s0, t0 = cpu_ticks(serve.pid), cpu_ticks(sipp.pid), time.monotonic()
         time.sleep(WINDOW_SECS)
         c1, s1, t1 = cpu_ticks(serve.pid), cpu_ticks(sipp.pid), time.monotonic()
+        # Calls up during the window: all N, unless serve held some back as overloaded.
+        up = max(1, round((up0 + metric("callverify_calls_in_flight")) / 2))
+        waits = metric("callverify_dialer_overload_waits_total")
         rss1 = rss_kb(serve.pid)
         cap = os.path.join(tmp, "send.pcap")
         subprocess.run(["dumpcap", "-q", "-i", "lo", "-P", "-s", "64", "-B", "256", "-a", f"duration:{CAPTURE_SECS}",
@@ -290,17 +304,18 @@ def load(n):
     finally:
         stop(serve, sipp)
     secs = t1 - t0
-    cv = 100.0 * (c1 - c0) / CLK / secs / n
-    sp = 100.0 * (s1 - s0) / CLK / secs / n
+    cv = 100.0 * (c1 - c0) / CLK / secs / up
+    sp = 100.0 * (s1 - s0) / CLK / secs / up
     confirmed = sum(1 for r in done.values() if r == "confirmed")
     others = {}
     for r in done.values():
         if r != "confirmed":
             others[r] = others.get(r, 0) + 1
-    row = (f"| {n:,} | {cv:.4f} | {sp:.4f} | {mean:.2f} ms | {p99:.2f} ms | {gap:.0f} ms "
+    row = (f"| {n:,} | {up:,} | {cv:.4f} | {sp:.4f} | {mean:.2f} ms | {p99:.2f} ms | {gap:.0f} ms "
            f"| {sipp_mean:.2f} / {sipp_p99:.2f} / {sipp_gap:.0f} ms | {per2s:.1f} "
-           f"| {(rss1 - rss0) / n:.1f} KB | {confirmed}/{n} |")
-    note = f"posted in {posted_in:.1f} s; {streams} streams captured; not confirmed: {others or 'none'}; logs: {tmp}"
+           f"| {(rss1 - rss0) / up:.1f} KB | {confirmed}/{n} |")
+    note = (f"posted in {posted_in:.1f} s; {streams} streams captured; not confirmed: {others or 'none'}; "
+            f"overload waits of the dialer: {waits:.0f}; logs: {tmp}")
     return row, note, tmp
 
 def setup(n):
@@ -335,10 +350,10 @@ if MODE == "setup":
             print(f"logs: {tmp}")
 else:
     print(f"sip.shards: {SHARDS or 'default'} on {os.cpu_count()} cores; '#' after {KEY_AT} s")
-    print("| concurrent calls | callverify, % of a core per call | sipp callee, same run | mean jitter | p99 jitter "
+    print("| calls posted | calls up (held back: overload) | callverify, % of a core per call | sipp callee, same run | mean jitter | p99 jitter "
           "| largest gap | sipp's sending, same run: mean / p99 jitter, largest gap "
           "| packets per stream per 2 s | RSS per call | '#' detected |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for n in map(int, sys.argv[1:]):
         row, note, tmp = load(n)

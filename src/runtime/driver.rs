@@ -360,10 +360,10 @@ impl Driver {
             if !commands_open && self.calls.is_empty() {
                 return;
             }
-            let mut deadline = self
-                .board
-                .poll_timeout()
-                .map(|d| d.max(last_timeout + MIN_TIMER_STEP));
+            // The earliest deadline as the calls want it: lateness is measured against this,
+            // not against the step-limited wake-up (behind, that would hide the backlog).
+            let due = self.board.poll_timeout();
+            let mut deadline = due.map(|d| d.max(last_timeout + MIN_TIMER_STEP));
             let now = Instant::now();
             if self.rtp_busy {
                 let again = now + MIN_TIMER_STEP;
@@ -378,8 +378,10 @@ impl Driver {
                 // Timers first: what arrives never delays a prompt packet's slot.
                 () = timer => {
                     let now = Instant::now();
-                    if let Some(d) = deadline {
-                        self.record_lateness(now.saturating_duration_since(d));
+                    // Only wake-ups for a call's deadline count: the 1 ms steps of a busy RTP
+                    // drain come early for the calls and would dilute the mean with zeros.
+                    if let Some(d) = due.filter(|d| *d <= now) {
+                        self.record_lateness(now - d);
                     }
                     last_timeout = now;
                     self.board.handle_timeout(now);
