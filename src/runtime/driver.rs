@@ -360,6 +360,10 @@ impl Driver {
             if !commands_open && self.calls.is_empty() {
                 return;
             }
+            if self.calls.is_empty() && self.lag.overloaded() {
+                // The last call ended: no timer may fire again to say the shard is idle.
+                self.record_lateness(Duration::ZERO);
+            }
             // The earliest deadline as the calls want it: lateness is measured against this,
             // not against the step-limited wake-up (behind, that would hide the backlog).
             let due = self.board.poll_timeout();

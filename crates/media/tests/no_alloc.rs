@@ -1,6 +1,6 @@
 //! A live call's steady state allocates nothing per packet (issue 9: "no allocation per RTP
-//! packet"): the session receives the callee's stream, runs the detector, paces a prompt and
-//! then silence, and hands its packets out through a recycled buffer. A counting global
+//! packet"): the session receives the callee's stream, runs the detector, paces a prompt,
+//! and hands its packets out through a recycled buffer. A counting global
 //! allocator measures this thread only, so the test harness's own threads do not count.
 
 mod common;
