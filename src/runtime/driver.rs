@@ -362,7 +362,7 @@ impl Driver {
             }
             if self.calls.is_empty() && self.lag.overloaded() {
                 // The last call ended: no timer may fire again to say the shard is idle.
-                self.record_lateness(Duration::ZERO);
+                self.record_lateness(Instant::now(), Duration::ZERO);
             }
             // The earliest deadline as the calls want it: lateness is measured against this,
             // not against the step-limited wake-up (behind, that would hide the backlog).
@@ -385,7 +385,7 @@ impl Driver {
                     // Only wake-ups for a call's deadline count: the 1 ms steps of a busy RTP
                     // drain come early for the calls and would dilute the mean with zeros.
                     if let Some(d) = due.filter(|d| *d <= now) {
-                        self.record_lateness(now - d);
+                        self.record_lateness(now, now - d);
                     }
                     last_timeout = now;
                     self.board.handle_timeout(now);
@@ -405,12 +405,13 @@ impl Driver {
         }
     }
 
-    /// A timer fired `late`: the shard's overload state, published for the call placers.
-    fn record_lateness(&mut self, late: Duration) {
+    /// A timer fired at `now`, `late`: the shard's overload state, published for the call
+    /// placers.
+    fn record_lateness(&mut self, now: Instant, late: Duration) {
         let change = if self.calls.is_empty() {
             self.lag.idle()
         } else {
-            self.lag.record(late)
+            self.lag.record(now, late)
         };
         self.load.publish(&self.lag);
         match change {
