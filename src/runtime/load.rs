@@ -20,10 +20,10 @@ const HORIZON: Duration = Duration::from_millis(125);
 /// cores (scripts/bench-load.sh): every call confirmed at 0.2 ms of mean send jitter (200
 /// calls) and 1 ms (800); at 10 ms (1,600 calls, both cores saturated) verifications began
 /// to expire. 5 ms is a quarter of a 20 ms packet time (RFC 3551 §4.5), between the two.
-pub(crate) const OVERLOAD_ENTER: Duration = Duration::from_millis(5);
+const OVERLOAD_ENTER: Duration = Duration::from_millis(5);
 /// ... and is not overloaded any more once they fire this late or less on average: the
 /// distance between the two thresholds keeps the dialer from flapping at the edge.
-pub(crate) const OVERLOAD_LEAVE: Duration = Duration::from_millis(2);
+const OVERLOAD_LEAVE: Duration = Duration::from_millis(2);
 
 /// The running mean of a shard's timer lateness, with the overload state it implies.
 #[derive(Clone, Debug, Default)]

@@ -24,8 +24,6 @@ use crate::spec::{CallSpec, SpecError};
 /// Sent RTP buffers kept for reuse: more than one drain of the queue holds (a tick sends one
 /// packet for each call whose 20 ms slot fell in it), so the pool is not emptied in a burst.
 const SPARE_PACKETS: usize = 4096;
-/// Largest buffer kept, in bytes (an RTP packet of ours is about 200).
-const SPARE_CAPACITY: usize = 2048;
 
 /// Identifies a call of a [`Switchboard`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,13 +69,6 @@ struct Entry<M> {
     stage: Option<Stage<M>>,
     /// The call's deadline as filed in [`Switchboard::deadlines`].
     deadline: Option<Instant>,
-}
-
-/// Keeps a sent packet's buffer for a later packet, within the pool's bounds.
-fn keep_spare(spare: &mut Vec<Vec<u8>>, payload: Vec<u8>) {
-    if (1..=SPARE_CAPACITY).contains(&payload.capacity()) && spare.len() < SPARE_PACKETS {
-        spare.push(payload);
-    }
 }
 
 /// 32 bytes of `rng` as a seed for another generator (never sent anywhere).
@@ -264,9 +255,9 @@ impl<F: MediaFactory> Switchboard<F> {
     }
 
     /// Hands back the payload of a [`Transmit::Rtp`] once it is sent, for a later packet
-    /// (kept up to [`SPARE_PACKETS`] buffers of at most [`SPARE_CAPACITY`] bytes).
+    /// (kept up to [`SPARE_PACKETS`] buffers, see [`media::keep_packet_buffer`]).
     pub fn recycle(&mut self, payload: Vec<u8>) {
-        keep_spare(&mut self.spare, payload);
+        media::keep_packet_buffer(&mut self.spare, payload, SPARE_PACKETS);
     }
 
     /// The next event of some call.
@@ -325,7 +316,7 @@ impl<F: MediaFactory> Switchboard<F> {
                         });
                         packet = self.spare.pop().unwrap_or_default();
                     }
-                    keep_spare(&mut self.spare, packet);
+                    media::keep_packet_buffer(&mut self.spare, packet, SPARE_PACKETS);
                 }
                 while let Some(e) = entry.core.events.pop_front() {
                     self.events.push_back((CallId(h), e));

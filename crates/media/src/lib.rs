@@ -80,5 +80,7 @@ pub mod wav;
 
 pub use prompt::{Prompt, PromptError};
 pub use receive::{Codec, DigitReport, ReceiveConfig, ReceivePath, ReceiveStats, StreamStats};
-pub use session::{DialMethod, MediaEvent, MediaStats, Session, SessionConfig, Transmit};
+pub use session::{
+    DialMethod, MediaEvent, MediaStats, Session, SessionConfig, Transmit, keep_packet_buffer,
+};
 pub use srtp::{MasterKey, SrtpConfig, SrtpStats, Suite};

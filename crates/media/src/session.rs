@@ -65,6 +65,14 @@ const SPARE_PACKETS: usize = 8;
 /// G.711 at 8 kHz, an SRTP tag) is about 200; a larger buffer handed in is freed instead.
 const SPARE_CAPACITY: usize = 2048;
 
+/// Keeps a sent packet's buffer in `spare` for a later packet, unless `spare` holds
+/// `max_buffers` already or the buffer is empty or larger than an RTP packet needs.
+pub fn keep_packet_buffer(spare: &mut Vec<Vec<u8>>, buffer: Vec<u8>, max_buffers: usize) {
+    if (1..=SPARE_CAPACITY).contains(&buffer.capacity()) && spare.len() < max_buffers {
+        spare.push(buffer);
+    }
+}
+
 /// What a session sends and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
@@ -460,10 +468,7 @@ impl Session {
     pub fn poll_transmit_into(&mut self, packet: &mut Vec<u8>) -> Option<SocketAddr> {
         let mut t = self.transmits.pop_front()?;
         std::mem::swap(packet, &mut t.payload);
-        if (1..=SPARE_CAPACITY).contains(&t.payload.capacity()) && self.spare.len() < SPARE_PACKETS
-        {
-            self.spare.push(t.payload);
-        }
+        keep_packet_buffer(&mut self.spare, t.payload, SPARE_PACKETS);
         Some(t.destination)
     }
 
